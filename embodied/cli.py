@@ -1,0 +1,242 @@
+"""The ``embodied`` command. Options come from the frozen configs in :mod:`embodied.config`.
+
+Heavy modules (MuJoCo, torch, Zarr) are imported inside the command handlers, so
+``embodied --help`` answers at once. User errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from . import __version__
+from .config import (
+    BenchEnvsConfig,
+    DemoConfig,
+    EnvsCheckConfig,
+    EnvsListConfig,
+    EnvsVideoConfig,
+    add_arguments,
+    from_args,
+    parse_kv,
+)
+from .errors import ConfigError, EmbodiedError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block) with a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------- envs
+def cmd_envs_list(cfg: EnvsListConfig) -> int:
+    from embodied.envs import ENVS
+
+    rows = [e for e in ENVS.values() if cfg.split is None or e.split == cfg.split]
+    if cfg.json:
+        _print_json([
+            {"env_id": e.id, "split": e.split, "description": e.description, "kwargs": e.kwargs,
+             "max_episode_steps": e.max_episode_steps}
+            for e in rows
+        ])
+    else:
+        width = max(len(e.id) for e in rows) if rows else 0
+        for e in rows:
+            print(f"{e.id:<{width}}  {e.split:<7}  {e.description}")
+    return 0
+
+
+def _format_check(r: dict[str, Any]) -> str:
+    lo, hi = r["expert_success_ci"]
+    flags = [] if r["check_env"] else ["check_env FAILED"]
+    if not r["deterministic"]:
+        flags.append("NOT deterministic")
+    if r["mujoco_warnings"]:
+        flags.append("warnings: " + ",".join(r["mujoco_warnings"]))
+    return (
+        f"{r['env_id']:<34} {r['split']:<7} check_env={'ok' if r['check_env'] else 'FAIL'} "
+        f"deterministic={'ok' if r['deterministic'] else 'FAIL'} "
+        f"expert={r['expert_success']:.2f} [{lo:.2f}, {hi:.2f}] n={r['episodes']}"
+        + (f"  ({'; '.join(flags)})" if flags else "")
+    )
+
+
+def run_checks(ids: Sequence[str], episodes: int, seed: int, kwargs: dict[str, Any], log: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    """Check every id (see :func:`embodied.evaluate.check_suite_env`), logging one line each."""
+    from embodied.envs import entry
+    from embodied.evaluate import check_suite_env
+
+    for i in ids:
+        entry(i)  # fail fast on an unknown id, before any work
+    results = []
+    for i in ids:
+        r = check_suite_env(i, episodes=episodes, seed=seed, **kwargs)
+        results.append(r)
+        if log:
+            log(_format_check(r))
+    return results
+
+
+def _check_failed(r: dict[str, Any]) -> bool:
+    return not (r["check_env"] and r["deterministic"]) or bool(r["mujoco_warnings"]) or r["invalid_episodes"] > 0
+
+
+def cmd_envs_check(cfg: EnvsCheckConfig) -> int:
+    from embodied.envs import env_ids
+
+    ids = list(cfg.ids) or env_ids()
+    if cfg.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1, got {cfg.episodes}")
+    log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
+    results = run_checks(ids, cfg.episodes, cfg.seed, parse_kv(cfg.kw), log)
+    if cfg.json:
+        _print_json(results)
+    return 1 if any(_check_failed(r) for r in results) else 0
+
+
+def film_expert(env_id: str, out: str | Path, episodes: int = 1, seed: int = 0, size: int = 256, noise: float = 0.0, **kwargs: Any) -> dict[str, Any]:
+    """Write expert rollouts of ``env_id`` as an H.264 MP4; returns a summary."""
+    from embodied.datasets.video import write_video
+    from embodied.envs import ScriptedExpert, make
+    from embodied.evaluate import rollout
+
+    env = make(env_id, render_mode="rgb_array", render_size=size, **kwargs)
+    frames: list[Any] = []
+    try:
+        expert = ScriptedExpert(env, noise=noise, seed=seed)
+        runs = [rollout(env, expert, seed + i, record=lambda e: frames.append(e.render())) for i in range(episodes)]
+        instruction = env.unwrapped.instruction
+    finally:
+        env.close()
+    n = write_video(out, frames, fps=env.metadata.get("render_fps", 20))
+    return {"env_id": env_id, "out": str(out), "frames": n, "success": [r["success"] for r in runs], "instruction": instruction}
+
+
+def cmd_envs_video(cfg: EnvsVideoConfig) -> int:
+    from embodied.envs import entry
+
+    entry(cfg.id)
+    if cfg.size % 2 or cfg.size < 16:
+        raise ConfigError(f"--size must be an even number >= 16, got {cfg.size}")
+    r = film_expert(cfg.id, cfg.out, cfg.episodes, cfg.seed, cfg.size, cfg.noise, **parse_kv(cfg.kw))
+    print(f"wrote {r['out']} ({r['frames']} frames; success {sum(r['success'])}/{len(r['success'])}; last instruction: {r['instruction']!r})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+def cmd_bench_envs(cfg: BenchEnvsConfig) -> int:
+    from embodied.bench import bench_envs, format_table
+
+    rows = bench_envs(seconds=cfg.seconds, repeats=cfg.repeats, progress=lambda s: print(s, file=sys.stderr))
+    if cfg.json:
+        _print_json(rows)
+    else:
+        print(format_table(rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(cfg: DemoConfig) -> int:
+    """The main job: check every environment of the suite and film the expert on each task family."""
+    from embodied.envs import env_ids
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    checks_path = out / "envs_check.json"
+    if checks_path.exists() and not cfg.force:
+        results = json.loads(checks_path.read_text())
+        print(f"[1/2] reusing {checks_path} ({len(results)} environments; --force to redo)")
+    else:
+        ids = env_ids()
+        print(f"[1/2] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
+        results = run_checks(ids, cfg.episodes, 0, {}, lambda s: print("   ", s, flush=True))
+        tmp = checks_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(checks_path)
+    videos = []
+    print("[2/2] filming the expert on each task family")
+    for env_id in ("embodied/PointPushZone-v0", "embodied/Arm2PushDir-v0", "embodied/Arm3Reach-v0"):
+        path = out / (env_id.split("/")[1] + ".mp4")
+        if path.exists() and not cfg.force:
+            print(f"    reusing {path}")
+        else:
+            r = film_expert(env_id, path, episodes=2)
+            print(f"    {path}: {r['frames']} frames, success {sum(r['success'])}/2")
+        videos.append(str(path))
+    failed = [r["env_id"] for r in results if _check_failed(r)]
+    mean = sum(r["expert_success"] for r in results) / len(results)
+    print(
+        f"\ndone in {time.time() - t0:.0f} s: {len(results)} environments, {len(failed)} failing checks, "
+        f"mean expert success {mean:.3f}\n  results: {checks_path}\n  videos:  {', '.join(videos)}"
+    )
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------- wiring
+COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[Any], int], str]] = {
+    ("envs", "list"): (EnvsListConfig, cmd_envs_list, "list every registered environment: id, split, description"),
+    ("envs", "check"): (EnvsCheckConfig, cmd_envs_check, "check_env, determinism, expert success and warnings"),
+    ("envs", "video"): (EnvsVideoConfig, cmd_envs_video, "film the scripted expert as an H.264 MP4"),
+    ("bench", "envs"): (BenchEnvsConfig, cmd_bench_envs, "env and renderer speed against raw MuJoCo and Reacher-v5"),
+    ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="embodied", description="Robot foundation models in simulation.")
+    parser.add_argument("--version", action="version", version=f"embodied {__version__}")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for path, (cls, handler, help_) in COMMANDS.items():
+        if len(path) == 1:
+            sub = top.add_parser(path[0], help=help_, description=help_)
+        else:
+            if path[0] not in groups:
+                g = top.add_parser(path[0], help=f"{path[0]} commands", description=f"{path[0]} commands")
+                groups[path[0]] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+                groups[path[0]].required = True
+            sub = groups[path[0]].add_parser(path[1], help=help_, description=help_)
+        add_arguments(sub, cls)
+        sub.set_defaults(_config=cls, _handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_handler"):
+        parser.print_help()
+        return 2
+    _setup_env()
+    try:
+        return args._handler(from_args(args._config, args))
+    except EmbodiedError as e:
+        print(f"embodied: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("embodied: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Canonical keys and feature specs: the vocabulary every folder of the stack shares.
+
+Observation dicts, episode stores and model batches all use these names, so that a dataset
+written by ``embodied collect`` feeds the model without renaming anything.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Observation keys (gymnasium Dict observation of every embodied env).
+STATE: Final = "state"
+"""float32 (STATE_DIM,): proprioception, object and zone features; layout in STATE_LAYOUT."""
+PIXELS: Final = "pixels"
+"""uint8 (H, W, 3): overhead camera image, H = W in PIXEL_SIZES."""
+INSTRUCTION: Final = "instruction"
+"""str: the natural-language goal of the episode."""
+
+# Transition keys (datasets and model batches).
+ACTION: Final = "action"
+REWARD: Final = "reward"
+COST: Final = "cost"
+SUCCESS: Final = "success"
+TERMINATED: Final = "terminated"
+TRUNCATED: Final = "truncated"
+VALID: Final = "valid"
+
+# Keys of the ``info`` dict returned by every embodied env.
+INFO_SUCCESS: Final = "is_success"
+INFO_COST: Final = "cost"
+INFO_INVALID: Final = "invalid"
+INFO_WARNINGS: Final = "mujoco_warnings"
+REWARD_PREFIX: Final = "reward_"
+COST_PREFIX: Final = "cost_"
+
+PIXEL_SIZES: Final = (64, 84, 128)
+ACTION_DIM: Final = 2
+"""End-effector velocity command (vx, vy) in [-1, 1]^2, shared by every embodiment."""
+
+# Fixed-size state vector shared by every embodiment, so one policy moves between them.
+MAX_JOINTS: Final = 3
+N_OBJECTS: Final = 3
+N_ZONES: Final = 3
+N_HAZARDS: Final = 2
+SHAPES: Final = ("cube", "ball", "cylinder")
+
+STATE_LAYOUT: Final[tuple[tuple[str, int], ...]] = (
+    ("ee_pos", 2),  # end-effector (x, y), metres, table frame
+    ("ee_vel", 2),  # end-effector velocity, m/s
+    ("joint_cos", MAX_JOINTS),  # cos of joint angles, zero-padded
+    ("joint_sin", MAX_JOINTS),
+    ("joint_vel", MAX_JOINTS),  # rad/s, zero-padded
+    ("joint_mask", MAX_JOINTS),  # 1 where the embodiment has that joint
+    # per object slot: pos 2, yaw cos/sin 2, vel 2, rgb 3, shape one-hot 3, start pos 2
+    ("objects", N_OBJECTS * 14),
+    # per goal zone: pos 2, radius 1, rgb 3
+    ("zones", N_ZONES * 6),
+    # per hazard zone: pos 2, radius 1, rgb 3, active 1
+    ("hazards", N_HAZARDS * 7),
+)
+STATE_DIM: Final = sum(n for _, n in STATE_LAYOUT)
+
+
+def state_slices() -> dict[str, slice]:
+    """Name -> slice of the state vector, in STATE_LAYOUT order."""
+    out, i = {}, 0
+    for name, n in STATE_LAYOUT:
+        out[name] = slice(i, i + n)
+        i += n
+    return out

@@ -1,0 +1,68 @@
+"""Scripted experts for every task family on every embodiment.
+
+:class:`ScriptedExpert` follows the policy protocol of stable-baselines3 (``predict``), so
+``evaluate_policy`` and our collectors run it unchanged. It reads the task from the env it
+is bound to (privileged information: the target and goal), not from the observation.
+``noise`` adds temporally correlated (Ornstein-Uhlenbeck) noise of that standard deviation
+to each action dimension: around 0.3 it yields imperfect episodes, from about 1.0 many
+failures, which reward learning needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class ScriptedExpert:
+    """An expert bound to one env (a :class:`~embodied.envs.tabletop.TabletopEnv`, wrapped or not)."""
+
+    def __init__(self, env: gym.Env, noise: float = 0.0, seed: int | None = None, correlation: float = 0.8) -> None:
+        if noise < 0:
+            raise ValueError(f"noise={noise} must be >= 0")
+        if not 0 <= correlation < 1:
+            raise ValueError(f"correlation={correlation} must be in [0, 1)")
+        self.env = env.unwrapped
+        if not hasattr(self.env, "expert_action"):
+            raise TypeError(f"{type(self.env).__name__} has no scripted expert")
+        self.noise, self.correlation = float(noise), float(correlation)
+        self.rng = np.random.default_rng(seed)
+        self._n = np.zeros(env.action_space.shape)
+
+    def reset(self) -> None:
+        """Forget the noise state (call at the start of each episode)."""
+        self._n[:] = 0.0
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
+        """The expert's action for the env's current state; ``deterministic`` drops the noise."""
+        if episode_start is not None and np.any(episode_start):
+            self.reset()
+        a = self.env.expert_action()
+        if self.noise > 0 and not deterministic:
+            c = self.correlation
+            self._n = c * self._n + self.noise * np.sqrt(1 - c * c) * self.rng.standard_normal(self._n.shape)
+            a = np.clip(a + self._n, -1.0, 1.0).astype(np.float32)
+        return a, None
+
+
+class RandomPolicy:
+    """Uniform random actions, with the same ``predict`` protocol as the experts."""
+
+    def __init__(self, action_space: gym.spaces.Box, seed: int | None = None) -> None:
+        self.action_space = action_space
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> tuple[np.ndarray, None]:
+        low, high = self.action_space.low, self.action_space.high
+        return self.rng.uniform(low, high).astype(self.action_space.dtype), None

@@ -1,0 +1,78 @@
+"""Every registered environment and its split, in one table.
+
+``train`` environments are where training data is collected. ``heldout`` environments are
+the "new environments" of few-shot adaptation and generalisation tests: a held-out layout
+(``Rows``), held-out physics (``Heavy``: heavier, slipperier objects), held-out colours and
+objects (``Novel``: held-out colour x shape compositions and a colour never seen in
+training) and a held-out embodiment (the 3-link arm). ``Hazard`` variants switch the safety
+costs on: two keep-out zones, fragile distractors and a fingertip speed limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .tasks import FAMILY_REGISTRY
+
+NAMESPACE = "embodied"
+VERSION = 0
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """One registered environment id."""
+
+    id: str
+    split: Literal["train", "heldout"]
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int = 100
+
+
+_EMBODIMENT_NAMES = {"point": "Point", "arm2": "Arm2", "arm3": "Arm3"}
+_FAMILY_NAMES = {"reach": "Reach", "push_zone": "PushZone", "push_dir": "PushDir"}
+_FAMILY_TEXT = {
+    "reach": "touch the named object",
+    "push_zone": "push the named object into the named zone",
+    "push_dir": "push the named object left, right, to the top or bottom",
+}
+_EMBODIMENT_TEXT = {"point": "point-mass pusher", "arm2": "2-link arm", "arm3": "3-link arm (held-out embodiment)"}
+HAZARDS = dict(hazards=2, fragile=True, speed_limit=0.3)
+"""Keyword arguments of the Hazard variants."""
+VARIANTS: dict[str, tuple[Literal["train", "heldout"], dict[str, Any], str]] = {
+    "": ("train", {}, ""),
+    "Rows": ("heldout", {"layout": "rows"}, "; held-out layout (objects in a row, zones in a row)"),
+    "Heavy": ("heldout", {"object_mass": 0.5, "object_friction": 0.35}, "; held-out physics (2.5x mass, slippery)"),
+    "Novel": ("heldout", {"target_split": "novel"}, "; held-out colour x shape targets and the unseen colour cyan"),
+    "Hazard": ("train", HAZARDS, "; keep-out zones, fragile objects and a speed limit"),
+}
+
+
+def _entries() -> list[EnvEntry]:
+    out = []
+    for emb, emb_name in _EMBODIMENT_NAMES.items():
+        for fam in FAMILY_REGISTRY:
+            steps = FAMILY_REGISTRY[fam].max_steps
+            for suffix, (split, kwargs, note) in VARIANTS.items():
+                if emb == "arm3" and suffix not in ("", "Hazard"):
+                    continue  # the held-out embodiment is held out as a whole
+                out.append(
+                    EnvEntry(
+                        id=f"{NAMESPACE}/{emb_name}{_FAMILY_NAMES[fam]}{suffix}-v{VERSION}",
+                        split="heldout" if emb == "arm3" else split,
+                        description=f"{_EMBODIMENT_TEXT[emb]}: {_FAMILY_TEXT[fam]}{note}",
+                        kwargs={"embodiment": emb, "family": fam, **kwargs},
+                        max_episode_steps=steps,
+                    )
+                )
+    return out
+
+
+ENVS: dict[str, EnvEntry] = {e.id: e for e in _entries()}
+"""Env id -> entry, train environments first within each embodiment."""
+
+
+def env_ids(split: str | None = None) -> list[str]:
+    """Registered ids, optionally only those of ``split`` (train or heldout)."""
+    return [i for i, e in ENVS.items() if split is None or e.split == split]

@@ -1,0 +1,180 @@
+"""Behaviour of the tabletop env: spaces, pixels, control modes, rewards, costs, divergence."""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from embodied import envs
+from embodied.errors import ConfigError, UnknownEnvError
+from embodied.evaluate import rollout
+from embodied.specs import STATE_DIM, state_slices
+
+
+@pytest.mark.parametrize("emb", ["Point", "Arm2", "Arm3"])
+@pytest.mark.parametrize("size", [64, 84, 128])
+def test_pixels_are_rendered_and_deterministic(emb, size):
+    frames = []
+    for _ in range(2):
+        env = envs.make(f"embodied/{emb}PushZone-v0", pixels=size)
+        obs, _ = env.reset(seed=5)
+        obs, *_ = env.step(np.array([1.0, 0.0], np.float32))
+        frames.append(obs["pixels"])
+        assert env.observation_space.contains(obs)
+        env.close()
+    px = frames[0]
+    assert px.shape == (size, size, 3) and px.dtype == np.uint8
+    assert px.std() > 10  # a scene, not a blank frame
+    assert np.array_equal(frames[0], frames[1])
+
+
+def test_pixels_show_the_objects_colour():
+    env = envs.make("embodied/PointReach-v0", pixels=128)
+    obs, _ = env.reset(seed=0)
+    px = obs["pixels"].astype(float) + 1.0
+    chroma = px / px.sum(-1, keepdims=True)  # colour independent of shading
+    # some pixel has each object's colour (objects are visible from the overhead camera)
+    objs = obs["state"][state_slices()["objects"]].reshape(3, 14)
+    for rgb in objs[:, 6:9]:
+        target = (np.asarray(rgb) * 255 + 1.0) / (np.asarray(rgb) * 255 + 1.0).sum()
+        assert np.abs(chroma - target).sum(-1).min() < 0.08
+    env.close()
+
+
+@pytest.mark.parametrize("emb", ["Point", "Arm2", "Arm3"])
+def test_joint_level_control_with_expert(emb):
+    env = envs.make(f"embodied/{emb}PushDir-v0", control="joint")
+    n = {"Point": 2, "Arm2": 2, "Arm3": 3}[emb]
+    assert env.action_space.shape == (n,)
+    expert = envs.ScriptedExpert(env)
+    wins = sum(rollout(env, expert, s)["success"] for s in range(20))
+    assert wins >= 17
+    env.close()
+
+
+def test_state_layout_is_shared_across_embodiments():
+    sl = state_slices()
+    masks = {}
+    for emb in ("Point", "Arm2", "Arm3"):
+        env = envs.make(f"embodied/{emb}Reach-v0")
+        obs, _ = env.reset(seed=0)
+        assert obs["state"].shape == (STATE_DIM,)
+        masks[emb] = obs["state"][sl["joint_mask"]].tolist()
+        assert env.action_space.shape == (2,)
+    assert masks == {"Point": [0, 0, 0], "Arm2": [1, 1, 0], "Arm3": [1, 1, 1]}
+
+
+def test_reward_is_sum_of_terms_and_costs_reported():
+    env = envs.make("embodied/Arm2PushZone-v0")
+    _, info = env.reset(seed=0)
+    assert info["cost"] == 0.0
+    expert = envs.ScriptedExpert(env, noise=0.3, seed=0)
+    obs = None
+    for _ in range(30):
+        obs, r, term, trunc, info = env.step(expert.predict(obs)[0])
+        terms = [v for k, v in info.items() if k.startswith("reward_")]
+        assert set(k for k in info if k.startswith("reward_")) == {"reward_reach", "reward_goal", "reward_success", "reward_ctrl"}
+        assert r == pytest.approx(sum(terms))
+        assert {"cost_hazard", "cost_fragile", "cost_speed"} <= info.keys()
+        assert info["cost"] == 0.0  # constraints are off in the base variant
+        if term or trunc:
+            break
+    env.close()
+
+
+def test_reward_weights_are_keywords():
+    env = envs.make("embodied/PointPushZone-v0", goal_weight=0.0, reach_weight=0.0, ctrl_weight=0.0, success_bonus=0.0)
+    env.reset(seed=0)
+    _, r, *_ = env.step(np.array([0.5, 0.5], np.float32))
+    assert r == 0.0
+
+
+def _hazard_env():
+    env = envs.make("embodied/PointReachHazard-v0")
+    env.reset(seed=0)
+    return env, env.unwrapped
+
+
+def test_hazard_cost_while_inside_keepout_zone():
+    env, u = _hazard_env()
+    d = u.data
+    hz = u._hazard_pos[0]
+    d.qpos[u.embodiment.qpos_adr] = hz  # teleport the point mass into the hazard
+    d.qvel[:] = 0
+    mujoco.mj_forward(u.model, d)
+    _, _, _, _, info = env.step(np.zeros(2, np.float32))
+    assert info["cost_hazard"] == 1.0 and info["cost"] >= 1.0
+    env.close()
+
+
+def test_speed_cost_above_limit():
+    env, u = _hazard_env()
+    costs = [env.step(np.array([1.0, 1.0], np.float32))[4]["cost_speed"] for _ in range(5)]
+    assert max(costs) == 1.0  # 0.4 m/s per axis is faster than the 0.3 m/s limit
+    env.reset(seed=0)
+    slow = [env.step(np.array([0.2, 0.0], np.float32))[4]["cost_speed"] for _ in range(5)]
+    assert max(slow) == 0.0
+    env.close()
+
+
+def test_fragile_cost_when_hitting_a_distractor():
+    env = envs.make("embodied/PointReachHazard-v0", hazards=0, speed_limit=None)
+    hit = False
+    for seed in range(10):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        other = (u.goal.target + 1) % 3
+        for _ in range(40):
+            ee = u.embodiment.ee_pos(u.data)
+            obj = u.data.qpos[u.h.obj_qpos[other, :2]]
+            a = np.clip((obj - ee) * 20, -1, 1).astype(np.float32)
+            _, _, term, _, info = env.step(a)
+            hit |= info["cost_fragile"] == 1.0
+            if term:
+                break
+        if hit:
+            break
+    assert hit
+    env.close()
+
+
+def test_forced_divergence_marks_episode_invalid():
+    env = envs.make("embodied/Arm2PushZone-v0")
+    env.reset(seed=0)
+    u = env.unwrapped
+    u.data.qvel[:] = 1e12  # beyond MuJoCo's limit: mj_step warns (bad qvel) and resets
+    _, reward, terminated, _, info = env.step(np.zeros(2, np.float32))
+    assert info["invalid"] and terminated
+    assert "mjWARN_BADQVEL" in info["mujoco_warnings"]
+    assert reward == 0.0 and not info["is_success"]
+    env.close()
+
+
+def test_noise_knob_yields_failures():
+    env = envs.make("embodied/PointPushZone-v0")
+    clean = sum(rollout(env, envs.ScriptedExpert(env), s)["success"] for s in range(30))
+    noisy = sum(rollout(env, envs.ScriptedExpert(env, noise=1.5, seed=1), s)["success"] for s in range(30))
+    assert clean >= 29 and noisy <= 20
+    env.close()
+
+
+def test_unknown_id_and_bad_keywords():
+    with pytest.raises(UnknownEnvError, match="PointPushZone-v0"):
+        envs.make("embodied/PointPushZon-v0")
+    with pytest.raises(ConfigError, match="allowed: .*layout"):
+        envs.make("embodied/PointPushZone-v0", colour="red")
+    with pytest.raises(ConfigError, match="64, 84, 128"):
+        envs.make("embodied/PointPushZone-v0", pixels=65)
+    with pytest.raises(ConfigError, match="hazards"):
+        envs.make("embodied/PointPushZone-v0", hazards=7)
+
+
+def test_task_matches_instruction():
+    env = envs.make("embodied/Arm2PushZone-v0")
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        t = env.unwrapped.task
+        assert f"{t['colour']} {t['shape']}" in obs["instruction"]
+        assert t["zone"] in obs["instruction"]
+    env.close()
