@@ -164,7 +164,7 @@ class BenchEnvsConfig:
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""
-    episodes: int = 10
+    episodes: int = 100
     """Expert episodes per environment in the suite check."""
     force: bool = False
     """Redo every step even when its results already exist."""

@@ -178,3 +178,31 @@ def test_task_matches_instruction():
         assert f"{t['colour']} {t['shape']}" in obs["instruction"]
         assert t["zone"] in obs["instruction"]
     env.close()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+_ENVS: dict[str, object] = {}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    env_id=st.sampled_from(["embodied/PointPushZoneHazard-v0", "embodied/Arm2PushDir-v0", "embodied/Arm3ReachHazard-v0"]),
+    seed=st.integers(0, 2**31 - 1),
+    actions=arrays(np.float32, (25, 2), elements=st.floats(-3, 3, width=32)),
+)
+def test_any_actions_keep_the_env_well_formed(env_id, seed, actions):
+    """Random seeds and out-of-range actions: observations stay in the space, info stays complete."""
+    env = _ENVS.get(env_id) or _ENVS.setdefault(env_id, envs.make(env_id))
+    obs, info = env.reset(seed=seed)
+    assert env.observation_space.contains(obs)
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        assert env.observation_space.contains(obs)
+        assert np.isfinite(r) and not info["invalid"] and not info["mujoco_warnings"]
+        assert info["cost"] == sum(v for k, v in info.items() if k.startswith("cost_"))
+        assert all(v in (0.0, 1.0) for k, v in info.items() if k.startswith("cost_"))
+        if term or trunc:
+            break
