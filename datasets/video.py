@@ -22,7 +22,7 @@ def write_video(path: str | os.PathLike[str], frames: Iterable[np.ndarray], fps:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
     n = 0
     try:
-        with av.open(str(tmp), "w") as container:
+        with av.open(str(tmp), "w", options={"movflags": "faststart"}) as container:  # index first: streams in browsers
             stream = None
             for frame in frames:
                 frame = np.ascontiguousarray(frame, dtype=np.uint8)

@@ -12,12 +12,14 @@ Links of the arms fly above the objects: only the fingertip touches them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, TypeVar
+from typing import ClassVar
 
 import mujoco
 import numpy as np
 
 from embodied.specs import MAX_JOINTS
+
+from .registry import Registry
 
 OBJECT_Z = 0.025
 """Height (m) of object centres and of the fingertip centre above the table."""
@@ -25,21 +27,9 @@ TIP_RADIUS = 0.02
 ARM_Z = 0.08
 """Height (m) of the arm links: above every object, so links never touch them."""
 
-EMBODIMENTS: dict[str, type["Embodiment"]] = {}
-E = TypeVar("E", bound="type[Embodiment]")
-
-
-def register_embodiment(name: str) -> Callable[[E], E]:
-    """Class decorator adding an :class:`Embodiment` subclass to :data:`EMBODIMENTS`."""
-
-    def deco(cls: E) -> E:
-        if name in EMBODIMENTS:
-            raise ValueError(f"embodiment {name!r} is already registered")
-        cls.name = name
-        EMBODIMENTS[name] = cls
-        return cls
-
-    return deco
+EMBODIMENTS: Registry[type["Embodiment"]] = Registry("embodiment")
+register_embodiment = EMBODIMENTS.register
+"""Class decorator: ``@register_embodiment("name")`` adds an :class:`Embodiment` subclass."""
 
 
 class Embodiment(ABC):
@@ -273,6 +263,4 @@ def _velocity_actuator(
 
 def make_embodiment(name: str) -> Embodiment:
     """A fresh instance of the embodiment registered as ``name``."""
-    if name not in EMBODIMENTS:
-        raise ValueError(f"unknown embodiment {name!r}; use one of {', '.join(EMBODIMENTS)}")
     return EMBODIMENTS[name]()

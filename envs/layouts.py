@@ -15,23 +15,16 @@ import numpy as np
 
 from embodied.specs import N_HAZARDS, N_OBJECTS, N_ZONES
 
+from .registry import Registry
 from .scene import HALF_EXTENT, HAZARD_RADIUS, ZONE_RADIUS
 
 Sampler = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
-LAYOUTS: dict[str, Sampler] = {}
+LAYOUTS: Registry[Sampler] = Registry("layout")
+register_layout = LAYOUTS.register
+"""Decorator: ``@register_layout("name")`` adds a sampler ``rng -> (objects (N,2), zones (M,2))``."""
 
 R_MIN, R_MAX = 0.12, 0.28
 """Annulus (m) in which objects and zones are placed."""
-
-
-def register_layout(name: str) -> Callable[[Sampler], Sampler]:
-    """Decorator adding a sampler ``rng -> (objects (N,2), zones (M,2))`` to :data:`LAYOUTS`."""
-
-    def deco(fn: Sampler) -> Sampler:
-        LAYOUTS[name] = fn
-        return fn
-
-    return deco
 
 
 def _annulus(rng: np.random.Generator, lo: float = R_MIN, hi: float = R_MAX) -> np.ndarray:

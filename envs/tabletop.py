@@ -249,10 +249,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         hb = s[_SL["hazards"]].reshape(N_HAZARDS, 7)
         hb[:] = 0.0
         for i in range(self.n_hazards):
-            hb[i] = (*self._hazard_pos[i], HAZARD_RADIUS, *ins.COLOURS[self._hazard_colours_all(i)], 1.0)
-
-    def _hazard_colours_all(self, i: int) -> str:
-        return self._hazard_colours[i]
+            hb[i] = (*self._hazard_pos[i], HAZARD_RADIUS, *ins.COLOURS[self._hazard_colours[i]], 1.0)
 
     # ------------------------------------------------------------------ stepping
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, TypeVar
+from typing import ClassVar
 
 import numpy as np
 
 from .embodiments import TIP_RADIUS
 from .instructions import DIRECTIONS
+from .registry import Registry
 from .scene import OBJECT_HALF, ZONE_RADIUS
 
-FAMILY_REGISTRY: dict[str, type["TaskFamily"]] = {}
-F = TypeVar("F", bound="type[TaskFamily]")
+FAMILY_REGISTRY: Registry[type["TaskFamily"]] = Registry("task family")
+register_family = FAMILY_REGISTRY.register
+"""Class decorator: ``@register_family("name")`` adds a :class:`TaskFamily` subclass."""
 
 PUSH_DISTANCE = 0.12
 """How far (m) push_dir's expert aims to move the object; success needs SUCCESS_DISTANCE."""
@@ -30,19 +32,6 @@ ZONE_SUCCESS = ZONE_RADIUS - 0.015
 """push_zone: the object's centre must be this close (m) to the zone's centre."""
 TOUCH = 0.004
 """reach: fingertip-to-surface gap (m) that counts as touching."""
-
-
-def register_family(name: str) -> Callable[[F], F]:
-    """Class decorator adding a :class:`TaskFamily` to :data:`FAMILY_REGISTRY`."""
-
-    def deco(cls: F) -> F:
-        if name in FAMILY_REGISTRY:
-            raise ValueError(f"task family {name!r} is already registered")
-        cls.name = name
-        FAMILY_REGISTRY[name] = cls
-        return cls
-
-    return deco
 
 
 @dataclass
@@ -184,6 +173,5 @@ def push_velocity(ee: np.ndarray, obj: np.ndarray, goal: np.ndarray, speed: floa
 
 
 def make_family(name: str) -> TaskFamily:
-    if name not in FAMILY_REGISTRY:
-        raise ValueError(f"unknown task family {name!r}; use one of {', '.join(FAMILY_REGISTRY)}")
+    """A fresh instance of the task family registered as ``name``."""
     return FAMILY_REGISTRY[name]()
