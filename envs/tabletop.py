@@ -40,10 +40,8 @@ INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.;:'!?-()"
 INSTRUCTION_MAX_LEN = 200
 STATE_BOUND = 50.0
 """State features are clipped to +-STATE_BOUND (only fast joint velocities ever reach it)."""
-DIVERGENCE_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQACC,
-    mujoco.mjtWarning.mjWARN_BADQVEL,
-    mujoco.mjtWarning.mjWARN_BADQPOS,
+DIVERGENCE_WARNINGS = frozenset(
+    int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQPOS)
 )
 WARNING_NAMES = {int(w): w.name for w in mujoco.mjtWarning.__members__.values() if w.name != "mjNWARNING"}
 REWARD_TERMS = ("reward_reach", "reward_goal", "reward_success", "reward_ctrl")
@@ -169,7 +167,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.instruction = ""
         self.goal = None
         self._fragile_geoms: set[int] = set()
-        self._warn_counts = np.zeros(len(WARNING_NAMES), np.int64)
+        self._warn_counts = self.data.warning.number.copy()
 
     # ------------------------------------------------------------------ episode set-up
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -230,7 +228,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             zone=zone_colours[goal.zone] if goal.zone >= 0 else "", direction=goal.direction,
         )
         self._fill_static_state(objs, zones, shapes, colours, zone_colours)
-        self._warn_counts[:] = [d.warning[w].number for w in WARNING_NAMES]
+        self._warn_counts = d.warning.number.copy()
         obs = self._observation()
         info = self._step_info(np.zeros(self.action_space.shape), reset=True)[1]
         return obs, info
@@ -267,12 +265,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         d, g = self.data, self.goal
         warnings: list[str] = []
         invalid = False
-        for k, w in enumerate(WARNING_NAMES):
-            n = d.warning[w].number
-            if n != self._warn_counts[k]:
-                self._warn_counts[k] = n
-                warnings.append(WARNING_NAMES[w])
-                invalid |= w in DIVERGENCE_WARNINGS
+        counts = d.warning.number  # one array read; compared as a whole on the hot path
+        if not np.array_equal(counts, self._warn_counts):
+            changed = np.flatnonzero(counts != self._warn_counts)
+            self._warn_counts = counts.copy()
+            warnings = [WARNING_NAMES.get(int(i), f"mjWARN_{int(i)}") for i in changed]
+            invalid = any(int(i) in DIVERGENCE_WARNINGS for i in changed)
         obj = d.qpos[self._obj_qpos].reshape(N_OBJECTS, 2)
         if not np.isfinite(obj).all():
             invalid = True

@@ -8,6 +8,7 @@ family reports the same reward keys (``reward_reach``, ``reward_goal``, ``reward
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -50,13 +51,12 @@ class Goal:
 
 def surface_gap(tip: np.ndarray, obj: np.ndarray, yaw: float, shape: str) -> float:
     """Distance (m) between the fingertip sphere's surface and the object's outline in the plane."""
-    d = tip - obj
+    dx, dy = float(tip[0] - obj[0]), float(tip[1] - obj[1])  # plain floats: this runs every step
     if shape == "cube":
-        c, s = np.cos(yaw), np.sin(yaw)
-        local = np.abs(np.array([c * d[0] + s * d[1], -s * d[0] + c * d[1]])) - OBJECT_HALF
-        outside = float(np.hypot(max(local[0], 0.0), max(local[1], 0.0)))
-        return outside + min(float(local.max()), 0.0) - TIP_RADIUS
-    return float(np.hypot(d[0], d[1])) - OBJECT_HALF - TIP_RADIUS
+        c, s = math.cos(yaw), math.sin(yaw)
+        lx, ly = abs(c * dx + s * dy) - OBJECT_HALF, abs(-s * dx + c * dy) - OBJECT_HALF
+        return math.hypot(max(lx, 0.0), max(ly, 0.0)) + min(max(lx, ly), 0.0) - TIP_RADIUS
+    return math.hypot(dx, dy) - OBJECT_HALF - TIP_RADIUS
 
 
 class TaskFamily(ABC):
@@ -115,7 +115,8 @@ class PushToZone(TaskFamily):
         return Goal(target=target, point=zone_pos[z].copy(), zone=z)
 
     def progress(self, goal, obj_pos, obj_start):
-        d = float(np.linalg.norm(obj_pos[goal.target] - goal.point))
+        p = obj_pos[goal.target]
+        d = math.hypot(float(p[0] - goal.point[0]), float(p[1] - goal.point[1]))
         return d, d <= ZONE_SUCCESS
 
 
