@@ -68,10 +68,6 @@ class Embodiment(ABC):
         """Number of actuated joints (2 for the point mass: its two slides)."""
         return max(self.n_joints, 2)
 
-    @property
-    def joint_action_dim(self) -> int:
-        return self.dof
-
     @abstractmethod
     def reset(self, data: mujoco.MjData, rng: np.random.Generator) -> None:
         """Put the robot in a random start configuration (qpos, zero qvel)."""

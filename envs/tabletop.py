@@ -47,6 +47,7 @@ WARNING_NAMES = {int(w): w.name for w in mujoco.mjtWarning.__members__.values() 
 REWARD_TERMS = ("reward_reach", "reward_goal", "reward_success", "reward_ctrl")
 COST_TERMS = ("cost_hazard", "cost_fragile", "cost_speed")
 _SL = state_slices()
+_JOINTS = slice(_SL["joint_cos"].start, _SL["joint_mask"].stop)
 
 
 class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
@@ -138,15 +139,15 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.terminate_on_success = terminate_on_success
         self.render_mode, self.render_size = render_mode, render_size
 
-        self.spec_ = build_spec(self.embodiment, Physics(mass=object_mass, friction=object_friction), control)
-        self.model = self.spec_.compile()
+        self.mj_spec = build_spec(self.embodiment, Physics(mass=object_mass, friction=object_friction), control)
+        self.model = self.mj_spec.compile()
         self.data = mujoco.MjData(self.model)
         self.embodiment.bind(self.model)
         self.h = bind(self.model)
         self.targets = ins.target_choices(family, target_split)
         self.palette = ins.TRAIN_COLOURS + (ins.NOVEL_COLOURS if target_split == "novel" else ())
 
-        act_dim = ACTION_DIM if control == "ee" else self.embodiment.joint_action_dim
+        act_dim = ACTION_DIM if control == "ee" else self.embodiment.dof
         self.action_space = spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
         obs_spaces: dict[str, spaces.Space] = {
             STATE: spaces.Box(-STATE_BOUND, STATE_BOUND, (STATE_DIM,), np.float32),
@@ -320,9 +321,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     def _observation(self) -> dict[str, Any]:
         d, s, ob = self.data, self._state, self._obj_block
         emb = self.embodiment
-        s[0:2] = emb.ee_pos(d)
-        s[2:4] = emb.ee_vel(d)
-        emb.joint_features(d, s[4:16])
+        s[_SL["ee_pos"]] = emb.ee_pos(d)
+        s[_SL["ee_vel"]] = emb.ee_vel(d)
+        emb.joint_features(d, s[_JOINTS])
         yaw = d.qpos[self._obj_yaw]
         ob[:, 0:2] = d.qpos[self._obj_qpos].reshape(N_OBJECTS, 2)
         ob[:, 2] = np.cos(yaw)
