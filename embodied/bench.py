@@ -146,8 +146,19 @@ def _run_env(env: gym.Env, steps: int, act: Callable[[], np.ndarray]) -> _Trace:
     return _Trace(busy, steps, segments)
 
 
-def _replay_physics(model: mujoco.MjModel, data: mujoco.MjData, trace: _Trace, frame_skip: int) -> float:
-    """Busy seconds of bare ``ctrl`` writes + ``mj_step(nstep=frame_skip)`` replaying ``trace``."""
+def _replay(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    trace: _Trace,
+    frame_skip: int,
+    renderer: mujoco.Renderer | None = None,
+) -> float:
+    """Replay ``trace`` with bare ``ctrl`` writes + ``mj_step(nstep=frame_skip)``; return busy seconds.
+
+    Without ``renderer`` the physics is timed. With one, physics runs off the clock and only
+    ``update_scene`` + ``render`` of each state the pixel env rendered is timed. The model
+    fields that resets rewrite are put back afterwards.
+    """
     import mujoco
 
     keep = _snapshot(model, data).model_fields
@@ -162,48 +173,14 @@ def _replay_physics(model: mujoco.MjModel, data: mujoco.MjData, trace: _Trace, f
             t0 = clock()
             ctrl[:] = c
             step(model, data, nstep=frame_skip)
+            if renderer is not None:
+                t0 = clock()
+                renderer.update_scene(data, camera="overhead")
+                renderer.render()
             busy += clock() - t0
     for name, value in zip(_MODEL_FIELDS, keep):
         getattr(model, name)[:] = value
     return busy
-
-
-def _replay_render(
-    model: mujoco.MjModel, data: mujoco.MjData, renderer: mujoco.Renderer, trace: _Trace, frame_skip: int
-) -> float:
-    """Busy seconds of bare ``update_scene`` + ``render`` on the states the pixel env rendered.
-
-    Physics is replayed off the clock, so each frame shows the same state as the env's frame.
-    """
-    import mujoco
-
-    keep = _snapshot(model, data).model_fields
-    clock, step = time.perf_counter, mujoco.mj_step
-    busy = 0.0
-    for seg in trace.segments:
-        if not seg.ctrl:
-            continue
-        _restore(model, data, seg)
-        for c in seg.ctrl:
-            data.ctrl[:] = c
-            step(model, data, nstep=frame_skip)
-            t0 = clock()
-            renderer.update_scene(data, camera="overhead")
-            renderer.render()
-            busy += clock() - t0
-    for name, value in zip(_MODEL_FIELDS, keep):
-        getattr(model, name)[:] = value
-    return busy
-
-
-def _bare_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
-    """A ``mujoco.Renderer`` with the env's scene flags: shadows, reflections and skybox off."""
-    import mujoco
-
-    r = mujoco.Renderer(model, size, size)
-    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
-        r.scene.flags[flag] = False
-    return r
 
 
 def _calibrate(run: Callable[[int], float], window_s: float, minimum: int, probe_s: float = 0.1) -> int:
@@ -234,6 +211,7 @@ def _bench_embodiment(
     import numpy as np
 
     from embodied.envs import make
+    from embodied.envs.scene import make_renderer
 
     env_id = push_zone_id(embodiment)
     window = seconds / repeats
@@ -243,7 +221,7 @@ def _bench_embodiment(
     px_env = make(env_id, pixels=pixel_size)
     raw_data = mujoco.MjData(env.unwrapped.model)
     px_raw_data = mujoco.MjData(px_env.unwrapped.model)
-    renderer = _bare_renderer(px_env.unwrapped.model, pixel_size)
+    renderer = make_renderer(px_env.unwrapped.model, pixel_size)
     try:
         fs, px_fs = env.unwrapped.frame_skip, px_env.unwrapped.frame_skip
         env.reset(seed=seed)
@@ -254,9 +232,9 @@ def _bench_embodiment(
         progress(f"{env_id}: warming up")
         for _ in range(2):
             t = _run_env(env, 50, act)
-            _replay_physics(env.unwrapped.model, raw_data, t, fs)
+            _replay(env.unwrapped.model, raw_data, t, fs)
             pt = _run_env(px_env, 10, px_act)
-            _replay_render(px_env.unwrapped.model, px_raw_data, renderer, pt, px_fs)
+            _replay(px_env.unwrapped.model, px_raw_data, pt, px_fs, renderer)
         n_env = _calibrate(lambda n: _run_env(env, n, act).busy_s, window / _CHUNKS, _MIN_STEPS)
         n_px = _calibrate(lambda n: _run_env(px_env, n, px_act).busy_s, window / _CHUNKS, _MIN_FRAMES)
 
@@ -270,10 +248,10 @@ def _bench_embodiment(
             for _ in range(_CHUNKS):  # env and bare chunks alternate within each window
                 t = _run_env(env, n_env, act)
                 busy[0] += t.busy_s
-                busy[1] += _replay_physics(env.unwrapped.model, raw_data, t, fs)
+                busy[1] += _replay(env.unwrapped.model, raw_data, t, fs)
                 pt = _run_env(px_env, n_px, px_act)
                 busy[2] += pt.busy_s
-                busy[3] += _replay_render(px_env.unwrapped.model, px_raw_data, renderer, pt, px_fs)
+                busy[3] += _replay(px_env.unwrapped.model, px_raw_data, pt, px_fs, renderer)
             env_r.append(_CHUNKS * n_env / busy[0])
             raw_r.append(_CHUNKS * n_env / busy[1])
             px_r.append(_CHUNKS * n_px / busy[2])

@@ -154,3 +154,12 @@ def show_object(model: mujoco.MjModel, handles: SceneHandles, slot: int, shape: 
         model.geom_contype[g] = model.geom_conaffinity[g] = 1 if on else 0
         model.geom_group[g] = 0 if on else HIDDEN_GROUP
         model.geom_rgba[g] = (*rgb, 1.0) if on else (1.0, 1.0, 1.0, 0.0)
+
+
+def make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
+    """A headless ``size`` x ``size`` renderer with shadows, reflections and skybox off (they cost
+    several times the frame rate and carry no task information)."""
+    r = mujoco.Renderer(model, size, size)
+    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        r.scene.flags[flag] = False
+    return r

@@ -33,8 +33,8 @@ from embodied.specs import (
 from . import instructions as ins
 from .embodiments import EMBODIMENTS, make_embodiment
 from .layouts import LAYOUTS, feasible, place_hazards
-from .scene import HAZARD_RADIUS, Physics, bind, build_spec, show_object
-from .tasks import FAMILY_REGISTRY, TOUCH, make_family, surface_gap
+from .scene import HAZARD_RADIUS, Physics, bind, build_spec, make_renderer, show_object
+from .tasks import FAMILY_REGISTRY, make_family, surface_gap
 
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.;:'!?-()"
 INSTRUCTION_MAX_LEN = 200
@@ -176,7 +176,6 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         rng = self.np_random
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        pushing = self.family.name != "reach"
         for _ in range(10_000):
             self.embodiment.reset(d, rng)
             mujoco.mj_kinematics(m, d)
@@ -184,7 +183,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             objs, zones = LAYOUTS[self.layout](rng)
             target = int(rng.integers(N_OBJECTS))
             goal = self.family.choose_goal(rng, target, objs, zones)
-            if feasible(self.family.path(goal, objs, ee), target, objs, zones, ee, pushing, goal.zone):
+            if feasible(self.family.path(goal, objs, ee), target, objs, zones, ee, self.family.pushes, goal.zone):
                 break
         else:  # pragma: no cover - the samplers make this unreachable in practice
             raise RuntimeError(f"could not sample a feasible {self.layout} layout for {self.family.name}")
@@ -278,10 +277,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         ee = self.embodiment.ee_pos(d)
         t = g.target
         gap = surface_gap(ee, obj[t], float(d.qpos[self._obj_yaw[t]]), self._shapes[t])
-        if self.family.name == "reach":
-            dist, success = 0.0, gap <= TOUCH
-        else:
-            dist, success = self.family.progress(g, obj, self._obj_start)
+        dist, success = self.family.progress(g, obj, self._obj_start, gap)
         w = self.weights
         terms = {
             "reward_reach": -w["reach"] * max(gap, 0.0),
@@ -351,10 +347,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     def _render(self, size: int) -> np.ndarray:
         r = self._renderers.get(size)
         if r is None:
-            r = mujoco.Renderer(self.model, size, size)
-            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
-                r.scene.flags[flag] = False
-            self._renderers[size] = r
+            r = self._renderers[size] = make_renderer(self.model, size)
         r.update_scene(self.data, camera=self.h.camera)
         return r.render()
 

@@ -63,6 +63,8 @@ class TaskFamily(ABC):
     """One kind of task: sampling its goal, scoring a state, and an expert for it."""
 
     name: ClassVar[str]
+    pushes: ClassVar[bool] = True
+    """Whether the task moves the target (its path is then checked for a clear push)."""
     max_steps: ClassVar[int]
     """Default episode length (control steps at 20 Hz)."""
 
@@ -75,8 +77,8 @@ class TaskFamily(ABC):
         return obj_pos[goal.target], goal.point
 
     @abstractmethod
-    def progress(self, goal: Goal, obj_pos: np.ndarray, obj_start: np.ndarray) -> tuple[float, bool]:
-        """(distance to goal in m, success) of the target object."""
+    def progress(self, goal: Goal, obj_pos: np.ndarray, obj_start: np.ndarray, gap: float) -> tuple[float, bool]:
+        """(distance of the target to its goal in m, success); ``gap`` is the fingertip-to-target gap (m)."""
 
     def expert_velocity(self, goal: Goal, ee: np.ndarray, obj: np.ndarray, speed: float) -> np.ndarray:
         """Fingertip velocity (2,) in m/s that a scripted expert commands now."""
@@ -87,6 +89,7 @@ class TaskFamily(ABC):
 class Reach(TaskFamily):
     """Touch the named object with the fingertip."""
 
+    pushes = False
     max_steps = 60
 
     def choose_goal(self, rng, target, obj_pos, zone_pos):
@@ -95,8 +98,8 @@ class Reach(TaskFamily):
     def path(self, goal, obj_pos, ee):
         return ee, obj_pos[goal.target]
 
-    def progress(self, goal, obj_pos, obj_start):
-        return 0.0, False  # reach's progress is the fingertip gap, computed by the env
+    def progress(self, goal, obj_pos, obj_start, gap):
+        return 0.0, gap <= TOUCH
 
     def expert_velocity(self, goal, ee, obj, speed):
         v = (obj - ee) * 8.0
@@ -114,7 +117,7 @@ class PushToZone(TaskFamily):
         z = int(rng.integers(len(zone_pos)))
         return Goal(target=target, point=zone_pos[z].copy(), zone=z)
 
-    def progress(self, goal, obj_pos, obj_start):
+    def progress(self, goal, obj_pos, obj_start, gap):
         p = obj_pos[goal.target]
         d = math.hypot(float(p[0] - goal.point[0]), float(p[1] - goal.point[1]))
         return d, d <= ZONE_SUCCESS
@@ -132,7 +135,7 @@ class PushInDirection(TaskFamily):
         point = obj_pos[target] + PUSH_DISTANCE * np.asarray(DIRECTIONS[word])
         return Goal(target=target, point=point, direction=word)
 
-    def progress(self, goal, obj_pos, obj_start):
+    def progress(self, goal, obj_pos, obj_start, gap):
         u = np.asarray(DIRECTIONS[goal.direction])
         disp = obj_pos[goal.target] - obj_start[goal.target]
         along = float(disp @ u)
