@@ -51,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:  # a field without a default is a required positional
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         help_ = docs.get(f.name, "")
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         optional = type(None) in args
@@ -161,6 +164,20 @@ class BenchEnvsConfig:
 
 
 @dataclass(frozen=True)
+class BenchDataConfig:
+    data: str = "out/bench/data.zarr"
+    """Store of rendered 64x64 frames to measure on (collected there on first use)."""
+    frames: int = 20_000
+    """Frames the store must hold at least."""
+    seconds: float = 2.0
+    """Timed seconds per repeat of each windows/s measurement."""
+    repeats: int = 3
+    """Timed repeats per measurement (medians are reported)."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""
@@ -168,3 +185,155 @@ class DemoConfig:
     """Expert episodes per environment in the suite check."""
     force: bool = False
     """Redo every step even when its results already exist."""
+
+
+# ---------------------------------------------------------------------------- collect
+@dataclass(frozen=True)
+class CollectConfig:
+    env: tuple[str, ...] = field(default=(), metadata={"metavar": "ID"})
+    """Environment id(s); episodes go round-robin over them (repeat --env or list several)."""
+    episodes: int = 100
+    """Episodes to record (added to what --append finds)."""
+    policy: str = "expert"
+    """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale) or random."""
+    out: str = "data/episodes.zarr"
+    """The episode store to write (a folder or an fsspec URL)."""
+    pixels: int | None = None
+    """Also record overhead camera images of this size (64, 84 or 128)."""
+    workers: int = 1
+    """Worker processes running environments in parallel."""
+    append: bool = False
+    """Add to an existing store, continuing its episode numbering (resumes an interrupted run)."""
+    seed: int = 0
+    """Run seed; episode n gets the env seed embodied.specs.collection_seed(seed, n)."""
+    kw: tuple[str, ...] = field(default=(), metadata={"metavar": "KEY=VALUE"})
+    """Extra env keyword arguments, e.g. --kw layout=rows."""
+    source: str = ""
+    """Name of who contributed these episodes (default collect:POLICY); `data delete --source` removes by it."""
+    json: bool = False
+    """Print the summary as JSON."""
+
+
+# ---------------------------------------------------------------------------- data (episode store tools)
+_STORE = {"positional": True, "metavar": "STORE"}
+
+
+@dataclass(frozen=True)
+class DataInfoConfig:
+    store: str = field(metadata=_STORE)
+    """The episode store (a folder such as D.zarr, or an fsspec URL)."""
+    json: bool = False
+    """Print a JSON object (episodes, steps, features, per-instruction/env/source counts, bytes, provenance)."""
+
+
+@dataclass(frozen=True)
+class DataVerifyConfig:
+    store: str = field(metadata=_STORE)
+    """The episode store to check."""
+    json: bool = False
+    """Print a JSON report instead of one line per damaged episode."""
+    decode: bool = True
+    """Also decompress every chunk (--no-decode checks only that chunks exist and have their recorded size)."""
+
+
+@dataclass(frozen=True)
+class DataRepairConfig:
+    store: str = field(metadata=_STORE)
+    """The episode store to repair."""
+    drop_damaged: bool = False
+    """Remove episodes with damaged or missing chunks (their bytes too) instead of only reporting them."""
+    break_lock: bool = False
+    """Remove a writer lock left by a writer that is gone (object stores; local locks free themselves)."""
+
+
+@dataclass(frozen=True)
+class DataMergeConfig:
+    stores: tuple[str, ...] = field(default=(), metadata=_STORE)
+    """Stores to merge, in order (same features and control rate)."""
+    out: str = ""
+    """The new store to write (must not exist)."""
+
+
+@dataclass(frozen=True)
+class DataSplitConfig:
+    store: str = field(metadata=_STORE)
+    """The store to split."""
+    out: tuple[str, ...] = field(default=(), metadata={"metavar": "OUT"})
+    """New stores to write, one per part: --out train.zarr --out val.zarr."""
+    fraction: tuple[float, ...] = ()
+    """Share of each part, one per --out or one fewer (the last takes the rest); default equal parts."""
+    by: str = field(default="episode", metadata={"choices": ("episode", "instruction", "env")})
+    """Split episodes, or whole instructions or environments (held-out instructions or envs)."""
+    seed: int = 0
+    """Seed of the random permutation; the same store and seed give the same split."""
+
+
+@dataclass(frozen=True)
+class DataFilterConfig:
+    store: str = field(metadata=_STORE)
+    """The store to filter."""
+    out: str = ""
+    """The new store to write (must not exist)."""
+    env: tuple[str, ...] = field(default=(), metadata={"metavar": "PATTERN"})
+    """Keep episodes of these env ids (shell patterns such as 'embodied/Arm2*')."""
+    instruction: tuple[str, ...] = field(default=(), metadata={"metavar": "PATTERN"})
+    """Keep episodes with these instructions (shell patterns)."""
+    source: tuple[str, ...] = field(default=(), metadata={"metavar": "PATTERN"})
+    """Keep episodes from these sources (shell patterns)."""
+    policy: tuple[str, ...] = field(default=(), metadata={"metavar": "PATTERN"})
+    """Keep episodes of these collection policies (shell patterns such as 'noisy:*')."""
+    valid_only: bool = False
+    """Keep only valid episodes."""
+    success: bool | None = None
+    """Keep only successful (--success) or only failed (--no-success) episodes."""
+    has_actions: bool | None = None
+    """Keep only episodes with (--has-actions) or without (--no-has-actions) actions."""
+
+
+@dataclass(frozen=True)
+class DataDeleteConfig:
+    store: str = field(metadata=_STORE)
+    """The store to delete episodes from."""
+    episode: tuple[int, ...] = field(default=(), metadata={"metavar": "I"})
+    """Indices of episodes to delete (as `embodied data info` and `verify` number them)."""
+    source: tuple[str, ...] = field(default=(), metadata={"metavar": "NAME"})
+    """Delete every episode whose meta source is exactly NAME (a contributor's data)."""
+    yes: bool = False
+    """Delete; without it only print what would be removed."""
+
+
+@dataclass(frozen=True)
+class DataCardConfig:
+    store: str = field(metadata=_STORE)
+    """The store to describe."""
+    out: str | None = None
+    """Datasheet file to write ('-' prints it; default: STORE's name with .datasheet.md next to a local store, else print)."""
+
+
+# ---------------------------------------------------------------------------- data: video import / export
+@dataclass(frozen=True)
+class DataImportVideoConfig:
+    paths: tuple[str, ...] = field(default=(), metadata={"positional": True, "metavar": "FILE|FOLDER"})
+    """Videos (MP4/AVI/MOV/MKV/WEBM) or folders of PNG/JPEG/BMP images; each becomes one actionless episode."""
+    instruction: str | None = None
+    """The instruction the videos show (required), e.g. --instruction 'push the red cube into the green zone'."""
+    fps: float | None = None
+    """Frame rate of the sources (overrides a file's own rate; required for image folders). Frames are resampled to the store's control rate."""
+    out: str | None = None
+    """The episode store to write (required): created with only a pixels feature when missing, appended to otherwise."""
+    size: int | None = None
+    """Frame width and height of a new store (default 64); an existing store keeps its own."""
+    source: str = "video"
+    """The episodes' meta source (who contributed them), e.g. --source lab-videos-2026."""
+
+
+@dataclass(frozen=True)
+class DataExportVideoConfig:
+    store: str = field(metadata={"positional": True, "metavar": "STORE"})
+    """The episode store to read."""
+    episode: int = 0
+    """Index of the episode to export (as `embodied data info` numbers them; -1 is the last)."""
+    out: str | None = None
+    """Output H.264 MP4 (default: STORE's name with -episode<I>.mp4, in the current folder)."""
+    fps: float | None = None
+    """Frame rate of the video (default: the store's control rate)."""

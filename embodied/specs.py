@@ -68,3 +68,23 @@ def state_slices() -> dict[str, slice]:
         out[name] = slice(i, i + n)
         i += n
     return out
+
+
+# Seeds. Training data and evaluation never share an episode seed: collection draws from
+# [0, EVAL_SEED_START) and evaluation from [EVAL_SEED_START, 2**32). This is the one place
+# the rule lives; `embodied collect` and `embodied eval` both call these functions.
+EVAL_SEED_START: Final = 2**31
+
+
+def collection_seed(base: int, number: int) -> int:
+    """Env seed of episode ``number`` of a collection run with seed ``base`` (always < EVAL_SEED_START)."""
+    if base < 0 or number < 0:
+        raise ValueError(f"seeds and episode numbers are >= 0, got base={base}, number={number}")
+    return (base * 1_000_003 + number) % EVAL_SEED_START
+
+
+def eval_seeds(n: int, offset: int = 0) -> list[int]:
+    """The fixed evaluation seed list: ``n`` seeds from EVAL_SEED_START + offset (never a training seed)."""
+    if n < 0 or offset < 0 or EVAL_SEED_START + offset + n > 2**32:
+        raise ValueError(f"eval seeds need 0 <= offset and offset + n <= 2**31, got offset={offset}, n={n}")
+    return [EVAL_SEED_START + offset + i for i in range(n)]

@@ -1,0 +1,274 @@
+"""The window sampler: batches of fixed-length windows from one or more episode stores.
+
+Two ways to serve windows, one batch format:
+
+- **in RAM** (the default when the selected features fit ``ram_budget_gb``): every episode
+  is decoded once into contiguous NumPy arrays, and each batch is one fancy-indexing
+  gather. DataLoader workers started by ``fork`` share these arrays copy-on-write.
+- **out of core**: batches come in blocks of ``batches_per_block``; each block decodes
+  ``episodes_per_block`` whole episodes (whole chunks, never a window at a time) and
+  serves all its batches from them, so every decompressed chunk feeds many windows.
+
+Batch ``k`` is a pure function of ``(seed, k)`` (and, out of core, of the block sizes),
+whatever the number of DataLoader workers, so a training run resumes exactly from a
+batch index (:attr:`WindowSampler.start_batch`).
+
+A batch is a dict of tensors (``B`` windows of ``T`` frames):
+
+- ``<feature>``: ``(B, T, *shape)`` in the stored dtype (pixels stay uint8);
+- ``<feature>_mask``: ``(B, T)`` bool, True where that feature exists for that frame
+  (False for the actions of a video, or the action of a final observation); masked
+  entries hold 0, never the NaN the store keeps, so ``loss * mask`` stays finite;
+- ``mask``: ``(B, T)`` bool, True where the frame is inside its episode (windows of
+  episodes shorter than ``T`` are padded at the end);
+- ``timestep``: ``(B, T)`` int64 frame index within the episode;
+- ``instruction``: ``(B,)`` int64 index into :attr:`WindowSampler.instructions`;
+- ``episode``: ``(B,)`` int64 index into :attr:`WindowSampler.episodes`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from embodied import specs
+
+from .store import EpisodeStore, Feature, StoreError
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How windows are drawn. Sizes are in frames, episodes and batches."""
+
+    window: int = 8
+    """Frames per window (T)."""
+    batch_size: int = 256
+    """Windows per batch (B)."""
+    keys: tuple[str, ...] | None = None
+    """Features to load (default: every feature of the stores)."""
+    in_ram: bool | None = None
+    """Keep a decoded copy in RAM: True, False (out of core), or None = when it fits ``ram_budget_gb``."""
+    ram_budget_gb: float = 8.0
+    """Largest in-RAM copy (GiB) chosen automatically."""
+    episodes_per_block: int = 64
+    """Out of core: episodes decoded together; windows of a batch come from these."""
+    batches_per_block: int = 64
+    """Out of core: batches served from one block of decoded episodes."""
+    valid_only: bool = True
+    """Skip episodes marked invalid (diverged) by the collector."""
+    seed: int = 0
+    """Seed of the window draw; batch k depends only on (seed, k)."""
+
+    def __post_init__(self) -> None:
+        for name in ("window", "batch_size", "episodes_per_block", "batches_per_block"):
+            if getattr(self, name) < 1:
+                raise StoreError(f"sampler {name} must be >= 1, got {getattr(self, name)}")
+
+
+class _Frames:
+    """Decoded episodes laid end to end: feature arrays, per-feature masks and window starts."""
+
+    def __init__(self, parts: list[dict[str, np.ndarray]], features: dict[str, Feature], window: int) -> None:
+        self.lengths = np.array([len(p["__frames__"]) for p in parts], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.data = {k: np.concatenate([p[k] for p in parts]) for k in features}
+        self.masks = {k: np.concatenate([p[f"{k}_mask"] for p in parts]) for k in features}
+        for k, x in self.data.items():  # masked frames read as 0 (stored as NaN), so that `loss * mask` stays finite
+            if features[k].is_float and not self.masks[k].all():
+                x[~self.masks[k]] = 0
+        self.mask_matrix = np.stack([self.masks[k] for k in features], axis=1)  # (frames, F): one gather for all masks
+        self.timestep = np.concatenate([np.arange(n) for n in self.lengths])
+        n_starts = np.maximum(self.lengths - window + 1, 1)
+        self.start_episode = np.repeat(np.arange(len(parts)), n_starts)
+        first = np.concatenate([[0], np.cumsum(n_starts)[:-1]])
+        self.starts = self.offsets[self.start_episode] + (np.arange(n_starts.sum()) - np.repeat(first, n_starts))
+        self.ends = self.offsets + self.lengths
+
+    def gather(self, rng: np.random.Generator, batch_size: int, window: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Random windows: (features, masks (B, T, F + 1) with the in-episode mask last, timesteps, episodes)."""
+        pick = rng.integers(0, len(self.starts), size=batch_size)
+        ep = self.start_episode[pick]
+        idx = self.starts[pick][:, None] + np.arange(window)[None, :]  # (B, T) global frame index
+        inside = idx < self.ends[ep][:, None]
+        idx = np.minimum(idx, self.ends[ep][:, None] - 1)
+        masks = np.empty((batch_size, window, self.mask_matrix.shape[1] + 1), dtype=bool)
+        np.logical_and(self.mask_matrix[idx], inside[..., None], out=masks[..., :-1])
+        masks[..., -1] = inside
+        return {k: v[idx] for k, v in self.data.items()}, masks, self.timestep[idx], ep
+
+
+class WindowSampler(torch.utils.data.IterableDataset):
+    """An endless stream of window batches over the valid episodes of one or more stores.
+
+    Iterate it :func:`make_loader`, which unpacks the batches workers send; each worker opens
+    its own read handles.
+    """
+
+    def __init__(self, urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], config: SamplerConfig = SamplerConfig(), start_batch: int = 0) -> None:
+        super().__init__()
+        self.urls = [str(urls)] if isinstance(urls, (str, os.PathLike)) else [str(u) for u in urls]
+        if not self.urls:
+            raise StoreError("the sampler needs at least one store")
+        self.config = config
+        self.start_batch = int(start_batch)
+        stores = [EpisodeStore.open(u) for u in self.urls]
+        self.features: dict[str, Feature] = {}
+        for s in stores:
+            for k, f in s.features.items():
+                if k in self.features and self.features[k] != f:
+                    raise StoreError(f"feature {k!r} differs between stores ({self.features[k]} vs {f} in {s.url}); convert one of them")
+                self.features.setdefault(k, f)
+        if config.keys is not None:
+            missing = sorted(set(config.keys) - set(self.features))
+            if missing:
+                raise StoreError(f"no store has feature(s) {missing}; they have {sorted(self.features)}")
+            self.features = {k: self.features[k] for k in config.keys}
+        self.episodes: list[tuple[int, int]] = []
+        """(store number, episode index) of every sampled episode."""
+        lengths, instr = [], []
+        for si, s in enumerate(stores):
+            for i, m in enumerate(s.metas()):
+                if config.valid_only and not m.get(specs.VALID, True):
+                    continue
+                self.episodes.append((si, i))
+                lengths.append(int(m["length"]))
+                instr.append(str(m.get(specs.INSTRUCTION, "")))
+        if not self.episodes:
+            raise StoreError(f"no valid episodes in {', '.join(self.urls)}")
+        self.instructions: list[str] = sorted(set(instr))
+        """Distinct instructions; batches give indices into this list."""
+        lookup = {s: j for j, s in enumerate(self.instructions)}
+        self._instruction = np.array([lookup[s] for s in instr], dtype=np.int64)
+        self.lengths = np.array(lengths, dtype=np.int64)
+        self.frame_bytes = sum(int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize + 1 for f in self.features.values())
+        self.in_ram = config.in_ram if config.in_ram is not None else self.ram_bytes <= config.ram_budget_gb * 2**30
+        self._stores: list[EpisodeStore] | None = stores
+        self._ram: _Frames | None = self._decode(range(len(self.episodes))) if self.in_ram else None
+        self._stores = None  # zarr handles are re-opened in each worker process
+
+    @property
+    def ram_bytes(self) -> int:
+        """Bytes of the decoded copy of every sampled episode."""
+        return int(self.lengths.sum()) * self.frame_bytes
+
+    # ------------------------------------------------------------------ decoding
+    def _open(self) -> list[EpisodeStore]:
+        if self._stores is None:
+            self._stores = [EpisodeStore.open(u) for u in self.urls]
+        return self._stores
+
+    def _decode(self, which: Sequence[int] | range) -> _Frames:
+        stores = self._open()
+        parts = []
+        for e in which:
+            si, i = self.episodes[e]
+            s = stores[si]
+            keys = [k for k in self.features if k in s.features]
+            ep = s.episode(i, keys=keys)
+            n = int(self.lengths[e])
+            for k, f in self.features.items():
+                if k not in ep:  # a feature this store lacks: masked
+                    ep[k] = np.full((n, *f.shape), f.fill_value, dtype=f.dtype)
+                if f"{k}_mask" not in ep:
+                    present = int(s.record(i)["present"].get(k, 0))
+                    mask = np.zeros(n, dtype=bool)
+                    mask[:present] = True
+                    ep[f"{k}_mask"] = mask
+            ep["__frames__"] = np.empty(n, dtype=np.uint8)
+            parts.append(ep)
+        return _Frames(parts, self.features, self.config.window)
+
+    # ------------------------------------------------------------------ batches
+    def _block(self, block: int) -> tuple[np.ndarray, _Frames]:
+        """The episodes of an out-of-core block, drawn with probability proportional to their windows."""
+        c = self.config
+        weights = np.maximum(self.lengths - c.window + 1, 1).astype(np.float64)
+        rng = np.random.default_rng([c.seed, 1, block])
+        k = min(c.episodes_per_block, len(self.episodes))
+        chosen = np.sort(rng.choice(len(self.episodes), size=k, replace=False, p=weights / weights.sum()))
+        return chosen, self._decode(chosen.tolist())
+
+    def packed(self, k: int, _cache: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """Batch ``k`` in transport form: the features, ``_masks`` (B, T, F + 1) bool and ``_index`` (B, T + 2) int64.
+
+        Worker processes send this form (each tensor crossing a process boundary costs a
+        shared-memory segment); :meth:`unpack` turns it into the documented batch.
+        """
+        c = self.config
+        rng = np.random.default_rng([c.seed, 0, k])
+        if self._ram is not None:
+            chosen, frames = None, self._ram
+        else:
+            cache = _cache if _cache is not None else {}
+            block = k // c.batches_per_block
+            if cache.get("block") != block:
+                cache["block"], cache["data"] = block, self._block(block)
+            chosen, frames = cache["data"]
+        data, masks, timestep, ep = frames.gather(rng, c.batch_size, c.window)
+        if chosen is not None:
+            ep = chosen[ep]
+        index = np.concatenate([timestep, ep[:, None], self._instruction[ep][:, None]], axis=1)
+        out = {key: torch.from_numpy(v) for key, v in data.items()}
+        out["_masks"] = torch.from_numpy(masks)
+        out["_index"] = torch.from_numpy(index)
+        return out
+
+    def unpack(self, packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The documented batch from its transport form (views, no copies)."""
+        batch = {k: v for k, v in packed.items() if not k.startswith("_")}
+        masks, index = packed["_masks"], packed["_index"]
+        for j, key in enumerate(self.features):
+            batch[f"{key}_mask"] = masks[..., j]
+        batch["mask"] = masks[..., -1]
+        batch["timestep"] = index[:, :-2]
+        batch["episode"] = index[:, -2]
+        batch[specs.INSTRUCTION] = index[:, -1]
+        return batch
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Batch number ``k`` (the same whichever process computes it)."""
+        return self.unpack(self.packed(k))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Packed batches (see :meth:`packed`) from ``start_batch`` on; this worker's share of them."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        cache: dict[str, Any] = {}
+        k = self.start_batch + worker
+        while True:
+            yield self.packed(k, cache)
+            k += workers
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches that hold as many windows as there are window starts (the stream itself is endless)."""
+        return int(math.ceil(np.maximum(self.lengths - self.config.window + 1, 1).sum() / self.config.batch_size))
+
+
+class WindowLoader:
+    """Iterates batches of a :class:`WindowSampler` through a DataLoader with worker processes.
+
+    Batch ``start_batch + n`` is the ``n``-th item; workers send the packed form and this
+    loader unpacks it in the main process.
+    """
+
+    def __init__(self, sampler: WindowSampler, num_workers: int = 2, pin_memory: bool = False, prefetch_factor: int = 4) -> None:
+        kwargs: dict[str, Any] = {}
+        if num_workers > 0:
+            kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+        self.sampler = sampler
+        self.loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for packed in self.loader:
+            yield self.sampler.unpack(packed)
+
+
+def make_loader(sampler: WindowSampler, num_workers: int = 2, pin_memory: bool = False, prefetch_factor: int = 4) -> WindowLoader:
+    """Batches of ``sampler`` from ``num_workers`` worker processes (``pin_memory`` for CUDA copies)."""
+    return WindowLoader(sampler, num_workers, pin_memory, prefetch_factor)

@@ -1,0 +1,133 @@
+"""`embodied collect`: recorded episodes, provenance, regeneration, append/resume, workers, invalid episodes, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from embodied import specs
+from embodied.cli import main
+from embodied.collect import CollectSpec, collect, parse_policy, record_episode, regenerate
+from embodied.datasets.sampler import SamplerConfig, WindowSampler
+from embodied.datasets.store import EpisodeStore, StoreError
+from embodied.errors import ConfigError
+
+ENVS = ("embodied/PointReach-v0", "embodied/Arm2PushZone-v0")
+
+
+def test_collect_records_frames_and_provenance_and_regenerates(tmp_path):
+    out = str(tmp_path / "d.zarr")
+    r = collect(CollectSpec(out=out, env_ids=ENVS, episodes=4, policy="noisy:0.3", seed=7), progress=False)
+    assert r["episodes"] == r["valid"] == 4 and r["total_episodes"] == 4
+    with EpisodeStore.open(out) as s:
+        assert len(s) == 4 and s.attrs["provenance"]["collect_seed"] == 7
+        for i in range(4):
+            m, ep = s.meta(i), s.episode(i)
+            assert m["env_id"] == ENVS[i % 2] and m["policy"] == "noisy:0.3" and m["source"] == "collect:noisy:0.3"
+            assert m["seed"] == specs.collection_seed(7, i) and m["collect_index"] == i
+            assert m["instruction"] and m["valid"] and m["has_actions"]
+            n = m["length"]
+            assert n == m["steps"] + 1 and ep["state"].shape == (n, specs.STATE_DIM)
+            assert ep["action_mask"].sum() == n - 1 and not ep["action_mask"][-1]
+            assert np.isclose(np.nansum(ep["reward"]), m["return"], atol=1e-4)
+            assert bool(ep["success"][n - 2]) == m["success"]
+            again = regenerate(m)  # the recorded seed and policy give the same episode, bit for bit
+            for k, x in again.items():
+                assert np.array_equal(ep[k][: len(x)], x), k
+
+
+def test_append_resumes_numbering_with_new_seeds(tmp_path):
+    out = str(tmp_path / "d.zarr")
+    collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=2), progress=False)
+    with pytest.raises(StoreError, match="--append"):
+        collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=2), progress=False)
+    r = collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=3, append=True), progress=False)
+    assert r["first_index"] == 2 and r["total_episodes"] == 5
+    with EpisodeStore.open(out) as s:
+        assert [m["collect_index"] for m in s.metas()] == [0, 1, 2, 3, 4]
+        assert len({m["seed"] for m in s.metas()}) == 5
+    with pytest.raises(StoreError, match="pixels"):
+        collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=1, append=True, pixels=64), progress=False)
+
+
+def test_worker_processes_give_the_same_episodes_as_one_process(tmp_path):
+    one, two = str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr")
+    collect(CollectSpec(out=one, env_ids=ENVS, episodes=4, policy="noisy:0.5", pixels=64, workers=1), progress=False)
+    collect(CollectSpec(out=two, env_ids=ENVS, episodes=4, policy="noisy:0.5", pixels=64, workers=2), progress=False)
+    with EpisodeStore.open(one) as a, EpisodeStore.open(two) as b:
+        assert len(a) == len(b) == 4
+        for i in range(4):
+            ea, eb = a.episode(i), b.episode(i)
+            assert a.meta(i)["seed"] == b.meta(i)["seed"]
+            assert all(np.array_equal(ea[k], eb[k], equal_nan=True) for k in ea)
+        assert a.episode(0)["pixels"].shape[1:] == (64, 64, 3)
+
+
+class _DivergingPolicy:
+    """Drives the env for two steps, then blows up its velocities (MuJoCo resets: a diverged episode)."""
+
+    def __init__(self, env):
+        self.env, self.n = env, 0
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        self.n += 1
+        if self.n == 3:
+            self.env.unwrapped.data.qvel[:] = 1e12
+        return np.zeros(2, np.float32), None
+
+
+def test_diverged_episode_is_stored_invalid_and_never_sampled(tmp_path):
+    from embodied.datasets.store import default_features
+    from embodied.envs import make
+
+    env = make("embodied/Arm2PushZone-v0")
+    steps, summary = record_episode(env, _DivergingPolicy(env), seed=0)
+    env.close()
+    assert summary["valid"] is False and "mjWARN_BADQVEL" in summary["warnings"]
+    out = str(tmp_path / "d.zarr")
+    with EpisodeStore.create(out, default_features()) as w:
+        w.add_episode(steps, summary)
+        env = make("embodied/PointReach-v0")
+        from embodied.envs import ScriptedExpert
+
+        good, meta = record_episode(env, ScriptedExpert(env), seed=1)
+        env.close()
+        w.add_episode(good, meta)
+        assert w.stats()["state"].count == len(good["state"])  # the diverged frames stay out of the statistics
+    s = WindowSampler(out, SamplerConfig(window=2, batch_size=16))
+    assert s.episodes == [(0, 1)]
+
+
+def test_policies_parse_or_fail_clearly():
+    assert parse_policy("expert") == ("expert", 0.0)
+    assert parse_policy("noisy:0.25") == ("expert", 0.25)
+    assert parse_policy("random") == ("random", 0.0)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", ""):
+        with pytest.raises(ConfigError):
+            parse_policy(bad)
+
+
+@given(base=st.integers(0, 2**40), number=st.integers(0, 2**40), n=st.integers(0, 50), offset=st.integers(0, 2**20))
+def test_collection_and_evaluation_seeds_never_meet(base, number, n, offset):
+    assert 0 <= specs.collection_seed(base, number) < specs.EVAL_SEED_START
+    assert all(specs.EVAL_SEED_START <= s < 2**32 for s in specs.eval_seeds(n, offset))
+
+
+def test_cli_collect_and_its_errors(tmp_path, capsys):
+    out = str(tmp_path / "d.zarr")
+    assert main(["collect", "--env", "embodied/PointReach-v0", "--episodes", "2", "--out", out, "--policy", "random"]) == 0
+    assert "wrote 2 episodes" in capsys.readouterr().out
+    for args, msg in [
+        (["--env", "embodied/NoSuch-v0"], "NoSuch"),
+        (["--env", "embodied/PointReach-v0", "--policy", "noisy:abc"], "noisy"),
+        (["--env", "embodied/PointReach-v0", "--pixels", "65"], "--pixels"),
+        ([], "--env"),
+        (["--env", "embodied/PointReach-v0"], "--append"),
+    ]:
+        assert main(["collect", "--episodes", "1", "--out", out, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+    with EpisodeStore.open(out) as s:  # nothing written is lost by the refused runs
+        assert len(s) == 2
