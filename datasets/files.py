@@ -19,6 +19,11 @@ from typing import Any, Iterator
 
 from embodied.errors import EmbodiedError
 
+try:  # imported here, not in release_lock: a writer dropped at interpreter exit can no longer import
+    import fcntl
+except ImportError:  # no flock on Windows
+    fcntl = None  # type: ignore[assignment]
+
 
 class StoreLockedError(EmbodiedError):
     """A second writer tried to open a store that another writer holds."""
@@ -158,8 +163,6 @@ class StoreFiles:
         self._lock_token = uuid.uuid4().hex
         path = self.path(self.LOCK)
         if self.local:
-            import fcntl
-
             os.makedirs(self.root, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -187,8 +190,6 @@ class StoreFiles:
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:
-            import fcntl
-
             os.ftruncate(self._lock_fd, 0)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)

@@ -167,7 +167,10 @@ def cmd_bench_envs(cfg: BenchEnvsConfig) -> int:
 def cmd_bench_data(cfg: BenchDataConfig) -> int:
     from embodied.bench_data import bench_data, format_result, missed_targets
 
-    r = bench_data(cfg.data, frames=cfg.frames, seconds=cfg.seconds, repeats=cfg.repeats, progress=lambda s: print(s, file=sys.stderr))
+    r = bench_data(
+        cfg.data, frames=cfg.frames, seconds=cfg.seconds, repeats=cfg.repeats, loader_workers=cfg.workers,
+        collect_workers=cfg.collect_workers, device=cfg.device, progress=lambda s: print(s, file=sys.stderr),
+    )
     r["missed_targets"] = missed_targets(r)
     if cfg.json:
         _print_json(r)
@@ -202,6 +205,40 @@ def cmd_collect(cfg: CollectConfig) -> int:
 
 
 # ---------------------------------------------------------------------------- demo
+DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
+
+
+def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
+    """Demo step 2: record noisy-expert episodes with pixels, verify the store, draw one training batch."""
+    from embodied.collect import CollectSpec, collect
+    from embodied.datasets.sampler import SamplerConfig, WindowSampler
+    from embodied.datasets.store import EpisodeStore
+    from embodied.datasets.tools import info
+
+    if force and path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    if (path / "zarr.json").exists():
+        print(f"[2/3] reusing {path} (--force to redo)")
+    else:
+        print(f"[2/3] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
+        collect(CollectSpec(out=str(path), env_ids=DEMO_DATA_ENVS, episodes=episodes, policy="noisy:0.3", pixels=64, workers=2,
+                            command="embodied demo"), progress=True)
+    with EpisodeStore.open(str(path)) as store:
+        problems = store.verify()
+        summary = info(store)
+    if problems:
+        raise EmbodiedError(f"{path} failed verification ({len(problems)} damaged episodes); rerun with --force")
+    batch = WindowSampler(str(path), SamplerConfig(window=8, batch_size=32)).batch(0)
+    print(
+        f"    {summary['episodes']} episodes, {summary['steps']} frames, {len(summary['instructions'])} instructions, "
+        f"{summary['bytes_total'] / 1e6:.1f} MB on disk ({summary['compression_ratio']:.0f}x smaller than raw); verified; one batch: pixels {tuple(batch['pixels'].shape)}, "
+        f"state {tuple(batch['state'].shape)}"
+    )
+    return str(path)
+
+
 def cmd_demo(cfg: DemoConfig) -> int:
     """The main job: check every environment of the suite and film the expert on each task family."""
     from embodied.envs import env_ids
@@ -212,16 +249,17 @@ def cmd_demo(cfg: DemoConfig) -> int:
     checks_path = out / "envs_check.json"
     if checks_path.exists() and not cfg.force:
         results = json.loads(checks_path.read_text())
-        print(f"[1/2] reusing {checks_path} ({len(results)} environments; --force to redo)")
+        print(f"[1/3] reusing {checks_path} ({len(results)} environments; --force to redo)")
     else:
         ids = env_ids()
-        print(f"[1/2] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
+        print(f"[1/3] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
         results = run_checks(ids, cfg.episodes, 0, {}, lambda s: print("   ", s, flush=True))
         tmp = checks_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(checks_path)
+    data = _demo_dataset(out / "episodes.zarr", cfg.force)
     videos = []
-    print("[2/2] filming the expert on each task family")
+    print("[3/3] filming the expert on each task family")
     for env_id in ("embodied/PointPushZone-v0", "embodied/Arm2PushDir-v0", "embodied/Arm3Reach-v0"):
         path = out / (env_id.split("/")[1] + ".mp4")
         if path.exists() and not cfg.force:
@@ -234,7 +272,7 @@ def cmd_demo(cfg: DemoConfig) -> int:
     mean = sum(r["expert_success"] for r in results) / len(results)
     print(
         f"\ndone in {time.time() - t0:.0f} s: {len(results)} environments, {len(failed)} failing checks, "
-        f"mean expert success {mean:.3f}\n  results: {checks_path}\n  videos:  {', '.join(videos)}"
+        f"mean expert success {mean:.3f}\n  results: {checks_path}\n  dataset: {data}\n  videos:  {', '.join(videos)}"
     )
     return 1 if failed else 0
 

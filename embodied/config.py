@@ -173,6 +173,12 @@ class BenchDataConfig:
     """Timed seconds per repeat of each windows/s measurement."""
     repeats: int = 3
     """Timed repeats per measurement (medians are reported)."""
+    workers: int = 2
+    """DataLoader worker processes for every windows/s measurement."""
+    collect_workers: int = 2
+    """Worker processes that collect the store on first use."""
+    device: str | None = None
+    """Also copy every batch to this torch device inside the timed loop (e.g. cuda); default: host only."""
     json: bool = False
     """Print JSON instead of a table."""
 

@@ -22,3 +22,17 @@ def test_bench_envs_reports_consistent_rows():
     assert math.isclose(r["overhead"], r["raw_steps_per_s"] / r["env_steps_per_s"])
     assert math.isclose(r["pixel_ratio"], r["pixel_fps"] / r["raw_pixel_fps"])
     assert "arm2" in format_table(rows)
+
+
+def test_bench_data_reports_every_key_on_a_small_store(tmp_path):
+    from embodied.bench_data import TARGETS, bench_data, format_result, missed_targets
+
+    r = bench_data(tmp_path / "d.zarr", frames=300, window=4, batch=32, seconds=0.2, repeats=1)
+    keys = ["append_frames_per_s", "compression_ratio", "sampler_windows_per_s", "naive_windows_per_s",
+            "inram_windows_per_s", "sampler_vs_naive", "sampler_vs_inram", "sampler_ooc_windows_per_s", "bytes_per_frame"]
+    assert all(r[k] > 0 for k in keys)
+    assert r["frames"] >= 300 and r["sampler_in_ram"] is True
+    assert r["compression_ratio"] > 8  # rendered frames compress well even on a small store
+    assert abs(r["sampler_vs_naive"] - r["sampler_windows_per_s"] / r["naive_windows_per_s"]) < 1e-9
+    assert set(TARGETS) <= set(r) and isinstance(missed_targets(r), list)
+    assert "windows/s" in format_result(r)

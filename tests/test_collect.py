@@ -131,3 +131,16 @@ def test_cli_collect_and_its_errors(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and msg in err, err
     with EpisodeStore.open(out) as s:  # nothing written is lost by the refused runs
         assert len(s) == 2
+
+
+def test_demo_dataset_step_records_verifies_and_reuses(tmp_path, capsys):
+    from embodied.cli import _demo_dataset
+
+    path = tmp_path / "episodes.zarr"
+    assert _demo_dataset(path, force=False, episodes=4) == str(path)
+    first = capsys.readouterr().out
+    assert "recording 4" in first and "4 episodes" in first and "verified" in first
+    _demo_dataset(path, force=False, episodes=4)
+    assert "reusing" in capsys.readouterr().out
+    with EpisodeStore.open(str(path)) as s:
+        assert len(s) == 4 and s.features["pixels"].shape == (64, 64, 3)
