@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "split",
     "filter_store",
     "select",
+    "EpisodeFilter",
     "select_by_source",
     "delete_plan",
     "datasheet",
@@ -361,50 +363,47 @@ def _match(value: Any, patterns: str | Sequence[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(v, p) for p in pats)
 
 
-def select(
-    store: EpisodeStore,
-    env: str | Sequence[str] | None = None,
-    instruction: str | Sequence[str] | None = None,
-    source: str | Sequence[str] | None = None,
-    policy: str | Sequence[str] | None = None,
-    valid_only: bool = False,
-    success: bool | None = None,
-    has_actions: bool | None = None,
-) -> list[int]:
-    """Indices of the episodes whose meta matches every given condition.
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Conditions on episode metadata; an episode matches when it meets every condition given.
 
     ``env``, ``instruction``, ``source`` and ``policy`` are shell-style patterns (``*``,
-    ``?``; a plain string matches exactly), or lists of them (any may match).
+    ``?``; a plain string matches exactly), or tuples of them (any may match).
     """
-    out = []
-    for i, m in enumerate(store.metas()):
-        if not (_match(m.get("env_id"), env) and _match(m.get(specs.INSTRUCTION), instruction) and _match(m.get("source"), source) and _match(m.get("policy"), policy)):
-            continue
-        if valid_only and not m.get(specs.VALID, True):
-            continue
-        if success is not None and bool(m.get(specs.SUCCESS, False)) != success:
-            continue
-        if has_actions is not None and bool(m.get("has_actions", False)) != has_actions:
-            continue
-        out.append(i)
-    return out
+
+    env: str | tuple[str, ...] | None = None
+    instruction: str | tuple[str, ...] | None = None
+    source: str | tuple[str, ...] | None = None
+    policy: str | tuple[str, ...] | None = None
+    valid_only: bool = False
+    success: bool | None = None
+    has_actions: bool | None = None
+
+    def matches(self, m: Mapping[str, Any]) -> bool:
+        return (
+            _match(m.get("env_id"), self.env)
+            and _match(m.get(specs.INSTRUCTION), self.instruction)
+            and _match(m.get("source"), self.source)
+            and _match(m.get("policy"), self.policy)
+            and not (self.valid_only and not m.get(specs.VALID, True))
+            and (self.success is None or bool(m.get(specs.SUCCESS, False)) == self.success)
+            and (self.has_actions is None or bool(m.get("has_actions", False)) == self.has_actions)
+        )
+
+    def given(self) -> dict[str, Any]:
+        """The conditions set (for messages and provenance)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) if (v := getattr(self, f.name)) not in (None, False, ())}
 
 
-def filter_store(
-    src: EpisodeStore,
-    out: str | os.PathLike[str],
-    env: str | Sequence[str] | None = None,
-    instruction: str | Sequence[str] | None = None,
-    source: str | Sequence[str] | None = None,
-    policy: str | Sequence[str] | None = None,
-    valid_only: bool = False,
-    success: bool | None = None,
-    has_actions: bool | None = None,
-) -> list[int]:
-    """Copy the episodes of ``src`` that match (see :func:`select`) to a new store ``out``; returns their indices."""
-    criteria = {"env": env, "instruction": instruction, "source": source, "policy": policy, "valid_only": valid_only, "success": success, "has_actions": has_actions}
-    idx = select(src, **criteria)  # type: ignore[arg-type]
-    given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in criteria.items() if v not in (None, False, (), [])}
+def select(store: EpisodeStore, flt: EpisodeFilter) -> list[int]:
+    """Indices of the episodes of ``store`` that ``flt`` matches."""
+    return [i for i, m in enumerate(store.metas()) if flt.matches(m)]
+
+
+def filter_store(src: EpisodeStore, out: str | os.PathLike[str], flt: EpisodeFilter) -> list[int]:
+    """Copy the episodes of ``src`` that ``flt`` matches to a new store ``out``; returns their indices."""
+    idx = select(src, flt)
+    given = flt.given()
     if not idx:
         raise StoreError(f"no episode of {src.url} matches {given or 'the filter'}; nothing written")
     with _NewStore(out, src, _provenance("filter", [src], filter=given)) as dst:

@@ -407,13 +407,14 @@ def cmd_data_split(cfg: DataSplitConfig) -> int:
 
 @_os_errors
 def cmd_data_filter(cfg: DataFilterConfig) -> int:
-    from embodied.datasets.tools import filter_store
+    from embodied.datasets.tools import EpisodeFilter, filter_store
 
     if not cfg.out:
         raise ConfigError("give the new store to write with --out D.zarr")
     with _open_store(cfg.store) as s:
-        idx = filter_store(s, cfg.out, env=cfg.env, instruction=cfg.instruction, source=cfg.source, policy=cfg.policy,
-                           valid_only=cfg.valid_only, success=cfg.success, has_actions=cfg.has_actions)
+        flt = EpisodeFilter(env=cfg.env or None, instruction=cfg.instruction or None, source=cfg.source or None, policy=cfg.policy or None,
+                            valid_only=cfg.valid_only, success=cfg.success, has_actions=cfg.has_actions)
+        idx = filter_store(s, cfg.out, flt)
         print(f"wrote {cfg.out}: {len(idx)} of {len(s)} episodes")
     return 0
 

@@ -234,7 +234,8 @@ def test_filter_by_meta(store, tmp_path, capsys):
     with EpisodeStore.open(out2) as g:
         assert len(g) == 1 and g.meta(0)["source"] == "video-import" and "action" not in g.record(0)["present"]
     with EpisodeStore.open(store) as s:
-        assert tools.select(s, policy="noisy:*") == [1] and tools.select(s, success=True) == [0, 2, 4]
+        assert tools.select(s, tools.EpisodeFilter(policy="noisy:*")) == [1]
+        assert tools.select(s, tools.EpisodeFilter(success=True)) == [0, 2, 4]
     assert main(["data", "filter", str(store), "--out", str(tmp_path / "h.zarr"), "--env", "embodied/Z-v0"]) == 2
     one_line_error(capsys, "no episode of")
     assert not (tmp_path / "h.zarr").exists()
