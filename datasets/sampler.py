@@ -142,8 +142,10 @@ _TORCH_DTYPES = {
 class WindowSampler(torch.utils.data.IterableDataset):
     """An endless stream of window batches over the valid episodes of one or more stores.
 
-    Iterate it :func:`make_loader`, which unpacks the batches workers send; each worker opens
-    its own read handles.
+    Iterate it through :func:`make_loader` (``batch(k)`` gives one batch directly). Iterating
+    the sampler itself yields the transport form, one uint8 tensor a batch that worker
+    processes write in shared memory; the loader unpacks it into the documented dict (views,
+    no copies). Each worker opens its own read handles.
     """
 
     def __init__(self, urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], config: SamplerConfig = SamplerConfig(), start_batch: int = 0) -> None:

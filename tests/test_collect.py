@@ -144,3 +144,44 @@ def test_demo_dataset_step_records_verifies_and_reuses(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
     with EpisodeStore.open(str(path)) as s:
         assert len(s) == 4 and s.features["pixels"].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_interrupted_collection_keeps_its_episodes_and_resumes_with_append(tmp_path, sig):
+    """Ctrl-C, or kill -9 of the whole process group mid-run: committed episodes stay, --append continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "d.zarr")
+    cmd = [sys.executable, "-m", "embodied", "collect", "--env", "embodied/PointPushZone-v0", "--episodes", "500",
+           "--policy", "noisy:0.5", "--workers", "2", "--out", out]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if os.path.isdir(os.path.join(out, "episodes")) and len(os.listdir(os.path.join(out, "episodes"))) >= 4:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the collection wrote nothing within 60 s")
+        if sig == "SIGINT":
+            os.killpg(p.pid, signal.SIGINT)
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 130 and "interrupted" in err.decode()
+            assert "Traceback" not in err.decode()
+        else:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    with EpisodeStore.open(out) as s:
+        before = len(s)
+        assert 4 <= before < 500 and s.verify() == []
+    r = collect(CollectSpec(out=out, env_ids=("embodied/PointPushZone-v0",), episodes=2, policy="noisy:0.5", append=True), progress=False)
+    assert r["first_index"] == before and r["total_episodes"] == before + 2
+    with EpisodeStore.open(out) as s:
+        assert [m["collect_index"] for m in s.metas()] == list(range(before + 2)) and s.verify() == []
