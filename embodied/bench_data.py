@@ -92,9 +92,7 @@ def _loader_rate(loader: Any, repeats: int, seconds: float, warmup: int = 3, dev
     for _ in range(warmup):
         step()
 
-    rate = _median_rate(step, repeats, seconds)
-    del it
-    return rate
+    return _median_rate(step, repeats, seconds)  # the iterator (and its workers) goes when this returns
 
 
 class _NaiveWindows(torch.utils.data.Dataset):

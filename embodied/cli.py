@@ -17,8 +17,8 @@ from typing import Any, Callable, NoReturn, Sequence
 from . import __version__
 from .config import (
     BenchDataConfig,
-    CollectConfig,
     BenchEnvsConfig,
+    CollectConfig,
     DemoConfig,
     EnvsCheckConfig,
     EnvsListConfig,
@@ -27,17 +27,7 @@ from .config import (
     from_args,
     parse_kv,
 )
-from .config import (  # the data commands
-    DataCardConfig,
-    DataDeleteConfig,
-    DataFilterConfig,
-    DataInfoConfig,
-    DataMergeConfig,
-    DataRepairConfig,
-    DataSplitConfig,
-    DataVerifyConfig,
-)
-from .config import DataExportVideoConfig, DataImportVideoConfig  # data import-video / export-video
+from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
 from .errors import ConfigError, EmbodiedError
 
 
@@ -53,17 +43,13 @@ def _setup_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
 # ---------------------------------------------------------------------------- envs
 def cmd_envs_list(cfg: EnvsListConfig) -> int:
     from embodied.envs import ENVS
 
     rows = [e for e in ENVS.values() if cfg.split is None or e.split == cfg.split]
     if cfg.json:
-        _print_json([
+        print_json([
             {"env_id": e.id, "split": e.split, "description": e.description, "kwargs": e.kwargs,
              "max_episode_steps": e.max_episode_steps}
             for e in rows
@@ -119,7 +105,7 @@ def cmd_envs_check(cfg: EnvsCheckConfig) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
     results = run_checks(ids, cfg.episodes, cfg.seed, parse_kv(cfg.kw), log)
     if cfg.json:
-        _print_json(results)
+        print_json(results)
     return 1 if any(_check_failed(r) for r in results) else 0
 
 
@@ -158,7 +144,7 @@ def cmd_bench_envs(cfg: BenchEnvsConfig) -> int:
 
     rows = bench_envs(seconds=cfg.seconds, repeats=cfg.repeats, progress=lambda s: print(s, file=sys.stderr))
     if cfg.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         print(format_table(rows))
     return 0
@@ -173,7 +159,7 @@ def cmd_bench_data(cfg: BenchDataConfig) -> int:
     )
     r["missed_targets"] = missed_targets(r)
     if cfg.json:
-        _print_json(r)
+        print_json(r)
     else:
         print(format_result(r))
         for m in r["missed_targets"]:
@@ -195,7 +181,7 @@ def cmd_collect(cfg: CollectConfig) -> int:
     )
     r = collect(spec, progress=True)
     if cfg.json:
-        _print_json(r)
+        print_json(r)
     else:
         print(
             f"wrote {r['episodes']} episodes ({r['frames']} frames, {r['invalid']} invalid, success {r['success_rate']:.2f}) "
@@ -275,275 +261,6 @@ def cmd_demo(cfg: DemoConfig) -> int:
         f"mean expert success {mean:.3f}\n  results: {checks_path}\n  dataset: {data}\n  videos:  {', '.join(videos)}"
     )
     return 1 if failed else 0
-
-
-# ---------------------------------------------------------------------------- data
-def _open_store(url: str, mode: str = "r") -> Any:
-    """Open an episode store; any failure is the store's one-line error, never a traceback."""
-    from embodied.datasets.store import EpisodeStore, StoreError
-
-    try:
-        return EpisodeStore.open(url, mode)
-    except EmbodiedError:
-        raise
-    except Exception as e:  # a damaged zarr.json, an unreachable URL, a permission problem
-        raise StoreError(f"cannot open the episode store {url}: {type(e).__name__}: {e}") from e
-
-
-def _os_errors(fn: Callable[[Any], int]) -> Callable[[Any], int]:
-    """File-system errors of the data commands (unwritable output, full disk) as one line."""
-
-    def wrapped(cfg: Any) -> int:
-        try:
-            return fn(cfg)
-        except OSError as e:
-            raise EmbodiedError(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}") from e
-
-    wrapped.__name__ = wrapped.__qualname__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
-    return wrapped
-
-
-def _top(counts: dict[str, int], limit: int = 8) -> str:
-    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    text = ", ".join(f"{k or '(none)'} {v}" for k, v in rows[:limit])
-    return text + (f", ... and {len(rows) - limit} more" if len(rows) > limit else "")
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
-
-
-def _damaged_line(p: dict[str, Any]) -> str:
-    return f"damaged: episode {p['episode']} (uid {p['uid']}, instruction {p['instruction']!r}): {', '.join(p['chunks'])}"
-
-
-@_os_errors
-def cmd_data_info(cfg: DataInfoConfig) -> int:
-    from embodied.datasets.tools import info
-
-    with _open_store(cfg.store) as s:
-        r = info(s)
-    if cfg.json:
-        _print_json(r)
-        return 0
-    dur = f", {r['duration_s']:.1f} s at {r['control_hz']:g} Hz" if r["duration_s"] is not None else ""
-    print(f"{r['url']}: {r['episodes']} episodes ({r['valid']} valid, {r['invalid']} invalid, {r['success']} successful), "
-          f"{r['steps']} frames ({r['frames_with_actions']} with actions){dur}")
-    print("features: " + ", ".join(f"{k} {f['dtype']} {tuple(f['shape'])}" for k, f in r["features"].items()))
-    ratio = f", raw {_mb(r['bytes_raw'])}, {r['compression_ratio']:.1f}x" if r["compression_ratio"] else ""
-    print(f"bytes: {_mb(r['bytes_stored'])} of arrays{ratio}; {_mb(r['bytes_total'])} in all")
-    for key in ("envs", "sources", "policies", "instructions"):
-        print(f"{key} ({len(r[key])}): {_top(r[key])}")
-    return 0
-
-
-@_os_errors
-def cmd_data_verify(cfg: DataVerifyConfig) -> int:
-    from embodied.datasets.tools import verify
-
-    with _open_store(cfg.store) as s:
-        r = verify(s, decode=cfg.decode)
-    if cfg.json:
-        _print_json(r)
-    elif r["ok"]:
-        print(f"ok: {r['episodes']} episodes, {r['chunks']} chunks checked")
-    else:
-        for p in r["damaged"]:
-            print(_damaged_line(p))
-        print(f"{len(r['damaged'])} of {r['episodes']} episodes damaged ({r['chunks']} chunks checked); "
-              f"remove them with `embodied data repair {cfg.store} --drop-damaged`", file=sys.stderr)
-    return 0 if r["ok"] else 1
-
-
-@_os_errors
-def cmd_data_repair(cfg: DataRepairConfig) -> int:
-    from embodied.datasets.tools import repair
-
-    r = repair(cfg.store, drop_damaged=cfg.drop_damaged, break_lock=cfg.break_lock)
-    for p in r["problems"]:
-        print(_damaged_line(p))
-    dropped = f"; dropped {r['dropped']} damaged episodes" if r["dropped"] else ""
-    print(f"repaired {cfg.store}: {r['episodes']} episodes; removed {r['chunks']} uncommitted chunks and "
-          f"{r['temp_files']} temporary files; rebuilt index and statistics{dropped}")
-    if r["problems"]:
-        print(f"{len(r['problems'])} damaged episodes kept; rerun with --drop-damaged to remove them", file=sys.stderr)
-        return 1
-    return 0
-
-
-@_os_errors
-def cmd_data_merge(cfg: DataMergeConfig) -> int:
-    import contextlib
-
-    from embodied.datasets.tools import merge
-
-    if not cfg.stores:
-        raise ConfigError("give the stores to merge: embodied data merge A.zarr B.zarr --out D.zarr")
-    if not cfg.out:
-        raise ConfigError("give the new store to write with --out D.zarr")
-    with contextlib.ExitStack() as stack:
-        srcs = [stack.enter_context(_open_store(u)) for u in cfg.stores]
-        n = merge(srcs, cfg.out)
-    print(f"wrote {cfg.out}: {n} episodes from {len(cfg.stores)} stores")
-    return 0
-
-
-@_os_errors
-def cmd_data_split(cfg: DataSplitConfig) -> int:
-    from embodied.datasets.tools import split
-
-    if len(cfg.out) < 2:
-        raise ConfigError("give two or more new stores: --out train.zarr --out val.zarr")
-    with _open_store(cfg.store) as s:
-        parts = split(s, cfg.out, cfg.fraction, seed=cfg.seed, by=cfg.by)
-        key = {"episode": None, "instruction": "instruction", "env": "env_id"}[cfg.by]
-        metas = s.metas()
-        for out, idx in zip(cfg.out, parts):
-            groups = f" ({len({str(metas[i].get(key, '')) for i in idx})} {cfg.by}s)" if key else ""
-            print(f"wrote {out}: {len(idx)} episodes{groups}")
-    return 0
-
-
-@_os_errors
-def cmd_data_filter(cfg: DataFilterConfig) -> int:
-    from embodied.datasets.tools import EpisodeFilter, filter_store
-
-    if not cfg.out:
-        raise ConfigError("give the new store to write with --out D.zarr")
-    with _open_store(cfg.store) as s:
-        flt = EpisodeFilter(env=cfg.env or None, instruction=cfg.instruction or None, source=cfg.source or None, policy=cfg.policy or None,
-                            valid_only=cfg.valid_only, success=cfg.success, has_actions=cfg.has_actions)
-        idx = filter_store(s, cfg.out, flt)
-        print(f"wrote {cfg.out}: {len(idx)} of {len(s)} episodes")
-    return 0
-
-
-@_os_errors
-def cmd_data_delete(cfg: DataDeleteConfig) -> int:
-    from embodied.datasets.tools import delete_plan
-
-    if not cfg.episode and not cfg.source:
-        raise ConfigError("say what to delete with --episode I ... and/or --source NAME; nothing was removed")
-    with _open_store(cfg.store, "a" if cfg.yes else "r") as s:
-        plan = delete_plan(s, cfg.episode, cfg.source)
-        verb = "remove" if cfg.yes else "would remove"
-        for p in plan[:20]:
-            print(f"{verb} episode {p['episode']} (uid {p['uid']}, source {p['source'] or '(none)'!s}, "
-                  f"instruction {p['instruction']!r}, {p['length']} frames, {len(p['chunks'])} chunks, {p['bytes']} bytes)")
-        if len(plan) > 20:
-            print(f"... and {len(plan) - 20} more")
-        frames, nbytes = sum(p["length"] for p in plan), sum(p["bytes"] for p in plan)
-        if not cfg.yes:
-            print(f"dry run, nothing removed: add --yes to delete these {len(plan)} episodes ({frames} frames, {nbytes} bytes) from {cfg.store}")
-            return 0
-        before = s.nbytes_stored()
-        s.delete(p["episode"] for p in plan)
-        print(f"removed {len(plan)} episodes ({frames} frames, {before - s.nbytes_stored()} bytes) from {cfg.store}; {len(s)} episodes remain")
-    return 0
-
-
-@_os_errors
-def cmd_data_card(cfg: DataCardConfig) -> int:
-    from embodied.datasets.tools import datasheet
-
-    with _open_store(cfg.store) as s:
-        text = datasheet(s)
-        out = cfg.out
-        if out is None and s.files.local:
-            root = Path(s.files.root)
-            out = str(root.with_name((root.name[:-5] if root.name.endswith(".zarr") else root.name) + ".datasheet.md"))
-    if out is None or out == "-":
-        print(text)
-    else:
-        Path(out).write_text(text)
-        print(f"wrote {out}")
-    return 0
-
-
-DATA_COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[Any], int], str]] = {
-    ("data", "info"): (DataInfoConfig, cmd_data_info, "episodes, frames, features, per-instruction/env/source counts, bytes"),
-    ("data", "verify"): (DataVerifyConfig, cmd_data_verify, "check every chunk; name the damaged episodes (exit 1)"),
-    ("data", "repair"): (DataRepairConfig, cmd_data_repair, "trim a crashed writer's leftovers, rebuild index and stats, drop damaged episodes"),
-    ("data", "merge"): (DataMergeConfig, cmd_data_merge, "merge stores with the same features into a new store"),
-    ("data", "split"): (DataSplitConfig, cmd_data_split, "split a store into new stores by episode, instruction or env"),
-    ("data", "filter"): (DataFilterConfig, cmd_data_filter, "copy the episodes matching env/instruction/source/policy/validity"),
-    ("data", "delete"): (DataDeleteConfig, cmd_data_delete, "remove episodes by index or by source, bytes included"),
-    ("data", "card"): (DataCardConfig, cmd_data_card, "write a Markdown datasheet of a store"),
-}
-
-
-# ---------------------------------------------------------------------------- data: video import / export
-@_os_errors
-def cmd_data_import_video(cfg: DataImportVideoConfig) -> int:
-    import shlex
-
-    from embodied import specs
-    from embodied.datasets.files import StoreFiles
-    from embodied.datasets.store import EpisodeStore, Feature, StoreError
-    from embodied.datasets.video import import_videos, open_sources
-
-    if not cfg.paths:
-        raise ConfigError("give at least one video file or image folder to import")
-    if not (cfg.instruction or "").strip():
-        raise ConfigError("--instruction is required: the goal the videos show, e.g. --instruction 'push the red cube left'")
-    if not cfg.out:
-        raise ConfigError("--out is required: the episode store to write, e.g. --out videos.zarr")
-    if cfg.size is not None and (cfg.size < 16 or cfg.size % 2):
-        raise ConfigError(f"--size must be an even number >= 16, got {cfg.size}")
-    sources = open_sources(cfg.paths, cfg.fps)  # every source checked before a store is touched
-    files = StoreFiles(cfg.out)
-    created = False
-    if files.exists("zarr.json"):
-        store = _open_store(cfg.out, "a")
-        shape = store.features.get(specs.PIXELS, Feature((), "uint8")).shape
-        if cfg.size is not None and shape[:2] != (cfg.size, cfg.size):
-            store.close()
-            raise ConfigError(f"{cfg.out} stores {'x'.join(map(str, shape[:2])) or 'no'} pixels, not {cfg.size}x{cfg.size}; leave out --size to use the store's")
-    elif files.exists():
-        raise StoreError(f"{cfg.out} exists but is not an episode store; choose a new --out")
-    else:
-        size = cfg.size or 64
-        argv = ["embodied", "data", "import-video", *cfg.paths, "--instruction", cfg.instruction, "--out", cfg.out, "--size", str(size), "--source", cfg.source]
-        if cfg.fps is not None:
-            argv += ["--fps", f"{cfg.fps:g}"]
-        pixels = Feature((size, size, 3), "uint8", observation=True)
-        store = EpisodeStore.create(cfg.out, {specs.PIXELS: pixels}, control_hz=20.0, provenance={"command": shlex.join(argv), "source": cfg.source})
-        created = True
-    try:
-        with store:
-            indices = import_videos(store, sources, cfg.instruction, source=cfg.source)
-            frames = sum(int(store.record(i)["length"]) for i in indices)
-            h, w = store.features[specs.PIXELS].shape[:2]
-            hz, total = store.control_hz, len(store)
-    except BaseException:
-        if created and len(store) == 0:  # leave no empty store behind
-            files.remove_all()
-        raise
-    span = f"episode {indices[0]}" if len(indices) == 1 else f"episodes {indices[0]}..{indices[-1]}"
-    print(f"imported {len(indices)} video(s) into {cfg.out} as {span}: {frames} frames of {w}x{h} at {hz:g} Hz ({total} episodes in the store)")
-    return 0
-
-
-@_os_errors
-def cmd_data_export_video(cfg: DataExportVideoConfig) -> int:
-    from embodied import specs
-    from embodied.datasets.video import export_video
-
-    with _open_store(cfg.store) as store:
-        index = cfg.episode + len(store) if -len(store) <= cfg.episode < 0 else cfg.episode  # -1: the last
-        out = cfg.out or f"{Path(cfg.store.rstrip('/')).stem}-episode{index}.mp4"
-        n = export_video(store, index, out, cfg.fps)
-        h, w = store.features[specs.PIXELS].shape[:2]
-        fps = cfg.fps or store.control_hz
-    print(f"wrote {out}: episode {index} of {cfg.store}, {n} frames of {w}x{h}, H.264 at {fps:g} fps")
-    return 0
-
-
-VIDEO_COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[Any], int], str]] = {
-    ("data", "import-video"): (DataImportVideoConfig, cmd_data_import_video, "import MP4/AVI files or image folders as actionless episodes"),
-    ("data", "export-video"): (DataExportVideoConfig, cmd_data_export_video, "write an episode's pixels as an H.264 MP4 (plays in browsers)"),
-}
 
 
 # ---------------------------------------------------------------------------- wiring
