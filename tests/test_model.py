@@ -1,0 +1,164 @@
+"""The transformer: presets, the key/value cache against full forward passes, loss masks, decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embodied.errors import ConfigError
+from embodied.model import PRESETS, ModelConfig, TrajectoryModel, preset
+
+
+def _batch(B: int, T: int, cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    b = {
+        "state": torch.randn(B, T, cfg.state_dim, generator=g),
+        "action": torch.rand(B, T, cfg.action_dim, generator=g) * 2 - 1,
+        "reward": torch.randn(B, T, generator=g),
+        "cost": (torch.rand(B, T, generator=g) > 0.8).float(),
+        "success": torch.rand(B, T, generator=g) > 0.9,
+        "timestep": torch.arange(T).repeat(B, 1) + 3,
+        "mask": torch.ones(B, T, dtype=torch.bool),
+    }
+    for k in ("state", "action", "reward", "cost", "success"):
+        b[f"{k}_mask"] = torch.ones(B, T, dtype=torch.bool)
+    if cfg.pixels:
+        b["pixels"] = torch.randint(0, 256, (B, T, cfg.pixels, cfg.pixels, 3), dtype=torch.uint8, generator=g)
+        b["pixels_mask"] = torch.ones(B, T, dtype=torch.bool)
+    return b
+
+
+def test_presets_have_their_sizes():
+    sizes = {n: TrajectoryModel(preset(n)).num_params() for n in PRESETS}
+    assert sizes["tiny"] < 1e6 and TrajectoryModel(preset("tiny", pixels=64)).num_params() < 1e6
+    assert sizes["tiny"] < sizes["small"] < sizes["base"] < sizes["large"]
+    assert 20e6 < sizes["base"] < 30e6 and 90e6 < sizes["large"] < 110e6
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        ModelConfig(d_model=30, n_head=4)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(ConfigError, match="unknown model config"):
+        ModelConfig.from_json({"d_model": 64, "wings": 2})
+    assert ModelConfig.from_json(preset("small").to_json()) == preset("small")
+
+
+@pytest.mark.parametrize("pixels", [0, 32])
+def test_cache_matches_full_forward(pixels):
+    """Closed loop (one token at a time through the cache) equals the forward pass over the window."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", pixels=pixels, context=16)
+    m = TrajectoryModel(cfg).eval()
+    B, T = 3, 6
+    b = _batch(B, T, cfg)
+    goal = torch.randn(B, cfg.lang_dim)
+    with torch.no_grad():
+        full = m(b, goal)
+        logits_full = m.action_logits(full["h_obs"])
+        out_full = m.outcomes(full["h_act"])
+        cache = m.start(goal)
+        for t in range(T):
+            logits, cache = m.observe(cache, b["state"][:, t], b["timestep"][:, t], b["pixels"][:, t] if pixels else None)
+            torch.testing.assert_close(logits, logits_full[:, t], atol=1e-5, rtol=1e-4)
+            pred, cache = m.act(cache, b["action"][:, t], b["timestep"][:, t])
+            for k, v in pred.items():
+                torch.testing.assert_close(v, out_full[k][:, t], atol=1e-5, rtol=1e-4)
+        assert cache[0][0].shape[2] == cfg.n_goal_tokens + 2 * T
+
+
+def test_cache_keeps_at_most_context_timesteps():
+    cfg = preset("tiny", context=4)
+    m = TrajectoryModel(cfg).eval()
+    goal = torch.randn(1, cfg.lang_dim)
+    with torch.no_grad():
+        cache = m.start(goal)
+        for t in range(10):
+            _, cache = m.observe(cache, torch.randn(1, cfg.state_dim), torch.tensor([t]))
+            _, cache = m.act(cache, torch.zeros(1, 2), torch.tensor([t]))
+            assert cache[0][0].shape[2] <= cfg.n_goal_tokens + 2 * cfg.context
+        # with the window full, the cache equals a fresh pass over the last `context` timesteps only
+        states = [torch.randn(1, cfg.state_dim) for _ in range(cfg.context + 1)]
+        cache = m.start(goal)
+        for t, s in enumerate(states):
+            logits, cache = m.observe(cache, s, torch.tensor([t]))
+            if t < cfg.context:
+                _, cache = m.act(cache, torch.zeros(1, 2), torch.tensor([t]))
+        assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("pixels", [0, 32])
+def test_losses_are_masked_per_modality(pixels):
+    torch.manual_seed(0)
+    cfg = preset("tiny", pixels=pixels)
+    m = TrajectoryModel(cfg)
+    b = _batch(4, 5, cfg)
+    goal = torch.randn(4, cfg.lang_dim)
+    total, terms = m.loss(b, goal)
+    assert torch.isfinite(total) and all(v > 0 for v in terms.values())
+    assert ("latent" in terms) == bool(pixels)
+    # an actionless batch (imported video): no action, reward, cost or success terms, yet the state term trains
+    for k in ("action", "reward", "cost", "success"):
+        b[f"{k}_mask"] = torch.zeros_like(b[f"{k}_mask"])
+    b["action"] = torch.full_like(b["action"], 0.0)
+    m.zero_grad()
+    total, terms = m.loss(b, goal)
+    assert terms["action"] == 0 and terms["reward"] == 0 and terms["cost"] == 0 and terms["success"] == 0
+    total.backward()
+    assert m.action_head.weight.grad is None or m.action_head.weight.grad.abs().sum() == 0
+    assert m.outcome_head.weight.grad is None or m.outcome_head.weight.grad.abs().sum() == 0
+    assert m.state_head.weight.grad.abs().sum() > 0  # the observation objective still trains
+    # padding frames (mask False) contribute nothing either
+    b2 = _batch(2, 5, cfg, seed=1)
+    goal2 = torch.randn(2, cfg.lang_dim)
+    _, t_all = m.loss(b2, goal2)
+    b2["mask"][:, 3:] = False
+    b2["action"][:, 3:] = 123.0  # garbage where masked
+    _, t_pad = m.loss(b2, goal2)
+    assert torch.isfinite(t_pad["action"]) and t_pad["action"] != t_all["action"]
+
+
+def test_action_bins_round_trip_and_sampling():
+    cfg = preset("tiny")
+    m = TrajectoryModel(cfg)
+    a = torch.tensor([[-1.0, 1.0], [0.0, 0.5]])
+    centers = m.bin_centers[m.action_bin(a)]
+    assert (centers - a).abs().max() <= 1 / (cfg.action_bins - 1) + 1e-6
+    logits = torch.full((2, 2, cfg.action_bins), -1e9)
+    logits[..., 5] = 0.0
+    assert torch.equal(m.decode_action(logits), m.bin_centers[5].expand(2, 2))
+    assert torch.equal(m.decode_action(logits, sample=True), m.bin_centers[5].expand(2, 2))
+
+
+def test_weight_decay_groups_cover_every_parameter_once():
+    m = TrajectoryModel(preset("tiny", pixels=32))
+    groups = m.optimizer_groups(0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert id(m.action_head.weight) in decayed and id(m.action_head.bias) not in decayed
+    assert id(m.timestep.weight) not in decayed and id(m.ln_f.weight) not in decayed
+
+
+def test_bins_keep_multimodal_actions_apart():
+    """Demonstrations that go left or right from the same state: the bins keep both modes; a mean would not."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", action_bins=16)
+    m = TrajectoryModel(cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    B, T = 64, 2
+    goal = torch.zeros(B, cfg.lang_dim)
+    for _ in range(150):
+        b = _batch(B, T, cfg)
+        b["state"] = torch.zeros_like(b["state"])
+        b["action"] = torch.where(torch.rand(B, T, 1) < 0.5, -0.8, 0.8).expand(B, T, 2).clone()
+        loss, _ = m.loss(b, goal)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        probs = m.action_logits(m(b, goal)["h_obs"][:1, :1]).softmax(-1)[0, 0, 0]  # dimension 0
+    left, right = probs[m.action_bin(torch.tensor(-0.8))], probs[m.action_bin(torch.tensor(0.8))]
+    assert left > 0.3 and right > 0.3  # both modes, no mass in between
+    assert probs[m.action_bin(torch.tensor(0.0))] < 0.05
