@@ -61,6 +61,12 @@ class SamplerConfig:
     """Out of core: batches served from one block of decoded episodes."""
     valid_only: bool = True
     """Skip episodes marked invalid (diverged) by the collector."""
+    holdout: float = 0.0
+    """Fraction of episodes set aside for evaluation (chosen by a hash of store and episode uid)."""
+    part: str = "train"
+    """Which side of the holdout split to sample: train or heldout."""
+    shard: tuple[int, int] = (0, 1)
+    """(rank, world): this process draws every world-th window of each global batch of batch_size * world."""
     seed: int = 0
     """Seed of the window draw; batch k depends only on (seed, k)."""
 
@@ -68,6 +74,10 @@ class SamplerConfig:
         for name in ("window", "batch_size", "episodes_per_block", "batches_per_block"):
             if getattr(self, name) < 1:
                 raise StoreError(f"sampler {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.holdout < 1 or self.part not in ("train", "heldout"):
+            raise StoreError(f"need 0 <= holdout < 1 and part in (train, heldout), got holdout={self.holdout}, part={self.part!r}")
+        if not 0 <= self.shard[0] < self.shard[1]:
+            raise StoreError(f"shard must be (rank, world) with 0 <= rank < world, got {self.shard}")
 
 
 class _Frames:
@@ -89,9 +99,13 @@ class _Frames:
         self.starts = self.offsets[self.start_episode] + (np.arange(n_starts.sum()) - np.repeat(first, n_starts))
         self.ends = self.offsets + self.lengths
 
-    def gather(self, rng: np.random.Generator, batch_size: int, window: int, out: dict[str, np.ndarray]) -> np.ndarray:
-        """Draw random windows into ``out`` (features, ``_masks`` and the timesteps in ``_index``); returns their episodes."""
-        pick = rng.integers(0, len(self.starts), size=batch_size)
+    def gather(self, rng: np.random.Generator, batch_size: int, window: int, out: dict[str, np.ndarray], shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+        """Draw random windows into ``out`` (features, ``_masks`` and the timesteps in ``_index``); returns their episodes.
+
+        The draw is for the global batch of ``batch_size * world`` windows; this shard keeps rows ``rank::world``.
+        """
+        rank, world = shard
+        pick = rng.integers(0, len(self.starts), size=batch_size * world)[rank::world]
         ep = self.start_episode[pick]
         idx = self.starts[pick][:, None] + np.arange(window)[None, :]  # (B, T) global frame index
         inside = idx < self.ends[ep][:, None]
@@ -139,6 +153,14 @@ _TORCH_DTYPES = {
 }
 
 
+def _held_out(url: str, uid: int, fraction: float) -> bool:
+    """Whether an episode is in the held-out part: a stable hash of the store's name and the uid."""
+    import hashlib
+
+    h = hashlib.sha256(f"{os.path.basename(url.rstrip('/'))}/{uid}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < fraction
+
+
 class WindowSampler(torch.utils.data.IterableDataset):
     """An endless stream of window batches over the valid episodes of one or more stores.
 
@@ -173,6 +195,8 @@ class WindowSampler(torch.utils.data.IterableDataset):
         for si, s in enumerate(stores):
             for i, m in enumerate(s.metas()):
                 if config.valid_only and not m.get(specs.VALID, True):
+                    continue
+                if config.holdout > 0 and _held_out(s.url, int(s.record(i)["uid"]), config.holdout) != (config.part == "heldout"):
                     continue
                 self.episodes.append((si, i))
                 lengths.append(int(m["length"]))
@@ -251,7 +275,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
             buf_t = torch.empty(self._layout.nbytes, dtype=torch.uint8)
         buf = buf_t.numpy()
         out = self._layout.numpy_views(buf)
-        ep = frames.gather(rng, c.batch_size, c.window, out)
+        ep = frames.gather(rng, c.batch_size, c.window, out, c.shard)
         if chosen is not None:
             ep = chosen[ep]
         out["_index"][:, -2] = ep

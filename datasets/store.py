@@ -712,3 +712,96 @@ class EpisodeStore:
     def nbytes_stored(self) -> int:
         """Bytes on storage under ``data/`` (compressed chunks and array metadata)."""
         return sum(self.files.walk("data").values())
+
+    # ------------------------------------------------------------------ language embeddings
+    # Tables of instruction embeddings, one per sentence encoder, so that training needs no
+    # encoder: ``language/<key>-<nonce>`` is a float32 (instructions, dim) array whose
+    # attributes list the instructions in row order; the ``language`` dataset attribute maps
+    # each key to its current array.
+
+    def _language_pointers(self) -> dict[str, str]:
+        """Key -> array name, read fresh from storage (a reader sees tables written since it opened)."""
+        try:
+            raw = self.files.read_json("zarr.json")
+            ptr = raw.get("attributes", {}).get(ATTRS_KEY, {}).get("language", {})
+        except (FileNotFoundError, ValueError, AttributeError):
+            ptr = self.attrs.get("language", {})
+        return {str(k): str(v) for k, v in dict(ptr or {}).items()}
+
+    def embedding_keys(self) -> list[str]:
+        """The encoder keys that have an embedding table in this store, sorted."""
+        return sorted(self._language_pointers())
+
+    def set_embeddings(self, key: str, instructions: Sequence[str], vectors: np.ndarray, meta: Mapping[str, Any] | None = None) -> None:
+        """Store (or replace) the embedding table of encoder ``key``: row ``i`` of ``vectors`` embeds ``instructions[i]``.
+
+        Readers never see half a table: the rows go into a new array ``language/<key>-<nonce>``
+        (its attributes hold the instructions, ``dim`` and ``meta``, such as the encoder's
+        name), and only then does one write of the store's attributes (``zarr.json``, replaced
+        atomically) point ``key`` at it. The replaced table, and any array a killed writer left
+        unpointed, is deleted afterwards; a reader that still held the old pointer re-reads it
+        (:meth:`embeddings` retries). Writing a new array instead of overwriting rows in place
+        costs one table's bytes for a moment and makes the switch a single atomic put.
+        """
+        import re
+
+        self._require_writer()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", str(key)):
+            raise StoreError(f"embedding key {key!r} must be letters, digits, '.', '_' or '-' (see embodied.language.encoder_key)")
+        texts = [str(s) for s in instructions]
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != len(texts) or x.shape[1] < 1:
+            raise StoreError(f"embeddings must be (instructions, dim) = ({len(texts)}, dim), got an array of shape {x.shape}")
+        if len(set(texts)) != len(texts):
+            raise StoreError("embedding table lists an instruction twice")
+        if not np.all(np.isfinite(x)):
+            raise StoreError("embeddings hold NaN or inf")
+        name = f"{key}-{uuid.uuid4().hex[:8]}"
+        arr = self._group.create_array(
+            f"language/{name}",
+            shape=x.shape,
+            chunks=(max(1, min(len(texts), 4096)), x.shape[1]),
+            dtype="float32",
+            fill_value=float("nan"),  # a missing chunk reads as NaN, never as a vector
+            compressors=_codecs(Feature((x.shape[1],), "float32")),
+            config={"write_empty_chunks": True},
+            attributes={"instructions": texts, "dim": int(x.shape[1]), "key": str(key), "meta": _jsonable(dict(meta or {}))},
+        )
+        if len(texts):
+            arr[:] = x
+        pointers = {**self._language_pointers(), str(key): name}
+        self.set_attr("language", pointers)  # the switch: one atomic write of zarr.json
+        live = set(pointers.values())
+        try:
+            stale = [n for n in self._group["language"].array_keys() if n not in live]
+        except KeyError:
+            stale = []
+        for n in stale:
+            try:
+                del self._group[f"language/{n}"]
+            except (KeyError, FileNotFoundError):
+                pass
+
+    def embeddings(self, key: str) -> tuple[list[str], np.ndarray] | None:
+        """``(instructions, float32 (N, dim) vectors)`` of encoder ``key``, or None when the store has no such table.
+
+        Compare the instructions with :meth:`instructions` to find episodes the table misses.
+        """
+        for attempt in range(3):
+            name = self._language_pointers().get(str(key))
+            if name is None:
+                return None
+            try:
+                arr = self._group[f"language/{name}"]
+                texts = [str(s) for s in arr.attrs["instructions"]]
+                x = np.asarray(arr[:], dtype=np.float32)
+            except Exception as e:  # replaced and deleted between reading the pointer and the rows: read again
+                if self._language_pointers().get(str(key)) != name:
+                    continue
+                raise StoreError(f"the {key} embedding table of {self.url} is damaged ({type(e).__name__}: {e}); run `embodied data embed {self.url}` again") from e
+            if x.shape[0] != len(texts) or not np.all(np.isfinite(x)):
+                if self._language_pointers().get(str(key)) != name:
+                    continue
+                raise StoreError(f"the {key} embedding table of {self.url} is damaged (missing rows); run `embodied data embed {self.url}` again")
+            return texts, x
+        raise StoreError(f"the {key} embedding table of {self.url} kept changing while being read; try again")

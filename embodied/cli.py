@@ -23,6 +23,9 @@ from .config import (
     EnvsCheckConfig,
     EnvsListConfig,
     EnvsVideoConfig,
+    InfoConfig,
+    TrainConfig,
+    TrainRunConfig,
     add_arguments,
     from_args,
     parse_kv,
@@ -190,6 +193,34 @@ def cmd_collect(cfg: CollectConfig) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train
+def cmd_train(run: TrainRunConfig, cfg: TrainConfig) -> int:
+    from embodied.training_data import train_from_stores
+
+    r = train_from_stores(run, cfg)
+    m = r["metrics"] or {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, (int, float)))
+    print(f"trained {r['params'] / 1e6:.2f}M parameters to step {r['step']} on {r['device']} ({r['bad_steps']} skipped steps); "
+          f"checkpoints in {r['out']}/checkpoints" + (f"\n  held-out: {shown}" if shown else ""))
+    return 0
+
+
+def cmd_info(cfg: InfoConfig) -> int:
+    from embodied.train import run_info
+
+    r = run_info(cfg.run)
+    if cfg.json:
+        print_json(r)
+        return 0
+    model = r["config"].get("model", {})
+    print(f"{r['run']}: step {r['step']}, checkpoint {r['checkpoint']}, best {r['best']}")
+    print("model: " + ", ".join(f"{k}={v}" for k, v in model.items()))
+    print("train: " + ", ".join(f"{k}={v}" for k, v in r["config"].get("train", {}).items()))
+    for k, v in (r["metrics"] or {}).items():
+        print(f"  {k:<16} {v if v is None else f'{v:.4g}'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
 
@@ -264,13 +295,15 @@ def cmd_demo(cfg: DemoConfig) -> int:
 
 
 # ---------------------------------------------------------------------------- wiring
-COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[Any], int], str]] = {
+COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int], str]] = {
     ("envs", "list"): (EnvsListConfig, cmd_envs_list, "list every registered environment: id, split, description"),
     ("envs", "check"): (EnvsCheckConfig, cmd_envs_check, "check_env, determinism, expert success and warnings"),
     ("envs", "video"): (EnvsVideoConfig, cmd_envs_video, "film the scripted expert as an H.264 MP4"),
     ("bench", "envs"): (BenchEnvsConfig, cmd_bench_envs, "env and renderer speed against raw MuJoCo and Reacher-v5"),
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
+    ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
+    ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,
     **VIDEO_COMMANDS,
@@ -291,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[path[0]] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
                 groups[path[0]].required = True
             sub = groups[path[0]].add_parser(path[1], help=help_, description=help_)
-        add_arguments(sub, cls)
-        sub.set_defaults(_config=cls, _handler=handler)
+        classes = cls if isinstance(cls, tuple) else (cls,)  # a command may take several configs (run + train)
+        for c in classes:
+            add_arguments(sub, c)
+        sub.set_defaults(_config=classes, _handler=handler)
     return parser
 
 
@@ -304,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_env()
     try:
-        return args._handler(from_args(args._config, args))
+        return args._handler(*(from_args(c, args) for c in args._config))
     except EmbodiedError as e:
         print(f"embodied: error: {e}", file=sys.stderr)
         return e.exit_code

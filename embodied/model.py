@@ -26,7 +26,6 @@ without actions still trains the observation objectives.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -34,75 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from embodied import specs
-from embodied.errors import ConfigError
 
-# ---------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of the model. Named presets in :data:`PRESETS`; any field can be overridden."""
-
-    d_model: int = 128
-    """Width of every token (the residual stream)."""
-    n_layer: int = 4
-    """Transformer blocks."""
-    n_head: int = 4
-    """Attention heads per block (d_model must divide by it)."""
-    dropout: float = 0.0
-    """Dropout on attention weights, residual branches and embeddings."""
-    n_goal_tokens: int = 2
-    """Tokens the instruction embedding is projected into, at the start of the sequence."""
-    lang_dim: int = 384
-    """Width of the sentence embeddings (384 for all-MiniLM-L6-v2)."""
-    state_dim: int = specs.STATE_DIM
-    """Length of the state vector."""
-    action_dim: int = specs.ACTION_DIM
-    """Action dimensions, each in [-1, 1]."""
-    action_bins: int = 64
-    """Categorical bins per action dimension, uniform over [-1, 1]."""
-    pixels: int = 0
-    """Side of the square RGB image the model sees (0: state only)."""
-    max_timestep: int = 512
-    """Episode timesteps with their own embedding; later ones share the last."""
-    context: int = 32
-    """Timesteps a training window holds, and the most the cache keeps when acting."""
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_head:
-            raise ConfigError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
-        if self.pixels and self.pixels < 16:
-            raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
-        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(d_model=64, n_layer=2, n_head=2, action_bins=32),  # tests: < 1M parameters
-    "small": ModelConfig(d_model=128, n_layer=4, n_head=4),  # the CPU demo
-    "base": ModelConfig(d_model=512, n_layer=8, n_head=8),  # ~25M
-    "large": ModelConfig(d_model=768, n_layer=14, n_head=12),  # ~100M
-}
-
-
-def preset(name: str, **overrides: Any) -> ModelConfig:
-    """The named preset with some fields replaced (e.g. ``preset("base", pixels=64)``)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
-
+from embodied.config import PRESETS, ModelConfig, preset  # noqa: F401  (re-exported: the model's sizes live with the other configs)
 
 # ---------------------------------------------------------------------------- blocks
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -314,10 +246,14 @@ class TrajectoryModel(nn.Module):
             out["pixel_latent"] = latent
         return out
 
-    def loss(self, batch: dict[str, torch.Tensor], goal: torch.Tensor, weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its terms (each a masked mean; a term with nothing to learn is 0)."""
+    def loss(self, batch: dict[str, torch.Tensor], goal: torch.Tensor, weights: dict[str, float] | None = None,
+             out: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its terms (each a masked mean; a term with nothing to learn is 0).
+
+        ``out`` is this batch's ``forward`` output when the caller already has it (a DDP wrapper's).
+        """
         w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "success": 0.5, **(weights or {})}
-        out = self(batch, goal)
+        out = self(batch, goal) if out is None else out
         frame = batch["mask"]
         terms: dict[str, torch.Tensor] = {}
 

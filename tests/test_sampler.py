@@ -172,3 +172,20 @@ def test_keys_select_features_and_ram_budget_picks_the_mode(store):
     assert "pixels" not in b and {"state", "action", "state_mask", "action_mask", "mask"} <= set(b)
     tiny = WindowSampler(url, SamplerConfig(window=4, ram_budget_gb=1e-9))
     assert not tiny.in_ram
+
+
+def test_holdout_split_is_disjoint_and_stable(store):
+    url, _ = store
+    tr = WindowSampler(url, SamplerConfig(window=4, holdout=0.3, valid_only=False))
+    ho = WindowSampler(url, SamplerConfig(window=4, holdout=0.3, part="heldout", valid_only=False))
+    a, b = {i for _, i in tr.episodes}, {i for _, i in ho.episodes}
+    assert a and b and not (a & b) and a | b == set(range(12))
+    assert {i for _, i in WindowSampler(url, SamplerConfig(window=4, holdout=0.3, part="heldout", valid_only=False)).episodes} == b
+
+
+def test_shards_of_a_global_batch_are_its_interleaved_rows(store):
+    url, _ = store
+    whole = WindowSampler(url, SamplerConfig(window=4, batch_size=8)).batch(3)
+    parts = [WindowSampler(url, SamplerConfig(window=4, batch_size=4, shard=(r, 2))).batch(3) for r in range(2)]
+    for k in whole:
+        assert torch.equal(whole[k][0::2], parts[0][k]) and torch.equal(whole[k][1::2], parts[1][k])

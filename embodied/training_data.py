@@ -1,0 +1,93 @@
+"""``embodied train``: episode stores in, a trained run folder out (application layer).
+
+Wires the data layer to the training loop: instruction embeddings (stored with the data,
+computed once where the encoder is installed), normalisation statistics merged over the
+stores, a window sampler per rank (each rank draws its shard of every global batch) and a
+held-out sampler for the periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from embodied import specs
+from embodied.config import TrainConfig, TrainRunConfig, preset
+from embodied.errors import ConfigError
+
+MODEL_KEYS = (specs.STATE, specs.ACTION, specs.REWARD, specs.COST, specs.SUCCESS)
+
+
+def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) ``run.out`` on ``run.data``; returns the summary of :func:`embodied.train.train`."""
+    from embodied.cli_data import ensure_embeddings
+    from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler, make_loader
+    from embodied.datasets.stats import RunningStats
+    from embodied.train import train
+
+    if not run.data:
+        raise ConfigError("name the episode store(s) to train on with --data D.zarr")
+    if not 0 <= run.holdout < 1:
+        raise ConfigError(f"--holdout must be in [0, 1), got {run.holdout}")
+    stores = [EpisodeStore.open(u) for u in run.data]
+    try:
+        sizes = {s.features[specs.PIXELS].shape[0] if specs.PIXELS in s.features else 0 for s in stores}
+        state_stats, reward_stats = RunningStats.empty((specs.STATE_DIM,)), RunningStats.empty(())
+        for s in stores:
+            st = s.stats()
+            if specs.STATE in st:
+                state_stats = state_stats.merge(st[specs.STATE])
+            if specs.REWARD in st:
+                reward_stats = reward_stats.merge(st[specs.REWARD])
+    finally:
+        for s in stores:
+            s.close()
+    pixels = 0
+    if run.pixels and sizes != {0}:
+        if len(sizes) != 1:
+            raise ConfigError(f"the stores have different pixel sizes {sorted(sizes)}; train on one size or pass --no-pixels")
+        pixels = sizes.pop()
+    keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ())
+    key, vectors = ensure_embeddings(list(run.data), run.encoder, compute=True)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, holdout=run.holdout, seed=cfg.seed, shard=(rank, world))
+    sampler = WindowSampler(list(run.data), scfg)
+    held = None
+    if run.holdout > 0:
+        try:
+            held = WindowSampler(list(run.data), replace(scfg, part="heldout", shard=(0, 1), seed=cfg.seed + 1))
+        except Exception as e:  # noqa: BLE001 - a store too small to hold any episode out: evaluate on nothing, say so
+            print(f"embodied: no held-out evaluation ({e})")
+    names = sorted(set(sampler.instructions) | set(held.instructions if held else []))
+    index = {s: i for i, s in enumerate(names)}
+    goals = torch.from_numpy(np.stack([np.asarray(vectors[s], dtype=np.float32) for s in names]))
+
+    def remap(batch: dict[str, torch.Tensor], table: list[str]) -> dict[str, torch.Tensor]:
+        lookup = torch.tensor([index[s] for s in table])
+        return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]]}
+
+    def batches(start: int) -> Iterator[dict[str, torch.Tensor]]:
+        sampler.start_batch = start
+        for b in make_loader(sampler, num_workers=run.workers, pin_memory=torch.cuda.is_available()):
+            yield remap(b, sampler.instructions)
+
+    def eval_batches() -> Iterator[dict[str, torch.Tensor]]:
+        assert held is not None
+        for k in range(cfg.eval_batches):
+            yield remap(held.batch(k), held.instructions)
+
+    model_cfg = preset(run.preset, pixels=pixels, context=max(cfg.window, preset(run.preset).context))
+    std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
+    normalizer = {
+        "state_mean": torch.as_tensor(state_stats.mean if state_stats.count else np.zeros(specs.STATE_DIM), dtype=torch.float32),
+        "state_std": torch.as_tensor(std, dtype=torch.float32),
+        "reward_mean": float(reward_stats.mean) if reward_stats.count else 0.0,
+        "reward_std": float(reward_stats.std) if reward_stats.count else 1.0,
+    }
+    meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
+    return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
+                 resume=run.resume, device=run.device, meta=meta, progress=progress)

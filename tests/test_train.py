@@ -1,0 +1,148 @@
+"""Training: it learns, resumes bit for bit, survives NaN steps, and never loads a pickle."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from embodied.cli import main
+from embodied.collect import CollectSpec, collect
+from embodied.config import TrainConfig, TrainRunConfig
+from embodied.errors import EmbodiedError
+from embodied.training_data import train_from_stores
+
+
+@pytest.fixture(scope="module")
+def reach_store(tmp_path_factory) -> str:
+    """200 noisy-expert episodes of one task family (state only)."""
+    out = str(tmp_path_factory.mktemp("data") / "reach.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointReach-v0",), episodes=200, policy="noisy:0.2", seed=1), progress=False)
+    return out
+
+
+def _run(store: str, out: Path, **kw) -> TrainRunConfig:
+    return TrainRunConfig(data=(store,), out=str(out), preset="tiny", workers=0, **kw)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(steps=40, batch_size=16, window=8, warmup=5, log_every=10, eval_every=0, eval_batches=2, save_every=20, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(latest / "model.safetensors"))
+
+
+def test_tiny_model_learns_the_actions(reach_store, tmp_path):
+    """Held-out action MSE well below the variance of the actions: the test fails if nothing is learned."""
+    from embodied.datasets import EpisodeStore
+
+    r = train_from_stores(_run(reach_store, tmp_path / "r", holdout=0.2), _cfg(steps=400, batch_size=32, lr=2e-3, warmup=20, eval_batches=4), progress=False)
+    with EpisodeStore.open(reach_store) as s:
+        acts = np.concatenate([s.episode(i)["action"][:-1] for i in range(len(s))])
+    variance = float(acts.var(axis=0).mean())
+    assert r["metrics"]["action_mse"] < 0.3 * variance, (r["metrics"], variance)
+    assert r["metrics"]["state_err_1"] is not None and r["metrics"]["state_err_1"] < r["metrics"]["state_err_5"]
+
+
+def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path):
+    straight = tmp_path / "straight"
+    train_from_stores(_run(reach_store, straight), _cfg(), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_save(step, loss):
+        if step == 21:  # the checkpoint of step 20 is on disk
+            raise Killed
+        return loss
+
+    broken = tmp_path / "broken"
+    from embodied import training_data
+
+    with pytest.raises(Killed):
+        _train_with_fault(training_data, _run(reach_store, broken), _cfg(), kill_after_first_save)
+    assert [p.name for p in sorted((broken / "checkpoints").glob("step-*"))] == ["step-00000020"]
+    train_from_stores(_run(reach_store, broken, resume=True), _cfg(), progress=False)
+    a, b = _weights(straight), _weights(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_with_fault(module, run, cfg, fault):
+    """train_from_stores with a fault hook injected into the loop."""
+    import embodied.train as train_mod
+
+    orig = train_mod.train
+
+    def patched(*args, **kwargs):
+        return orig(*args, fault=fault, **kwargs)
+
+    train_mod.train = patched
+    try:
+        return module.train_from_stores(run, cfg, progress=False)
+    finally:
+        train_mod.train = orig
+
+
+def test_nan_steps_are_skipped_then_stop_the_run_keeping_the_last_good_checkpoint(reach_store, tmp_path):
+    from embodied import training_data
+    from embodied.train import TrainingDiverged
+
+    run = tmp_path / "nan"
+    calls = []
+
+    def nan_twice(step, loss):  # the 6th and 7th batches give a NaN loss (a skipped step does not advance `step`)
+        calls.append(step)
+        return loss * float("nan") if len(calls) in (6, 7) else loss
+
+    r = _train_with_fault(training_data, _run(reach_store, run), _cfg(steps=10, save_every=5), nan_twice)
+    assert r["bad_steps"] == 2 and r["step"] == 10 and all(torch.isfinite(v).all() for v in _weights(run).values())
+    good = (run / "checkpoints" / "step-00000010" / "model.safetensors").read_bytes()
+    always_nan = lambda step, loss: loss * float("nan")  # noqa: E731
+    with pytest.raises(TrainingDiverged, match="consecutive non-finite"):
+        _train_with_fault(training_data, _run(reach_store, run, resume=True), _cfg(steps=20, save_every=5, max_bad_steps=3), always_nan)
+    assert (run / "checkpoints" / "step-00000010" / "model.safetensors").read_bytes() == good
+    assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))][-1] == "step-00000010"
+
+
+class _Sentinel:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def test_a_pickle_is_refused_by_resume_and_info(reach_store, tmp_path, capsys):
+    run = tmp_path / "evil"
+    train_from_stores(_run(reach_store, run), _cfg(steps=4, save_every=2), progress=False)
+    sentinel = tmp_path / "sentinel.txt"
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    (latest / "model.safetensors").write_bytes(pickle.dumps(_Sentinel(str(sentinel))))
+    assert main(["info", str(run)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pickle" in err
+    with pytest.raises(EmbodiedError):
+        train_from_stores(_run(reach_store, run, resume=True), _cfg(steps=8), progress=False)
+    assert not sentinel.exists()
+
+
+def test_cli_train_and_info(reach_store, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", out, "--steps", "6", "--batch-size", "8",
+                 "--window", "4", "--workers", "0", "--save-every", "3", "--eval-every", "3", "--no-compile"]) == 0
+    assert "trained" in capsys.readouterr().out
+    assert main(["info", out]) == 0
+    text = capsys.readouterr().out
+    assert "step 6" in text and "preset" not in text.splitlines()[0] and "action_nll" in text
+    assert main(["train", "--out", out]) == 2
+    assert "--data" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse refuses an unknown preset with one line
+        main(["train", "--data", reach_store, "--out", str(tmp_path / "x"), "--preset", "giant"])
+    assert e.value.code == 2 and "invalid choice: 'giant'" in capsys.readouterr().err
