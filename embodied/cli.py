@@ -18,6 +18,7 @@ from . import __version__
 from .config import (
     BenchDataConfig,
     BenchEnvsConfig,
+    BenchTrainConfig,
     CollectConfig,
     DemoConfig,
     EnvsCheckConfig,
@@ -170,6 +171,18 @@ def cmd_bench_data(cfg: BenchDataConfig) -> int:
     return 0
 
 
+def cmd_bench_train(cfg: BenchTrainConfig) -> int:
+    from embodied.bench_train import bench_train, format_result
+
+    r = bench_train(cfg.preset, pixels=cfg.pixels, window=cfg.window, batch=cfg.batch, steps=cfg.steps, warmup=cfg.warmup,
+                    device=cfg.device, compile_blocks=cfg.compile, workers=cfg.workers, data=cfg.data, progress=lambda s: print(s, file=sys.stderr))
+    if cfg.json:
+        print_json(r)
+    else:
+        print(format_result(r))
+    return 0
+
+
 # ---------------------------------------------------------------------------- collect
 def cmd_collect(cfg: CollectConfig) -> int:
     from embodied.collect import CollectSpec, collect
@@ -300,6 +313,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("envs", "check"): (EnvsCheckConfig, cmd_envs_check, "check_env, determinism, expert success and warnings"),
     ("envs", "video"): (EnvsVideoConfig, cmd_envs_video, "film the scripted expert as an H.264 MP4"),
     ("bench", "envs"): (BenchEnvsConfig, cmd_bench_envs, "env and renderer speed against raw MuJoCo and Reacher-v5"),
+    ("bench", "train"): (BenchTrainConfig, cmd_bench_train, "training tokens/s, step time, data wait and MFU (on CUDA)"),
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),

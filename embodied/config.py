@@ -185,6 +185,32 @@ class BenchDataConfig:
 
 
 @dataclass(frozen=True)
+class BenchTrainConfig:
+    preset: str = field(default="small", metadata={"choices": ("tiny", "small", "base", "large")})
+    """Model size preset."""
+    pixels: int = 0
+    """Train on 64x64 pixels from the data benchmark's Zarr store (64), or state only (0)."""
+    window: int = 64
+    """Timesteps per window (sequence = goal tokens + 2 x window)."""
+    batch: int = 64
+    """Windows per step."""
+    steps: int = 20
+    """Timed steps (after the warm-up)."""
+    warmup: int = 5
+    """Untimed steps first (compilation, first batches)."""
+    workers: int = 2
+    """DataLoader workers when the data does not live on the device."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    compile: bool = True
+    """torch.compile each block on CUDA."""
+    data: str | None = None
+    """Episode store to read (default: the benchmark stores under out/bench, collected on first use)."""
+    json: bool = False
+    """Print JSON instead of a summary."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""

@@ -27,7 +27,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     from embodied.cli_data import ensure_embeddings
     from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler, make_loader
     from embodied.datasets.stats import RunningStats
-    from embodied.train import train
+    from embodied.train import pick_device, train
 
     if not run.data:
         raise ConfigError("name the episode store(s) to train on with --data D.zarr")
@@ -67,12 +67,19 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     goals = torch.from_numpy(np.stack([np.asarray(vectors[s], dtype=np.float32) for s in names]))
 
     def remap(batch: dict[str, torch.Tensor], table: list[str]) -> dict[str, torch.Tensor]:
-        lookup = torch.tensor([index[s] for s in table])
+        lookup = torch.tensor([index[s] for s in table], device=batch[specs.INSTRUCTION].device)
         return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]]}
+
+    resident = device_windows(sampler, pick_device(run.device))
 
     def batches(start: int) -> Iterator[dict[str, torch.Tensor]]:
         sampler.start_batch = start
-        for b in make_loader(sampler, num_workers=run.workers, pin_memory=torch.cuda.is_available()):
+        if resident is not None:  # the whole dataset lives on the GPU: no loader at all
+            resident.start_batch = start
+            source: Any = resident
+        else:
+            source = make_loader(sampler, num_workers=run.workers, pin_memory=torch.cuda.is_available())
+        for b in source:
             yield remap(b, sampler.instructions)
 
     def eval_batches() -> Iterator[dict[str, torch.Tensor]]:
@@ -91,3 +98,14 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
                  resume=run.resume, device=run.device, meta=meta, progress=progress)
+
+
+def device_windows(sampler: Any, device: torch.device, budget: float = 0.25) -> Any:
+    """A :class:`~embodied.datasets.sampler.DeviceWindows` when ``device`` is a GPU and the decoded data takes
+    at most ``budget`` of its memory; else None (batches then come through DataLoader workers)."""
+    from embodied.datasets.sampler import DeviceWindows
+
+    if device.type != "cuda" or not sampler.in_ram:
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    return DeviceWindows(sampler, device) if sampler.ram_bytes <= budget * total else None

@@ -36,3 +36,17 @@ def test_bench_data_reports_every_key_on_a_small_store(tmp_path):
     assert abs(r["sampler_vs_naive"] - r["sampler_windows_per_s"] / r["naive_windows_per_s"]) < 1e-9
     assert set(TARGETS) <= set(r) and isinstance(missed_targets(r), list)
     assert "windows/s" in format_result(r)
+
+
+def test_bench_train_reports_every_key_on_cpu(tmp_path):
+    from embodied.bench_train import bench_train, format_result
+    from embodied.collect import CollectSpec, collect
+
+    store = str(tmp_path / "s.zarr")
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=10), progress=False)
+    r = bench_train("tiny", window=4, batch=8, steps=3, warmup=1, workers=0, data=store, device="cpu")
+    assert {"preset", "params", "tokens_per_s", "step_ms", "data_wait_fraction", "mfu"} <= r.keys()
+    assert r["preset"] == "tiny" and r["params"] < 1e6 and r["mfu"] is None  # no MFU on CPU
+    assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 <= r["data_wait_fraction"] < 1
+    assert abs(r["tokens_per_s"] - 8 * r["seq"] / (r["step_ms"] / 1e3)) / r["tokens_per_s"] < 1e-6
+    assert "tokens/s" in format_result(r)

@@ -189,3 +189,18 @@ def test_shards_of_a_global_batch_are_its_interleaved_rows(store):
     parts = [WindowSampler(url, SamplerConfig(window=4, batch_size=4, shard=(r, 2))).batch(3) for r in range(2)]
     for k in whole:
         assert torch.equal(whole[k][0::2], parts[0][k]) and torch.equal(whole[k][1::2], parts[1][k])
+
+
+def test_device_resident_batches_equal_host_batches(store):
+    from embodied.datasets.sampler import DeviceWindows
+
+    url, _ = store
+    s = WindowSampler(url, SamplerConfig(window=6, batch_size=16, seed=2))
+    d = DeviceWindows(s, "cpu")
+    for k in (0, 7):
+        a, b = s.batch(k), d.batch(k)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    d.start_batch = 3
+    assert torch.equal(next(iter(d))["state"], s.batch(3)["state"])
+    with pytest.raises(StoreError, match="in-RAM"):
+        DeviceWindows(WindowSampler(url, SamplerConfig(window=4, in_ram=False)), "cpu")

@@ -1,0 +1,38 @@
+"""The CUDA path (bf16 autocast, fused AdamW, compiled blocks, device-resident batches). Run with `pytest -m gpu` on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_is_there():
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+
+
+def test_train_compiled_bf16_on_cuda_and_resume(tmp_path):
+    from embodied.collect import CollectSpec, collect
+    from embodied.config import TrainConfig, TrainRunConfig
+    from embodied.training_data import train_from_stores
+
+    store = str(tmp_path / "s.zarr")
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=40), progress=False)
+    run = TrainRunConfig(data=(store,), out=str(tmp_path / "run"), preset="tiny", workers=0, holdout=0.2)
+    cfg = TrainConfig(steps=30, batch_size=32, window=8, eval_every=0, save_every=15, warmup=5)
+    r = train_from_stores(run, cfg, progress=False)
+    assert r["device"].startswith("cuda") and r["step"] == 30 and r["bad_steps"] == 0
+    assert r["metrics"]["action_nll"] is not None
+    r2 = train_from_stores(TrainRunConfig(**{**run.__dict__, "resume": True}), TrainConfig(**{**cfg.__dict__, "steps": 40}), progress=False)
+    assert r2["step"] == 40
+
+
+def test_bench_train_reports_mfu_on_cuda(tmp_path):
+    from embodied.bench_train import bench_train
+    from embodied.collect import CollectSpec, collect
+
+    store = str(tmp_path / "s.zarr")
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=20), progress=False)
+    r = bench_train("tiny", window=8, batch=32, steps=5, warmup=3, data=store)
+    assert r["mfu"] is not None and 0 < r["mfu"] < 1 and r["data_source"] == "device-resident"
