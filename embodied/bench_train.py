@@ -1,8 +1,8 @@
 """Training speed: tokens/s, step time, time waiting for data, and model FLOPs utilisation (``embodied bench train``).
 
 The step is the training loop's own: :meth:`TrajectoryModel.loss`, AdamW over the same
-weight-decay groups (fused on CUDA), bf16 autocast and compiled blocks on CUDA, fp32 on
-CPU. Batches come from an episode store (state only, or 64x64 pixels: the data benchmark's
+weight-decay groups (fused on CUDA), bf16 autocast and the whole loss (blocks, CNN, heads)
+compiled on CUDA, fp32 on CPU. Batches come from an episode store (state only, or 64x64 pixels: the data benchmark's
 store, collected on first use): on a GPU from a device-resident copy when it fits (see
 :class:`~embodied.datasets.sampler.DeviceWindows`), else from DataLoader workers.
 Instruction embeddings are random vectors: speed does not depend on them.
@@ -95,9 +95,7 @@ def bench_train(
     model = TrajectoryModel(cfg).to(dev)
     goals = torch.randn(len(sampler.instructions), cfg.lang_dim, device=dev)
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95), fused=dev.type == "cuda")
-    if dev.type == "cuda" and compile_blocks:
-        for block in model.blocks:
-            block.compile()
+    loss_fn = torch.compile(model.loss) if dev.type == "cuda" and compile_blocks else model.loss  # as the training loop does
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
     def sync() -> None:
@@ -114,7 +112,7 @@ def bench_train(
         sync()
         t1 = time.perf_counter()
         with amp:
-            loss, _ = model.loss(b, goals[b[specs.INSTRUCTION]])
+            loss, _ = loss_fn(b, goals[b[specs.INSTRUCTION]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -480,7 +480,7 @@ class TrainConfig:
     max_bad_steps: int = 10
     """Consecutive non-finite losses or gradients after which the run stops (the step is skipped before that)."""
     compile: bool = True
-    """torch.compile each block on CUDA."""
+    """torch.compile the model's loss (blocks, CNN and heads; the blocks only under DDP) on CUDA."""
     seed: int = 0
     """Seed of the weights and of the sampler."""
 

@@ -210,9 +210,13 @@ def train(
         bad_total, best = int(ck.extra.get("bad_steps", 0)), ck.extra.get("best")
         restore_rng(ck.rng)
     ddp_model: torch.nn.Module = model
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = model.loss
     if dev.type == "cuda" and cfg.compile:
-        for block in model.blocks:
-            block.compile()
+        if dist.world > 1:  # DDP's hooks sit on the wrapper: compile the blocks inside it
+            for block in model.blocks:
+                block.compile()
+        else:  # one graph for the whole step's forward: blocks, CNN, heads and losses
+            loss_fn = torch.compile(model.loss)
     if dist.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
@@ -243,7 +247,8 @@ def train(
             consumed += 1
             b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with amp:
-                loss, terms = _loss(ddp_model, model, b, goals[b["instruction"]])
+                goal = goals[b["instruction"]]
+                loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal))
             if fault is not None:
                 loss = fault(step, loss)
             opt.zero_grad(set_to_none=True)
@@ -287,11 +292,6 @@ def train(
         if writer:
             writer.close()
     return {"out": str(out), "step": step, "consumed": consumed, "bad_steps": bad_total, "metrics": metrics, "params": model.num_params(), "device": str(dev)}
-
-
-def _loss(ddp_model: torch.nn.Module, model: TrajectoryModel, b: Batch, goal: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss, with the forward pass through ``ddp_model`` (the DDP wrapper, whose hooks average gradients)."""
-    return model.loss(b, goal, out=ddp_model(b, goal))
 
 
 def _eval(model: TrajectoryModel, eval_batches: Callable[[], Iterable[Batch]], goals: torch.Tensor, dev: torch.device,

@@ -19,6 +19,7 @@ def test_train_compiled_bf16_on_cuda_and_resume(tmp_path):
 
     store = str(tmp_path / "s.zarr")
     collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=40), progress=False)
+    _store_embeddings(store)  # the GPU machine has no sentence encoder: embeddings travel with the data
     run = TrainRunConfig(data=(store,), out=str(tmp_path / "run"), preset="tiny", workers=0, holdout=0.2)
     cfg = TrainConfig(steps=30, batch_size=32, window=8, eval_every=0, save_every=15, warmup=5)
     r = train_from_stores(run, cfg, progress=False)
@@ -26,6 +27,18 @@ def test_train_compiled_bf16_on_cuda_and_resume(tmp_path):
     assert r["metrics"]["action_nll"] is not None
     r2 = train_from_stores(TrainRunConfig(**{**run.__dict__, "resume": True}), TrainConfig(**{**cfg.__dict__, "steps": 40}), progress=False)
     assert r2["step"] == 40
+
+
+def _store_embeddings(store: str) -> None:
+    import numpy as np
+
+    from embodied.datasets import EpisodeStore
+    from embodied.language import DEFAULT_ENCODER, encoder_key
+
+    with EpisodeStore.open(store, "a") as s:
+        names = s.instructions()
+        v = np.random.default_rng(0).normal(size=(len(names), 384)).astype(np.float32)
+        s.set_embeddings(encoder_key(DEFAULT_ENCODER), names, v / np.linalg.norm(v, axis=1, keepdims=True), {"encoder": DEFAULT_ENCODER})
 
 
 def test_bench_train_reports_mfu_on_cuda(tmp_path):
