@@ -26,7 +26,7 @@ without actions still trains the observation objectives.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -247,10 +247,13 @@ class TrajectoryModel(nn.Module):
         return out
 
     def loss(self, batch: dict[str, torch.Tensor], goal: torch.Tensor, weights: dict[str, float] | None = None,
-             out: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             out: dict[str, torch.Tensor] | None = None, count: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its terms (each a masked mean; a term with nothing to learn is 0).
 
         ``out`` is this batch's ``forward`` output when the caller already has it (a DDP wrapper's).
+        ``count(n)`` turns a mask's count into the denominator of its mean (default ``max(n, 1)``;
+        under DDP the count over all ranks divided by their number).
         """
         w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "success": 0.5, **(weights or {})}
         out = self(batch, goal) if out is None else out
@@ -259,7 +262,8 @@ class TrajectoryModel(nn.Module):
 
         def masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             m = m.float()
-            return (x * m).sum() / m.sum().clamp(min=1.0)
+            n = m.sum()
+            return (x * m).sum() / (n.clamp(min=1.0) if count is None else count(n))
 
         # policy: the action at each observation
         am = batch.get("action_mask", frame) & frame

@@ -219,6 +219,15 @@ def train(
             loss_fn = torch.compile(model.loss)
     if dist.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def global_count(n: torch.Tensor) -> torch.Tensor:
+        """A mask count summed over the ranks, over their number: each rank divides its masked sums by it, so DDP's
+        average of the ranks' gradients is that of the masked mean over the global batch, as one process takes it
+        (a rank's own count would weight its frames by how much padding and how many episode ends it drew)."""
+        n = n.detach().clone()
+        torch.distributed.all_reduce(n)
+        return n.clamp(min=1.0) / dist.world
+
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     goals = goals.to(dev)
     config = {"model": model_cfg.to_json(), "train": asdict(cfg), "world": dist.world, **(meta or {})}
@@ -248,7 +257,7 @@ def train(
             b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             with amp:
                 goal = goals[b["instruction"]]
-                loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal))
+                loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal), count=global_count)
             if fault is not None:
                 loss = fault(step, loss)
             opt.zero_grad(set_to_none=True)

@@ -34,12 +34,13 @@ DRIVER = textwrap.dedent(
 
     store, out, params, batch_size, steps = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     rank = int(os.environ.get("RANK", 0))
-    models, saves = [], []
+    models, saves, init = [], [], {}
 
-    class Recorded(train_mod.TrajectoryModel):  # keeps a handle on the model each rank trains
+    class Recorded(train_mod.TrajectoryModel):  # keeps a handle on the model each rank trains, and its initial weights
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             models.append(self)
+            init.update({k: p.detach().clone() for k, p in self.named_parameters()})
 
     class Manager(train_mod.CheckpointManager):  # counts the saves each rank makes
         def save(self, *a, **kw):
@@ -48,12 +49,13 @@ DRIVER = textwrap.dedent(
 
     train_mod.TrajectoryModel, train_mod.CheckpointManager = Recorded, Manager
     run = TrainRunConfig(data=(store,), out=out, preset="tiny", workers=0, holdout=0.0, pixels=False)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, window=8, warmup=2, lr=3e-3, log_every=4, eval_every=0,
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, window=8, warmup=2, lr=1e-3, log_every=4, eval_every=0,
                       save_every=4, compile=False, seed=5)
     summary = train_from_stores(run, cfg, progress=False)
     assert len(models) == 1 and summary["step"] == steps, (len(models), summary)
     params.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in models[0].state_dict().items()}, str(params / f"rank{rank}.safetensors"))
+    save_file({k: v.contiguous() for k, v in init.items()}, str(params / f"init{rank}.safetensors"))
     (params / f"rank{rank}.json").write_text(json.dumps({"saves": saves, "world": int(os.environ.get("WORLD_SIZE", 1))}))
     """
 )
@@ -88,30 +90,43 @@ def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_two_gloo_ranks_match_one_process_and_only_rank_0_writes(reach_store, tmp_path):
-    script = tmp_path / "driver.py"
+@pytest.fixture(scope="module")
+def runs(reach_store, tmp_path_factory) -> Path:
+    """The same 8 steps twice: 2 gloo ranks of B windows under torchrun, and one process of 2 * B windows."""
+    root = tmp_path_factory.mktemp("ddp_runs")
+    script = root / "driver.py"
     script.write_text(DRIVER)
-    ddp_out, ddp_params = tmp_path / "ddp", tmp_path / "ddp_params"
     _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-             str(script), reach_store, str(ddp_out), str(ddp_params), str(B), str(STEPS)], tmp_path)
-    one_out, one_params = tmp_path / "one", tmp_path / "one_params"
-    _launch([sys.executable, str(script), reach_store, str(one_out), str(one_params), str(2 * B), str(STEPS)], tmp_path)
+             str(script), reach_store, str(root / "ddp"), str(root / "ddp_params"), str(B), str(STEPS)], root)
+    _launch([sys.executable, str(script), reach_store, str(root / "one"), str(root / "one_params"), str(2 * B), str(STEPS)], root)
+    return root
 
-    r0, r1 = load_file(str(ddp_params / "rank0.safetensors")), load_file(str(ddp_params / "rank1.safetensors"))
-    one = load_file(str(one_params / "rank0.safetensors"))
-    assert r0.keys() == r1.keys() == one.keys()
+
+def test_both_ranks_end_identical_and_only_rank_0_writes(runs):
+    params = runs / "ddp_params"
+    r0, r1 = load_file(str(params / "rank0.safetensors")), load_file(str(params / "rank1.safetensors"))
+    assert r0.keys() == r1.keys()
     assert all(torch.equal(r0[k], r1[k]) for k in r0), [k for k in r0 if not torch.equal(r0[k], r1[k])]
-    worst = max((r0[k] - one[k]).abs().max().item() for k in r0 if r0[k].is_floating_point())
-    for k in r0:
-        torch.testing.assert_close(r0[k], one[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m} (worst over all: {worst:.3g})")
+    init = load_file(str(params / "init0.safetensors"))
+    assert max((r0[k] - init[k]).abs().max().item() for k in init) > 1e-3  # the weights moved: the equality says something
 
-    # only rank 0 saved, and the run folder holds exactly one run's checkpoints
-    info0, info1 = (json.loads((ddp_params / f"rank{r}.json").read_text()) for r in (0, 1))
+    info0, info1 = (json.loads((params / f"rank{r}.json").read_text()) for r in (0, 1))
     assert info0 == {"saves": [4, 8], "world": 2} and info1 == {"saves": [], "world": 2}
-    ddp_tree, one_tree = _tree(ddp_out), _tree(one_out)
-    assert sorted(p.name for p in (ddp_out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000004", "step-00000008"]
+    ddp_tree, one_tree = _tree(runs / "ddp"), _tree(runs / "one")
+    assert sorted(p.name for p in (runs / "ddp" / "checkpoints").iterdir() if p.is_dir()) == ["step-00000004", "step-00000008"]
     assert [p for p in ddp_tree if "tmp" in p.lower() or "partial" in p.lower()] == []
     shape = lambda t: sorted(p if not p.startswith("tb/") else "tb/" for p in t)  # noqa: E731 - event file names hold host and pid
-    assert shape(ddp_tree) == shape(one_tree)
-    ck = load_file(str(ddp_out / "checkpoints" / "step-00000008" / "model.safetensors"))
-    assert all(torch.equal(ck[k], r0[k]) for k in ck)
+    assert shape(ddp_tree) == shape(one_tree)  # one writer: the same files as a single process writes, no more
+    ck = load_file(str(runs / "ddp" / "checkpoints" / "step-00000008" / "model.safetensors"))
+    assert ck.keys() == r0.keys() and all(torch.equal(ck[k], r0[k]) for k in ck)
+
+
+def test_two_ranks_match_one_process_at_the_same_global_batch(runs):
+    """Each rank divides its masked sums by the count over all ranks / world, so DDP's gradient average is
+    the masked mean over the global batch (a rank's own count would weight ranks by their padding)."""
+    r0 = load_file(str(runs / "ddp_params" / "rank0.safetensors"))
+    one = load_file(str(runs / "one_params" / "rank0.safetensors"))
+    assert r0.keys() == one.keys()
+    worst = max((r0[k] - one[k]).abs().max().item() for k in r0)
+    for k in r0:  # the gradients are summed in another order: equal up to rounding
+        torch.testing.assert_close(r0[k], one[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m} (worst over all: {worst:.3g})")
