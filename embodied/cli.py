@@ -250,9 +250,9 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
 
         shutil.rmtree(path)
     if (path / "zarr.json").exists():
-        print(f"[2/3] reusing {path} (--force to redo)")
+        print(f"[2/4] reusing {path} (--force to redo)")
     else:
-        print(f"[2/3] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
+        print(f"[2/4] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
         collect(CollectSpec(out=str(path), env_ids=DEMO_DATA_ENVS, episodes=episodes, policy="noisy:0.3", pixels=64, workers=2,
                             command="embodied demo"), progress=True)
     with EpisodeStore.open(str(path)) as store:
@@ -269,6 +269,28 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
     return str(path)
 
 
+def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
+    """Demo step 3: train the small model on the demo dataset (pixels and state) and show its held-out metrics."""
+    from embodied.config import TrainConfig, TrainRunConfig
+    from embodied.train import run_info
+    from embodied.training_data import train_from_stores
+
+    if force and run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    if (run / "checkpoints" / "latest.json").exists():
+        print(f"[3/4] reusing {run} (--force to redo)")
+    else:
+        print(f"[3/4] training the small model for {steps} steps on {data}")
+        train_from_stores(TrainRunConfig(data=(data,), out=str(run), preset="small", holdout=0.1, workers=2),
+                          TrainConfig(steps=steps, batch_size=32, window=16, warmup=30, eval_every=0, save_every=steps, lr=1e-3))
+    m = run_info(run)["metrics"] or {}
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))
+    print(f"    held-out: {shown or 'none (no episode held out)'}")
+    return str(run)
+
+
 def cmd_demo(cfg: DemoConfig) -> int:
     """The main job: check every environment of the suite and film the expert on each task family."""
     from embodied.envs import env_ids
@@ -279,17 +301,18 @@ def cmd_demo(cfg: DemoConfig) -> int:
     checks_path = out / "envs_check.json"
     if checks_path.exists() and not cfg.force:
         results = json.loads(checks_path.read_text())
-        print(f"[1/3] reusing {checks_path} ({len(results)} environments; --force to redo)")
+        print(f"[1/4] reusing {checks_path} ({len(results)} environments; --force to redo)")
     else:
         ids = env_ids()
-        print(f"[1/3] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
+        print(f"[1/4] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
         results = run_checks(ids, cfg.episodes, 0, {}, lambda s: print("   ", s, flush=True))
         tmp = checks_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(checks_path)
     data = _demo_dataset(out / "episodes.zarr", cfg.force)
+    run = _demo_train(data, out / "run", cfg.force)
     videos = []
-    print("[3/3] filming the expert on each task family")
+    print("[4/4] filming the expert on each task family")
     for env_id in ("embodied/PointPushZone-v0", "embodied/Arm2PushDir-v0", "embodied/Arm3Reach-v0"):
         path = out / (env_id.split("/")[1] + ".mp4")
         if path.exists() and not cfg.force:
@@ -302,7 +325,8 @@ def cmd_demo(cfg: DemoConfig) -> int:
     mean = sum(r["expert_success"] for r in results) / len(results)
     print(
         f"\ndone in {time.time() - t0:.0f} s: {len(results)} environments, {len(failed)} failing checks, "
-        f"mean expert success {mean:.3f}\n  results: {checks_path}\n  dataset: {data}\n  videos:  {', '.join(videos)}"
+        f"mean expert success {mean:.3f}\n  results: {checks_path}\n  dataset: {data}\n  model:   {run} (`embodied info {run}`)\n"
+        f"  videos:  {', '.join(videos)}"
     )
     return 1 if failed else 0
 

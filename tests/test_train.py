@@ -146,3 +146,17 @@ def test_cli_train_and_info(reach_store, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse refuses an unknown preset with one line
         main(["train", "--data", reach_store, "--out", str(tmp_path / "x"), "--preset", "giant"])
     assert e.value.code == 2 and "invalid choice: 'giant'" in capsys.readouterr().err
+
+
+def test_demo_train_step_trains_with_pixels_then_reuses(tmp_path, capsys):
+    from embodied.cli import _demo_train
+
+    store = str(tmp_path / "px.zarr")
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=40, pixels=64), progress=False)
+    run = tmp_path / "run"
+    assert _demo_train(store, run, force=False, steps=4) == str(run)
+    out = capsys.readouterr().out
+    assert "training the small model for 4 steps" in out and "held-out: action_nll" in out
+    _demo_train(store, run, force=False, steps=4)
+    assert "reusing" in capsys.readouterr().out
+    assert list((run / "tb").iterdir())  # TensorBoard event files
