@@ -4,12 +4,7 @@
 # same width, depth, sequence and batch; then the gpu-marked tests. Carry .whl, .gl and .peer.
 set -u
 REPO=$(pwd)
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/emb . || exit 1
-export PYTHONPATH=/tmp/emb:/tmp/site MUJOCO_GL=egl HF_HUB_OFFLINE=1
-export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source benchmarks/device_setup.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 cd /tmp
 t0=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - t0 )) s" >> "$OUT/gpu.txt"; }
