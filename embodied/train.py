@@ -197,6 +197,8 @@ def train(
     opt = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
     step, consumed, bad_total, best = 0, 0, 0, None
+    if not resume and manager.latest() is not None:
+        raise EmbodiedError(f"{out} already holds a run; pass --resume to continue it, or choose a new --out (nothing was changed)")
     if resume:
         latest = manager.latest()
         if latest is None:

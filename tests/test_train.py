@@ -143,6 +143,10 @@ def test_cli_train_and_info(reach_store, tmp_path, capsys):
     assert "step 6" in text and "preset" not in text.splitlines()[0] and "action_nll" in text
     assert main(["train", "--out", out]) == 2
     assert "--data" in capsys.readouterr().err
+    before = sorted(p.name for p in (Path(out) / "checkpoints").iterdir())
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", out, "--steps", "2", "--workers", "0"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in (Path(out) / "checkpoints").iterdir()) == before  # nothing written is lost
     with pytest.raises(SystemExit) as e:  # argparse refuses an unknown preset with one line
         main(["train", "--data", reach_store, "--out", str(tmp_path / "x"), "--preset", "giant"])
     assert e.value.code == 2 and "invalid choice: 'giant'" in capsys.readouterr().err
