@@ -18,6 +18,7 @@ from . import __version__
 from .config import (
     BenchDataConfig,
     BenchEnvsConfig,
+    BenchPolicyConfig,
     BenchTrainConfig,
     CollectConfig,
     DemoConfig,
@@ -183,6 +184,14 @@ def cmd_bench_train(cfg: BenchTrainConfig) -> int:
     return 0
 
 
+def cmd_bench_policy(cfg: BenchPolicyConfig) -> int:
+    from embodied.bench_policy import bench_policy, format_result
+
+    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device)
+    print_json(r) if cfg.json else print(format_result(r))
+    return 0
+
+
 # ---------------------------------------------------------------------------- collect
 def cmd_collect(cfg: CollectConfig) -> int:
     from embodied.collect import CollectSpec, collect
@@ -338,6 +347,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("envs", "video"): (EnvsVideoConfig, cmd_envs_video, "film the scripted expert as an H.264 MP4"),
     ("bench", "envs"): (BenchEnvsConfig, cmd_bench_envs, "env and renderer speed against raw MuJoCo and Reacher-v5"),
     ("bench", "train"): (BenchTrainConfig, cmd_bench_train, "training tokens/s, step time, data wait and MFU (on CUDA)"),
+    ("bench", "policy"): (BenchPolicyConfig, cmd_bench_policy, "milliseconds per action with and without the key/value cache"),
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),

@@ -211,6 +211,20 @@ class BenchTrainConfig:
 
 
 @dataclass(frozen=True)
+class BenchPolicyConfig:
+    preset: str = field(default="small", metadata={"choices": ("tiny", "small", "base", "large")})
+    """Model size preset."""
+    context: int = 32
+    """Timesteps the policy attends over once its window is full."""
+    steps: int = 200
+    """Timed actions (after the window fills)."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print JSON instead of a summary."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""

@@ -49,21 +49,26 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``mask`` (L, P + L) bool says which keys each new token sees when ``past`` holds P cached tokens."""
         B, L, C = x.shape  # batch, new tokens, d_model
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, hd)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        P = k.shape[2] - L  # tokens already in the cache
-        if P == 0:
-            mask, causal = None, True
-        else:  # new token i sees every cached token and the new ones up to itself
-            mask = torch.ones(L, P + L, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        causal = past is None or past[0].shape[2] == 0
+        if not causal and mask is None:
+            mask = cache_mask(L, k.shape[2] - L, x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, L, C)
         return self.resid_drop(self.proj(y)), (k, v)
+
+
+def cache_mask(new: int, cached: int, device: torch.device) -> torch.Tensor:
+    """(new, cached + new) bool: each new token sees every cached token and the new ones up to itself."""
+    return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(diagonal=cached)
 
 
 class Block(nn.Module):
@@ -78,8 +83,9 @@ class Block(nn.Module):
             nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout)
         )
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, kv = self.attn(self.ln1(x), past)
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, kv = self.attn(self.ln1(x), past, mask)
         x = x + a
         return x + self.mlp(self.ln2(x)), kv
 
@@ -192,8 +198,9 @@ class TrajectoryModel(nn.Module):
     def _trunk(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.drop(x)
         new: KVCache = []
+        mask = None if cache is None else cache_mask(x.shape[1], cache[0][0].shape[2], x.device)  # one mask for every block
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if cache is None else cache[i])
+            x, kv = block(x, None if cache is None else cache[i], mask)
             new.append(kv)
         return self.ln_f(x), new
 
@@ -320,6 +327,22 @@ class TrajectoryModel(nn.Module):
         x = self.action_tokens(action[:, None], timestep[:, None])
         h, cache = self._trunk(x, cache)
         return {k: v[:, -1] for k, v in self.outcomes(h).items()}, cache
+
+    def step(self, cache: KVCache, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None,
+             prev_action: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """One closed-loop step in one pass: the previous action's token (if any), then the new observation's.
+
+        The cache holds whole timesteps except the last, whose action is not known yet; at most
+        ``context`` timesteps stay. Returns the action logits (B, A, bins) and the cache.
+        """
+        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None])
+        if prev_action is not None:
+            x = torch.cat([self.action_tokens(prev_action[:, None], (timestep - 1)[:, None]), x], dim=1)
+        G, L = self.cfg.n_goal_tokens, cache[0][0].shape[2]
+        if (L - G + 1) // 2 >= self.cfg.context:  # full: drop the oldest timestep (two tokens), keep the goal
+            cache = [(torch.cat([k[:, :, :G], k[:, :, G + 2:]], dim=2), torch.cat([v[:, :, :G], v[:, :, G + 2:]], dim=2)) for k, v in cache]
+        h, cache = self._trunk(x, cache)
+        return self.action_logits(h[:, -1]), cache
 
     def _fit(self, cache: KVCache) -> KVCache:
         """Drop the oldest timestep (its two tokens) once the cache holds ``context`` of them; the goal stays."""

@@ -6,7 +6,10 @@ written by ``embodied collect`` feeds the model without renaming anything.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Observation keys (gymnasium Dict observation of every embodied env).
 STATE: Final = "state"
@@ -88,3 +91,30 @@ def eval_seeds(n: int, offset: int = 0) -> list[int]:
     if n < 0 or offset < 0 or EVAL_SEED_START + offset + n > 2**32:
         raise ValueError(f"eval seeds need 0 <= offset and offset + n <= 2**31, got offset={offset}, n={n}")
     return [EVAL_SEED_START + offset + i for i in range(n)]
+
+
+# Instructions as numbers, for vectorised envs (stable-baselines3's VecEnvs hold arrays only).
+INSTRUCTION_BYTES: Final = 256
+"""Length of the uint8 array an instruction travels as: UTF-8, zero padded (see encode_instruction)."""
+
+
+def encode_instruction(text: str) -> "np.ndarray":
+    """An instruction as a (INSTRUCTION_BYTES,) uint8 array: its UTF-8 bytes, zero padded."""
+    import numpy as np
+
+    raw = text.encode("utf-8")
+    if len(raw) > INSTRUCTION_BYTES:
+        raise ValueError(f"instruction longer than {INSTRUCTION_BYTES} bytes: {text[:40]!r}...")
+    out = np.zeros(INSTRUCTION_BYTES, dtype=np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_instruction(value: "str | np.ndarray") -> str:
+    """The instruction from its string or its uint8 array form."""
+    if isinstance(value, str):
+        return value
+    import numpy as np
+
+    raw = np.asarray(value, dtype=np.uint8).tobytes().rstrip(b"\0")
+    return raw.decode("utf-8")

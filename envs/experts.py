@@ -50,7 +50,7 @@ class ScriptedExpert:
             c = self.correlation
             self._n = c * self._n + self.noise * np.sqrt(1 - c * c) * self.rng.standard_normal(self._n.shape)
             a = np.clip(a + self._n, -1.0, 1.0).astype(np.float32)
-        return a, None
+        return _like(observation, a), None
 
 
 class RandomPolicy:
@@ -65,4 +65,14 @@ class RandomPolicy:
 
     def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> tuple[np.ndarray, None]:
         low, high = self.action_space.low, self.action_space.high
-        return self.rng.uniform(low, high).astype(self.action_space.dtype), None
+        return _like(observation, self.rng.uniform(low, high).astype(self.action_space.dtype)), None
+
+
+def _like(observation: Any, action: np.ndarray) -> np.ndarray:
+    """``action`` as ``(1, A)`` when the observation comes batched from a one-env VecEnv (SB3's ``evaluate_policy``)."""
+    state = observation.get("state") if isinstance(observation, dict) else None
+    if state is not None and np.ndim(state) == 2:
+        if len(state) != 1:
+            raise ValueError(f"a scripted policy drives one env, got a batch of {len(state)} observations")
+        return action[None]
+    return action

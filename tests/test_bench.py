@@ -50,3 +50,12 @@ def test_bench_train_reports_every_key_on_cpu(tmp_path):
     assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 <= r["data_wait_fraction"] < 1
     assert abs(r["tokens_per_s"] - 8 * r["seq"] / (r["step_ms"] / 1e3)) / r["tokens_per_s"] < 1e-6
     assert "tokens/s" in format_result(r)
+
+
+def test_bench_policy_reports_both_paths():
+    from embodied.bench_policy import bench_policy, format_result
+
+    r = bench_policy("tiny", context=8, steps=10, device="cpu")
+    assert {"cached_p50_ms", "cached_p99_ms", "full_p50_ms", "full_p99_ms", "cache_speedup", "context", "params"} <= r.keys()
+    assert 0 < r["cached_p50_ms"] <= r["cached_p99_ms"] and 0 < r["full_p50_ms"] <= r["full_p99_ms"]
+    assert abs(r["cache_speedup"] - r["full_p50_ms"] / r["cached_p50_ms"]) < 1e-9 and "with cache" in format_result(r)

@@ -162,3 +162,24 @@ def test_bins_keep_multimodal_actions_apart():
     left, right = probs[m.action_bin(torch.tensor(-0.8))], probs[m.action_bin(torch.tensor(0.8))]
     assert left > 0.3 and right > 0.3  # both modes, no mass in between
     assert probs[m.action_bin(torch.tensor(0.0))] < 0.05
+
+
+def test_step_appends_action_and_observation_in_one_pass_like_act_then_observe():
+    torch.manual_seed(0)
+    cfg = preset("tiny", context=3)
+    m = TrajectoryModel(cfg).eval()
+    goal = torch.randn(2, cfg.lang_dim)
+    states, actions = torch.randn(7, 2, cfg.state_dim), torch.rand(7, 2, 2) * 2 - 1
+    with torch.no_grad():
+        a_cache, b_cache = m.start(goal), m.start(goal)
+        for t in range(7):
+            ts = torch.full((2,), t)
+            if t:
+                _, a_cache = m.act(a_cache, actions[t - 1], ts - 1)
+            la, a_cache = m.observe(a_cache, states[t], ts)
+            lb, b_cache = m.step(b_cache, states[t], ts, prev_action=actions[t - 1] if t else None)
+            if t < cfg.context:  # within the window the two are the same computation
+                torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-4)
+            # beyond it `step` drops the oldest timestep before the action token attends (it never sees
+            # outside the window); the cache never grows past the window
+            assert b_cache[0][0].shape[2] <= cfg.n_goal_tokens + 2 * cfg.context

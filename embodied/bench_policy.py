@@ -1,0 +1,70 @@
+"""Policy latency: milliseconds per action with and without the key/value cache (``embodied bench policy``).
+
+A random-weight model of the preset (latency does not depend on the weights) acts on a
+recorded stream of observations of ``embodied/PointPushZone-v0``. After ``context`` warm-up
+steps the window is full, so every timed step attends over ``context`` timesteps: with the
+cache the policy appends two tokens (the last action, the new observation); without it,
+it recomputes the whole window. The instruction is encoded once per episode, outside the
+timing (a constant vector here). Reports p50 and p99 of ``predict`` wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+def bench_policy(preset_name: str = "small", context: int = 32, steps: int = 200, device: str | None = None) -> dict[str, Any]:
+    import torch
+
+    from embodied.config import preset
+    from embodied.envs import ScriptedExpert, make
+    from embodied.model import TrajectoryModel
+    from embodied.policies import FoundationPolicy
+
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = TrajectoryModel(preset(preset_name, context=context))
+    goal = np.ones((1, model.cfg.lang_dim), dtype=np.float32) / np.sqrt(model.cfg.lang_dim)
+    env = make("embodied/PointPushZone-v0")
+    stream, seed = [], 0
+    while len(stream) < context + steps:  # observations of expert episodes, back to back
+        obs, _ = env.reset(seed=seed)
+        expert, done = ScriptedExpert(env, noise=0.3, seed=seed), False
+        while not done and len(stream) < context + steps:
+            stream.append(obs)
+            obs, _, term, trunc, _ = env.step(expert.predict(obs)[0])
+            done = term or trunc
+        seed += 1
+    env.close()
+    instruction = stream[0]["instruction"]
+    out: dict[str, Any] = {"preset": preset_name, "params": model.num_params(), "context": context, "steps": steps, "device": dev}
+    for name, cached in (("cached", True), ("full", False)):
+        policy = FoundationPolicy(model, lambda texts: goal, device=dev, use_cache=cached)
+        times = []
+        for i, obs in enumerate(stream):
+            obs = {**obs, "instruction": instruction}  # one episode as far as the policy is concerned
+            t0 = time.perf_counter()
+            policy.predict(obs, deterministic=True)
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= context:
+                times.append((time.perf_counter() - t0) * 1e3)
+        out[f"{name}_p50_ms"] = float(np.percentile(times, 50))
+        out[f"{name}_p99_ms"] = float(np.percentile(times, 99))
+    out["cache_speedup"] = out["full_p50_ms"] / out["cached_p50_ms"]
+    return out
+
+
+TARGETS = {"cached_p50_ms": ("<=", 5.0), "cache_speedup": (">=", 3.0)}
+
+
+def format_result(r: dict[str, Any]) -> str:
+    return (
+        f"{r['preset']} ({r['params'] / 1e6:.1f}M params) on {r['device']}, context {r['context']} timesteps, {r['steps']} timed steps\n"
+        f"  with cache    p50 {r['cached_p50_ms']:.2f} ms  p99 {r['cached_p99_ms']:.2f} ms\n"
+        f"  without cache p50 {r['full_p50_ms']:.2f} ms  p99 {r['full_p99_ms']:.2f} ms   (cache {r['cache_speedup']:.1f}x faster)"
+    )

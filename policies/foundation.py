@@ -1,0 +1,150 @@
+"""The foundation model as a policy, with stable-baselines3's ``predict`` protocol.
+
+:class:`FoundationPolicy` loads a checkpoint folder (or a run folder: its best checkpoint),
+encodes each episode's instruction once, and adds one timestep per step through the
+model's key/value cache: the previous action's token, then the new observation's, whose
+hidden state gives the action bins. ``use_cache=False`` recomputes the whole context every
+step instead (the reference the cache is measured and tested against).
+
+Observations are the suite's dicts, single (``state`` (S,)) or batched from a VecEnv
+(``state`` (N, S)); the instruction may be the string or its uint8 form
+(:class:`embodied.envs.InstructionAsBytes`, which SB3's VecEnvs need). ``evaluate_policy``
+works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from embodied import specs
+from embodied.model import KVCache, TrajectoryModel
+
+
+class Policy(Protocol):
+    """What every policy of the stack offers (the experts, random actions and the model alike)."""
+
+    def reset(self) -> None: ...
+
+    def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]: ...
+
+
+@dataclass
+class _Episode:
+    """One env's running episode: its goal, cache (or history) and the action not yet fed back."""
+
+    instruction: str
+    goal: torch.Tensor
+    cache: KVCache | None = None
+    t: int = 0
+    last_action: torch.Tensor | None = None
+    states: list[torch.Tensor] = field(default_factory=list)
+    actions: list[torch.Tensor] = field(default_factory=list)
+    pixels: list[torch.Tensor] = field(default_factory=list)
+
+
+class FoundationPolicy:
+    """Act with a :class:`~embodied.model.TrajectoryModel` (SB3 ``predict`` protocol)."""
+
+    def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None,
+                 use_cache: bool = True, temperature: float = 1.0) -> None:
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.encode = encode
+        self.use_cache = use_cache
+        self.temperature = temperature
+        self._episodes: list[_Episode | None] = []
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None, **kwargs: Any) -> "FoundationPolicy":
+        """From a checkpoint folder, or a run folder (its best checkpoint, else its latest); the encoder the run used by default."""
+        from embodied.checkpoint import CheckpointManager, load_checkpoint
+        from embodied.config import ModelConfig
+        from embodied.errors import EmbodiedError
+        from embodied.language import LanguageEncoder
+
+        folder = Path(path)
+        if (folder / "checkpoints").is_dir():
+            manager = CheckpointManager(folder)
+            best = manager.best() or manager.latest()
+            if best is None:
+                raise EmbodiedError(f"no checkpoint in {folder}; train one with `embodied train --out {folder}`")
+            folder = best
+        ck = load_checkpoint(folder)
+        model = TrajectoryModel(ModelConfig.from_json(ck.config["model"]))
+        model.load_state_dict(ck.model)
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        enc = LanguageEncoder(encoder or ck.config.get("encoder"), device=dev)
+        return cls(model, enc.encode, device=dev, **kwargs)
+
+    def reset(self) -> None:
+        """Forget every running episode (the next ``predict`` starts new ones)."""
+        self._episodes = []
+
+    @torch.inference_mode()
+    def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, None]:
+        """Actions for single or batched observations; ``deterministic`` takes each dimension's most likely bin."""
+        states = np.asarray(observation[specs.STATE], dtype=np.float32)
+        batched = states.ndim == 2
+        states = states if batched else states[None]
+        n = len(states)
+        raw_instr = observation[specs.INSTRUCTION]
+        if not batched or isinstance(raw_instr, str):
+            raw_instr = [raw_instr]
+        instructions = [specs.decode_instruction(x) for x in raw_instr]
+        pixels = observation.get(specs.PIXELS) if self.model.pixel_enc is not None else None
+        if pixels is not None and not batched:
+            pixels = np.asarray(pixels)[None]
+        if len(self._episodes) != n:
+            self._episodes = [None] * n
+        starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(n)
+        actions = []
+        for i in range(n):
+            ep = self._episodes[i]
+            if ep is None or starts[i] or ep.instruction != instructions[i]:
+                goal = torch.as_tensor(np.asarray(self.encode([instructions[i]]), dtype=np.float32), device=self.device)
+                ep = self._episodes[i] = _Episode(instructions[i], goal)
+            s = torch.as_tensor(states[i : i + 1], device=self.device)
+            p = None if pixels is None else torch.as_tensor(np.asarray(pixels[i : i + 1]), device=self.device)
+            logits = self._step_cached(ep, s, p) if self.use_cache else self._step_full(ep, s, p)
+            a = self.model.decode_action(logits, sample=not deterministic, temperature=self.temperature)
+            ep.last_action = a
+            ep.t += 1
+            actions.append(a[0].cpu().numpy())
+        out = np.stack(actions).astype(np.float32)
+        return (out if batched else out[0]), None
+
+    def _step_cached(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        if ep.cache is None:
+            ep.cache = self.model.start(ep.goal)
+        # one pass appends the previous action's token, then this observation's
+        logits, ep.cache = self.model.step(ep.cache, s, torch.tensor([ep.t], device=self.device), p, ep.last_action)
+        return logits
+
+    def _step_full(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        """The same action from a full forward pass over the last ``context`` timesteps (no cache)."""
+        if ep.last_action is not None:
+            ep.actions.append(ep.last_action)
+        ep.states.append(s)
+        if p is not None:
+            ep.pixels.append(p)
+        T = self.model.cfg.context
+        states, acts = ep.states[-T:], (ep.actions + [torch.zeros_like(ep.actions[-1] if ep.actions else s[:, :2])])[-T:]
+        L = len(states)
+        ts = torch.arange(ep.t - L + 1, ep.t + 1, device=self.device)[None]
+        mask = torch.ones(1, L, dtype=torch.bool, device=self.device)
+        batch = {
+            specs.STATE: torch.cat(states)[None], specs.ACTION: torch.cat(acts)[None], "timestep": ts, "mask": mask,
+            "action_mask": torch.cat([mask[:, 1:], torch.zeros(1, 1, dtype=torch.bool, device=self.device)], dim=1),
+        }
+        if p is not None:
+            batch[specs.PIXELS] = torch.cat(ep.pixels[-T:])[None]
+        h = self.model(batch, ep.goal)["h_obs"][:, -1]
+        return self.model.action_logits(h)
