@@ -25,6 +25,7 @@ from .config import (
     EnvsCheckConfig,
     EnvsListConfig,
     EnvsVideoConfig,
+    EvalConfig,
     InfoConfig,
     TrainConfig,
     TrainRunConfig,
@@ -243,6 +244,43 @@ def cmd_info(cfg: InfoConfig) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- eval
+def cmd_eval(cfg: EvalConfig) -> int:
+    from embodied.envs import ENVS, entry
+    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.policies import FoundationPolicy
+
+    if not cfg.ckpt:
+        raise ConfigError("name the model with --ckpt runs/R (a run folder or a checkpoint folder)")
+    if cfg.episodes < 1 or cfg.envs < 1 or cfg.videos < 0:
+        raise ConfigError("--episodes and --envs must be >= 1 and --videos >= 0")
+    ids = list(cfg.env) or [e.id for e in ENVS.values() if e.split == cfg.split]
+    for i in ids:
+        entry(i)  # unknown ids fail before any work
+    policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
+    kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
+    rows = evaluate_policy_on(ids, lambda: policy, episodes=cfg.episodes, instructions=cfg.instructions, n_envs=cfg.envs,
+                              env_kwargs=kwargs, log=log)
+    out = Path(cfg.out or Path(cfg.ckpt) / "eval")
+    if cfg.videos:
+        from embodied import specs
+        from embodied.evaluate import INSTRUCTION_SETS
+
+        for row in rows:
+            row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos",
+                                        **INSTRUCTION_SETS[cfg.instructions], **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps({"ckpt": cfg.ckpt, "instructions": cfg.instructions, "rows": rows}, indent=2))
+    tmp.replace(out / "eval.json")
+    if cfg.json:
+        print_json(rows)
+    else:
+        print(f"wrote {out / 'eval.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
 
@@ -351,6 +389,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
+    ("eval",): (EvalConfig, cmd_eval, "success (95% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
     ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,

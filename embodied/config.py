@@ -225,6 +225,30 @@ class BenchPolicyConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    ckpt: str = ""
+    """A run folder (its best checkpoint) or a checkpoint folder."""
+    env: tuple[str, ...] = field(default=(), metadata={"metavar": "ID"})
+    """Environment ids to evaluate on (default: every id of --split)."""
+    split: str = field(default="train", metadata={"choices": ("train", "heldout")})
+    """Evaluate on every environment of this split when no --env is given."""
+    episodes: int = 20
+    """Episodes per environment, on the fixed evaluation seeds (never training seeds)."""
+    instructions: str = field(default="seen", metadata={"choices": ("seen", "paraphrase", "composition")})
+    """Training templates, held-out paraphrases, or held-out colour x shape x family compositions."""
+    videos: int = 0
+    """Rollout videos (H.264 MP4) of the first K episodes of each environment."""
+    envs: int = 4
+    """Environments stepped in lockstep (one batched predict per step)."""
+    out: str | None = None
+    """Folder for eval.json and the videos (default: CKPT/eval)."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print the rows as JSON."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""

@@ -117,3 +117,122 @@ def check_suite_env(env_id: str, episodes: int = 20, seed: int = 0, **kwargs: An
         mujoco_warnings=sorted({w for r in runs for w in r["warnings"]}),
     )
     return result
+
+
+# ---------------------------------------------------------------------------- evaluating a policy
+INSTRUCTION_SETS: dict[str, dict[str, str]] = {
+    "seen": {},
+    "paraphrase": {"instruction_split": "paraphrase"},
+    "composition": {"target_split": "composition"},
+}
+"""Which instructions an evaluation uses, as env keyword arguments: training templates, held-out
+paraphrases, or held-out colour x shape x family compositions."""
+
+
+def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: bool = True) -> list[dict[str, Any]]:
+    """Roll out ``policy`` on ``len(envs)`` envs in lockstep over ``seeds``: one batched ``predict`` per step.
+
+    Every env of a group stays in the batch until the whole group is done (a finished one
+    repeats its last observation and its actions are dropped), so a policy that keeps state
+    per batch row (the model's caches) sees each episode in one row from start to end.
+    """
+    results: list[dict[str, Any]] = [{} for _ in seeds]
+    for g0 in range(0, len(seeds), len(envs)):
+        group = list(range(g0, min(g0 + len(envs), len(seeds))))
+        obs = [envs[j].reset(seed=seeds[i])[0] for j, i in enumerate(group)]
+        acc = [{"return": 0.0, "cost": 0.0, "length": 0, "invalid": False, "success": False, "instruction": str(o["instruction"])} for o in obs]
+        done = [False] * len(group)
+        if hasattr(policy, "reset"):
+            policy.reset()
+        first = True
+        while not all(done):
+            stacked = {k: [o[k] for o in obs] if isinstance(obs[0][k], str) else np.stack([o[k] for o in obs]) for k in obs[0]}
+            actions, _ = policy.predict(stacked, episode_start=np.full(len(group), first), deterministic=deterministic)
+            first = False
+            for j in range(len(group)):
+                if done[j]:
+                    continue
+                o, r, term, trunc, info = envs[j].step(np.asarray(actions[j], dtype=np.float32))
+                a = acc[j]
+                a["return"] += float(r)
+                a["cost"] += float(info.get("cost", 0.0))
+                a["length"] += 1
+                a["invalid"] = bool(info.get("invalid", False))
+                a["success"] = bool(info.get("is_success", False)) and not a["invalid"]
+                obs[j], done[j] = o, bool(term or trunc)
+        for j, i in enumerate(group):
+            results[i] = acc[j]
+    return results
+
+
+def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, Any]], expert: list[dict[str, Any]] | None, seeds: list[int]) -> dict[str, Any]:
+    """One row of an evaluation: success with its 95% Wilson interval, return, cost, length, invalid, the expert beside."""
+    n = len(runs)
+    wins = sum(r["success"] for r in runs)
+    row: dict[str, Any] = {
+        "env_id": env_id, "family": family, "instructions": instructions, "episodes": n,
+        "success": wins / max(n, 1), "success_ci": list(wilson_interval(wins, n)),
+        "mean_return": float(np.mean([r["return"] for r in runs])) if runs else 0.0,
+        "mean_cost": float(np.mean([r["cost"] for r in runs])) if runs else 0.0,
+        "mean_length": float(np.mean([r["length"] for r in runs])) if runs else 0.0,
+        "invalid": sum(r["invalid"] for r in runs), "seeds": [seeds[0], seeds[-1]] if seeds else [],
+    }
+    if expert is not None:
+        ew = sum(r["success"] for r in expert)
+        row["expert_success"] = ew / max(len(expert), 1)
+        row["expert_success_ci"] = list(wilson_interval(ew, len(expert)))
+    return row
+
+
+def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episodes: int = 20, instructions: str = "seen",
+                       n_envs: int = 4, env_kwargs: dict[str, Any] | None = None, expert: bool = True, seed_offset: int = 0,
+                       log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate a policy on each env over the fixed evaluation seeds (``embodied.specs.eval_seeds``), expert beside it."""
+    from embodied import specs
+    from embodied.envs import ScriptedExpert, make
+
+    if instructions not in INSTRUCTION_SETS:
+        from embodied.errors import ConfigError
+
+        raise ConfigError(f"--instructions must be one of {', '.join(INSTRUCTION_SETS)}, got {instructions!r}")
+    seeds = specs.eval_seeds(episodes, seed_offset)
+    kwargs = {**INSTRUCTION_SETS[instructions], **(env_kwargs or {})}
+    rows = []
+    for env_id in env_ids:
+        envs = [make(env_id, **kwargs) for _ in range(min(n_envs, episodes))]
+        try:
+            family = envs[0].unwrapped.family.name
+            runs = run_episodes(envs, make_policy(), seeds)
+            expert_runs = [rollout(envs[0], ScriptedExpert(envs[0]), s) for s in seeds] if expert else None
+        finally:
+            for env in envs:
+                env.close()
+        row = summarize(env_id, family, instructions, runs, expert_runs, seeds)
+        rows.append(row)
+        if log:
+            lo, hi = row["success_ci"]
+            log(f"{env_id:<34} {family:<10} success {row['success']:.2f} [{lo:.2f}, {hi:.2f}]  expert {row.get('expert_success', float('nan')):.2f}  "
+                f"cost {row['mean_cost']:.2f}  length {row['mean_length']:.0f}  invalid {row['invalid']}")
+    return rows
+
+
+def film_policy(env_id: str, policy: Any, seeds: list[int], out: Any, size: int = 256, **kwargs: Any) -> list[dict[str, Any]]:
+    """Write one H.264 MP4 per seed of ``policy`` acting in ``env_id``; returns each episode's summary and file."""
+    from pathlib import Path
+
+    from embodied.datasets.video import write_video
+    from embodied.envs import make
+
+    out = Path(out)
+    env = make(env_id, render_mode="rgb_array", render_size=size, **kwargs)
+    films = []
+    try:
+        for s in seeds:
+            frames: list[Any] = []
+            r = rollout(env, policy, s, record=lambda e: frames.append(e.render()))
+            path = out / f"{env_id.split('/')[-1]}-seed{s}.mp4"
+            write_video(path, frames, fps=env.metadata.get("render_fps", 20))
+            films.append({"seed": s, "success": r["success"], "video": str(path)})
+    finally:
+        env.close()
+    return films
