@@ -389,7 +389,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
-    ("eval",): (EvalConfig, cmd_eval, "success (95% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
+    ("eval",): (EvalConfig, cmd_eval, "success (95%% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
     ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,
