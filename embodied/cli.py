@@ -404,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for path, (cls, handler, help_) in COMMANDS.items():
         if len(path) == 1:
-            sub = top.add_parser(path[0], help=help_, description=help_)
+            sub = top.add_parser(path[0], help=help_, description=help_.replace("%%", "%"))
         else:
             if path[0] not in groups:
                 g = top.add_parser(path[0], help=f"{path[0]} commands", description=f"{path[0]} commands")
                 groups[path[0]] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
                 groups[path[0]].required = True
-            sub = groups[path[0]].add_parser(path[1], help=help_, description=help_)
+            sub = groups[path[0]].add_parser(path[1], help=help_, description=help_.replace("%%", "%"))
         classes = cls if isinstance(cls, tuple) else (cls,)  # a command may take several configs (run + train)
         for c in classes:
             add_arguments(sub, c)
