@@ -27,6 +27,7 @@ from .config import (
     EnvsVideoConfig,
     EvalConfig,
     InfoConfig,
+    RunConfig,
     TrainConfig,
     TrainRunConfig,
     add_arguments,
@@ -281,6 +282,73 @@ def cmd_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- run
+FAMILY_ENVS = {"reach": "embodied/PointReach-v0", "push_zone": "embodied/PointPushZone-v0", "push_dir": "embodied/PointPushDir-v0"}
+"""The environment ``embodied run`` sets up for each task family when no --env is given."""
+
+
+def closest_instructions(text: str, k: int = 3) -> list[str]:
+    """The ``k`` supported instructions nearest ``text``, by the sentence encoder (by spelling if it cannot load)."""
+    from embodied.envs.instructions import supported_instructions
+
+    options = supported_instructions("train")
+    try:
+        from embodied.language import LanguageEncoder
+
+        enc = LanguageEncoder()
+        vecs = enc.encode(options)
+        q = enc.encode([text])[0]
+        order = (vecs @ q).argsort()[::-1]
+        return [options[i] for i in order[:k]]
+    except EmbodiedError:
+        import difflib
+
+        return difflib.get_close_matches(text.lower(), options, n=k, cutoff=0.0)
+
+
+def understand(text: str) -> Any:
+    """The task of an instruction, or a one-line error with the closest supported instructions."""
+    from embodied.envs.instructions import InstructionError, parse_instruction
+
+    try:
+        return parse_instruction(text)
+    except InstructionError as e:
+        near = "; ".join(f'"{s}"' for s in closest_instructions(text))
+        raise ConfigError(f"cannot run {text[:80]!r}: {e}. Closest supported: {near}") from None
+
+
+def cmd_run(cfg: RunConfig) -> int:
+    from embodied.envs import make
+    from embodied.evaluate import rollout
+    from embodied.policies import FoundationPolicy
+
+    if not cfg.ckpt:
+        raise ConfigError("name the model with --ckpt runs/R")
+    task = understand(cfg.instruction)
+    env_id = cfg.env or FAMILY_ENVS[task.family]
+    policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
+    kwargs: dict[str, Any] = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    if cfg.video:
+        kwargs.update(render_mode="rgb_array", render_size=256)
+    env = make(env_id, **kwargs)
+    frames: list[Any] = []
+    try:
+        if env.unwrapped.family.name != task.family:
+            raise ConfigError(f"{env_id} runs {env.unwrapped.family.name} tasks, the instruction asks for {task.family}; drop --env or pick a {task.family} env")
+        record = (lambda e: frames.append(e.render())) if cfg.video else None
+        r = rollout(env, policy, cfg.seed, record=record, options={"task": task._asdict(), "instruction": cfg.instruction})
+    finally:
+        env.close()
+    if cfg.video:
+        from embodied.datasets.video import write_video
+
+        write_video(cfg.video, frames, fps=20)
+    target = f"{task.colour} {task.shape}" + (f" -> {task.zone} zone" if task.zone else f" -> {task.direction}" if task.direction else "")
+    print(f"{task.family} ({target}) in {env_id}, seed {cfg.seed}: success {r['success']}, {r['length']} steps, cost {r['cost']:.2f}"
+          + (f"; video {cfg.video}" if cfg.video else ""))
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
 
@@ -389,6 +457,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
+    ("run",): (RunConfig, cmd_run, "do what a plain-English instruction says, with a trained model"),
     ("eval",): (EvalConfig, cmd_eval, "success (95%% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
     ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),

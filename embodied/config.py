@@ -249,6 +249,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    instruction: str = field(default="", metadata={"positional": True, "metavar": "INSTRUCTION"})
+    """What to do, in plain English, e.g. "push the red cube into the green zone"."""
+    ckpt: str = ""
+    """A run folder (its best checkpoint) or a checkpoint folder."""
+    env: str | None = None
+    """Environment id (default: the point-mass env of the instruction's task family)."""
+    seed: int = 0
+    """Scene seed."""
+    video: str | None = None
+    """Write the episode as an H.264 MP4 here."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""

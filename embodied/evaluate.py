@@ -25,9 +25,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one episode with a ``predict``-protocol policy; returns success, return, cost, length, invalid, warnings."""
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=options)
     if hasattr(policy, "reset"):
         policy.reset()
     if record:

@@ -7,7 +7,8 @@ lists are the one place the splits live; ``embodied envs list`` and evaluation r
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import re
+from typing import Final, Literal, NamedTuple
 
 import numpy as np
 
@@ -141,3 +142,113 @@ def sample_instruction(
     """Draw a template of ``family`` from ``split`` and fill it."""
     options = templates(family, split)
     return render_instruction(options[int(rng.integers(len(options)))], colour, shape, zone, direction)
+
+
+# ---------------------------------------------------------------------------- understanding instructions
+class Task(NamedTuple):
+    """What an instruction asks: the family, the target object, and the zone colour or direction."""
+
+    family: str
+    colour: str
+    shape: str
+    zone: str = ""
+    direction: str = ""
+
+
+_WORD = re.compile(r"[a-z]+")
+_ZONE_WORDS = ("zone", "area", "region", "target")
+_REACH_WORDS = ("touch", "reach", "tap", "fingertip", "go to", "move to", "go and")
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{obj\}|\{zone\}|\{dir\})", template)
+    out = []
+    for p in parts:
+        if p == "{obj}":
+            out.append(r"(?P<colour>[a-z]+) (?P<shape>[a-z]+)")
+        elif p == "{zone}":
+            out.append(r"(?P<zone>[a-z]+)")
+        elif p == "{dir}":
+            out.append(r"(?P<dir>[a-z]+)")
+        else:
+            out.append(re.escape(p))
+    return re.compile("^" + "".join(out) + "$")
+
+
+_PATTERNS: Final[list[tuple[str, re.Pattern[str]]]] = [
+    (family, _template_regex(t)) for family in FAMILIES for t in templates(family, "all")
+]
+
+
+def normalize(text: str) -> str:
+    """Lower case, words only, single spaces ("Push the RED cube!" -> "push the red cube")."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+class InstructionError(ValueError):
+    """An instruction that names something the suite lacks, or fits no task family."""
+
+
+def parse_instruction(text: str) -> Task:
+    """The task an instruction asks for, or :class:`InstructionError` saying what is missing or unknown.
+
+    Exact template matches first (training templates and paraphrases); otherwise the words
+    are read: an object ("<colour> <shape>"), then a zone ("<colour> zone|area|region|target")
+    means push_zone, a direction word means push_dir, a reaching verb means reach.
+    """
+    if not isinstance(text, str):
+        raise InstructionError("an instruction is a string")
+    norm = normalize(text[:500])
+    if not norm:
+        raise InstructionError("the instruction is empty")
+    for family, pattern in _PATTERNS:
+        m = pattern.match(norm)
+        if m and m["colour"] in COLOURS and m["shape"] in SHAPES:
+            g = m.groupdict()
+            zone, direction = g.get("zone") or "", g.get("dir") or ""
+            if (not zone or zone in TRAIN_COLOURS) and (not direction or direction in DIRECTIONS):
+                return Task(family, m["colour"], m["shape"], zone, direction)
+    words = norm.split()
+    objects = [(words[i], words[i + 1]) for i in range(len(words) - 1) if words[i + 1] in SHAPES or words[i + 1] in ("cubes", "balls", "cylinders")]
+    if not objects:
+        unknown = [w for w in words if w not in _KNOWN]
+        hint = f" (unknown word{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:3])})" if unknown else ""
+        raise InstructionError(f"the instruction names no object the suite has: objects are a colour and a shape ({', '.join(SHAPES)}){hint}")
+    colour, shape = objects[0]
+    shape = shape.rstrip("s") if shape.endswith("s") and shape[:-1] in SHAPES else shape
+    if colour not in COLOURS:
+        raise InstructionError(f"no {colour!r} objects: colours are {', '.join(COLOURS)}")
+    zone = next((words[i - 1] for i in range(1, len(words)) if words[i] in _ZONE_WORDS and words[i - 1] in COLOURS), "")
+    if any(w in _ZONE_WORDS for w in words) and not zone:
+        raise InstructionError(f"name the zone by its colour ({', '.join(TRAIN_COLOURS)}), e.g. 'the green zone'")
+    if zone and zone not in TRAIN_COLOURS:
+        raise InstructionError(f"no {zone!r} zone: zones are {', '.join(TRAIN_COLOURS)}")
+    direction = next((w for w in words if w in DIRECTIONS), "")
+    if zone:
+        return Task("push_zone", colour, shape, zone=zone)
+    if direction:
+        return Task("push_dir", colour, shape, direction=direction)
+    if any(v in norm for v in _REACH_WORDS):
+        return Task("reach", colour, shape)
+    raise InstructionError(f"the instruction fits no task: say where the {colour} {shape} should go (a zone or a direction), or to touch it")
+
+
+_KNOWN: Final[frozenset[str]] = frozenset(
+    w for family in FAMILIES for t in templates(family, "all") for w in normalize(t.format(obj="", zone="", dir="")).split()
+) | frozenset(COLOURS) | frozenset(SHAPES) | frozenset(DIRECTIONS) | frozenset(_ZONE_WORDS)
+
+
+def supported_instructions(split: InstructionSplit = "all") -> list[str]:
+    """Every instruction the templates of ``split`` produce (for suggestions)."""
+    out = []
+    for family in FAMILIES:
+        for t in templates(family, split):
+            for c in COLOURS:
+                for s in SHAPES:
+                    if "{zone}" in t:
+                        out += [render_instruction(t, c, s, zone=z) for z in TRAIN_COLOURS if z != c]
+                    elif "{dir}" in t:
+                        out += [render_instruction(t, c, s, direction=d) for d in DIRECTIONS]
+                    else:
+                        out.append(render_instruction(t, c, s))
+    return out

@@ -175,6 +175,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         super().reset(seed=seed)
         rng = self.np_random
         m, d = self.model, self.data
+        task = self._requested_task(options)
         mujoco.mj_resetData(m, d)
         for _ in range(10_000):
             self.embodiment.reset(d, rng)
@@ -183,6 +184,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             objs, zones = LAYOUTS[self.layout](rng)
             target = int(rng.integers(N_OBJECTS))
             goal = self.family.choose_goal(rng, target, objs, zones)
+            if task is not None and task.direction and goal.direction != task.direction:
+                continue
             if feasible(self.family.path(goal, objs, ee), target, objs, zones, ee, self.family.pushes, goal.zone):
                 break
         else:  # pragma: no cover - the samplers make this unreachable in practice
@@ -191,6 +194,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
 
         # Colours and shapes: the target from the split's allowed pairs, distractors with other colours.
         colour, shape = self.targets[int(rng.integers(len(self.targets)))]
+        if task is not None:
+            colour, shape = task.colour, task.shape
         others = [c for c in self.palette if c != colour]
         picks = rng.choice(len(others), N_OBJECTS - 1, replace=False)
         colours = [others[i] for i in picks]
@@ -198,6 +203,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         shapes = [SHAPES[int(i)] for i in rng.integers(len(SHAPES), size=N_OBJECTS)]
         shapes[target] = shape
         zone_colours = [ins.TRAIN_COLOURS[int(i)] for i in rng.choice(len(ins.TRAIN_COLOURS), N_ZONES, replace=False)]
+        if task is not None and task.zone and goal.zone >= 0:  # the goal zone takes the asked colour
+            if task.zone in zone_colours:
+                j = zone_colours.index(task.zone)
+                zone_colours[j], zone_colours[goal.zone] = zone_colours[goal.zone], zone_colours[j]
+            else:
+                zone_colours[goal.zone] = task.zone
         spare = [c for c in ins.TRAIN_COLOURS if c not in zone_colours]
         hazard_colours = [spare[int(i)] for i in rng.choice(len(spare), N_HAZARDS, replace=False)]
 
@@ -227,11 +238,29 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             rng, self.family.name, self.instruction_split, colour, shape,
             zone=zone_colours[goal.zone] if goal.zone >= 0 else "", direction=goal.direction,
         )
+        if options and options.get("instruction"):  # the words the user said, for a requested task
+            self.instruction = str(options["instruction"])
         self._fill_static_state(objs, zones, shapes, colours, zone_colours)
         self._warn_counts = d.warning.number.copy()
         obs = self._observation()
         info = self._step_info(np.zeros(self.action_space.shape), reset=True)[1]
         return obs, info
+
+    def _requested_task(self, options: dict[str, Any] | None) -> ins.Task | None:
+        """``options["task"]`` (an :class:`~embodied.envs.instructions.Task` or its dict) checked against this env."""
+        raw = (options or {}).get("task")
+        if raw is None:
+            return None
+        task = raw if isinstance(raw, ins.Task) else ins.Task(**raw)
+        if task.family != self.family.name:
+            raise ConfigError(f"this env's task family is {self.family.name}, the requested task is {task.family}; pick an env of that family")
+        if task.colour not in ins.COLOURS or task.shape not in SHAPES:
+            raise ConfigError(f"no {task.colour} {task.shape} in the suite: colours {', '.join(ins.COLOURS)}, shapes {', '.join(SHAPES)}")
+        if task.zone and task.zone not in ins.TRAIN_COLOURS:
+            raise ConfigError(f"no {task.zone} zone: zones are {', '.join(ins.TRAIN_COLOURS)}")
+        if task.direction and task.direction not in ins.DIRECTIONS:
+            raise ConfigError(f"no direction {task.direction!r}: directions are {', '.join(ins.DIRECTIONS)}")
+        return task
 
     def _fill_static_state(self, objs, zones, shapes, colours, zone_colours) -> None:
         ob = self._obj_block
