@@ -14,6 +14,7 @@ averages the gradients) and only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -233,7 +234,7 @@ def train(
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     goals = goals.to(dev)
     config = {"model": model_cfg.to_json(), "train": asdict(cfg), "world": dist.world, **(meta or {})}
-    writer = _tensorboard(out) if dist.main else None
+    writer = _Log(out) if dist.main else None
     metrics: dict[str, Any] = {}
     tokens_per_step = cfg.batch_size * (2 * cfg.window + model_cfg.n_goal_tokens) * dist.world
 
@@ -284,11 +285,8 @@ def train(
                 tps = tok_last / max(dt, 1e-9)
                 t_last, tok_last = time.perf_counter(), 0
                 if writer:
-                    writer.add_scalar("train/loss", loss.item(), step)
-                    for k, v in terms.items():
-                        writer.add_scalar(f"train/{k}", v.item(), step)
-                    writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-                    writer.add_scalar("train/tokens_per_s", tps, step)
+                    writer.scalars("train", {"loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                                             "lr": sched.get_last_lr()[0], "tokens_per_s": tps}, step)
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
             if eval_batches is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
@@ -310,18 +308,35 @@ def _eval(model: TrajectoryModel, eval_batches: Callable[[], Iterable[Batch]], g
     batches = [b for _, b in zip(range(cfg.eval_batches), eval_batches())]
     m = evaluate(model, batches, goals, dev)
     if writer:
-        for k, v in m.items():
-            if v is not None:
-                writer.add_scalar(f"eval/{k}", v, step)
+        writer.scalars("eval", m, step)
     return m
 
 
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: train without event files
-        return None
-    return SummaryWriter(str(out / "tb"))
+class _Log:
+    """Scalars to TensorBoard event files (when tensorboard is installed) and to ``metrics.jsonl`` (always)."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb: Any = SummaryWriter(str(out / "tb"))
+        except ImportError:  # tensorboard not installed: the JSON lines still record everything
+            self.tb = None
+
+    def scalars(self, split: str, values: dict[str, Any], step: int) -> None:
+        kept = {k: float(v) for k, v in values.items() if v is not None}
+        self.jsonl.write(json.dumps({"split": split, "step": step, **kept}) + "\n")
+        self.jsonl.flush()
+        if self.tb:
+            for k, v in kept.items():
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb:
+            self.tb.close()
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -164,3 +165,6 @@ def test_demo_train_step_trains_with_pixels_then_reuses(tmp_path, capsys):
     _demo_train(store, run, force=False, steps=4)
     assert "reusing" in capsys.readouterr().out
     assert list((run / "tb").iterdir())  # TensorBoard event files
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {x["split"] for x in lines} == {"train", "eval"} and all("step" in x for x in lines)
+    assert any("action_nll" in x for x in lines if x["split"] == "eval") and any("loss" in x for x in lines if x["split"] == "train")
