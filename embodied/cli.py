@@ -27,6 +27,7 @@ from .config import (
     EnvsVideoConfig,
     EvalConfig,
     InfoConfig,
+    ReportConfig,
     RunConfig,
     TrainConfig,
     TrainRunConfig,
@@ -349,6 +350,16 @@ def cmd_run(cfg: RunConfig) -> int:
     return 0
 
 
+def cmd_report(cfg: ReportConfig) -> int:
+    from embodied.report import build_report
+
+    if not cfg.paths:
+        raise ConfigError("give run or evaluation folders, e.g. embodied report runs/R --out report.html")
+    r = build_report(list(cfg.paths), cfg.out)
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB: {r['runs']} runs, {r['evaluations']} evaluations, {r['rows']} rows)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
 
@@ -459,6 +470,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
     ("run",): (RunConfig, cmd_run, "do what a plain-English instruction says, with a trained model"),
     ("eval",): (EvalConfig, cmd_eval, "success (95%% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
+    ("report",): (ReportConfig, cmd_report, "one self-contained HTML file: training curves, success with intervals, videos"),
     ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,

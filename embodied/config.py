@@ -265,6 +265,14 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    paths: tuple[str, ...] = field(default=(), metadata={"positional": True, "metavar": "RUN_OR_EVAL"})
+    """Training run folders, evaluation folders or eval.json files."""
+    out: str = "report.html"
+    """The self-contained HTML file to write."""
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     out: str = "out/demo"
     """Folder for the demo's results (JSON, videos)."""

@@ -1,0 +1,76 @@
+"""`embodied report`: one self-contained HTML file with curves, success tables, inline videos; user strings escaped."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from embodied.cli import main
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+@pytest.fixture(scope="module")
+def run_and_evals(tmp_path_factory):
+    from embodied.collect import CollectSpec, collect
+    from embodied.config import TrainConfig, TrainRunConfig
+    from embodied.training_data import train_from_stores
+
+    tmp = tmp_path_factory.mktemp("rep")
+    store = str(tmp / "d.zarr")
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=20), progress=False)
+    run = tmp / "run"
+    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.2),
+                      TrainConfig(steps=6, batch_size=8, window=4, eval_every=3, save_every=3, log_every=2), progress=False)
+    for instr in ("seen", "paraphrase"):
+        assert main(["eval", "--ckpt", str(run), "--env", "embodied/PointReach-v0", "--episodes", "2", "--instructions", instr,
+                     "--videos", "1" if instr == "seen" else "0", "--out", str(tmp / f"eval-{instr}")]) == 0
+    return tmp
+
+
+def test_report_is_self_contained_with_curves_tables_and_videos(run_and_evals, capsys):
+    tmp = run_and_evals
+    out = tmp / "report.html"
+    assert main(["report", str(tmp / "run"), str(tmp / "eval-seen"), str(tmp / "eval-paraphrase" / "eval.json"), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = out.read_text()
+    p = _Tags()
+    p.feed(text)
+    assert p.tags.count("svg") >= 2  # training curves and the success plot
+    assert p.tags.count("tr") == 1 + 2  # header + seen + paraphrase rows
+    assert "paraphrase" in text and "seen" in text
+    assert p.tags.count("video") == 1
+    assert all(s.startswith("data:") for s in p.srcs)  # nothing outside the file
+
+
+def test_user_strings_are_escaped(run_and_evals, tmp_path):
+    tmp = run_and_evals
+    data = json.loads((tmp / "eval-seen" / "eval.json").read_text())
+    data["rows"][0]["env_id"] = "<script>alert('x')</script>"
+    data["rows"][0]["family"] = "reach & <b>bold</b>"
+    evil = tmp_path / "x&y" / "eval.json"
+    evil.parent.mkdir()
+    evil.write_text(json.dumps(data))
+    out = tmp_path / "r.html"
+    assert main(["report", str(evil), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "<b>bold</b>" not in text and "x&amp;y" in text
+
+
+def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path / "r.html")]) == 2
+    assert not (tmp_path / "r.html").exists()
