@@ -376,9 +376,9 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
 
         shutil.rmtree(path)
     if (path / "zarr.json").exists():
-        print(f"[2/4] reusing {path} (--force to redo)")
+        print(f"[2/5] reusing {path} (--force to redo)")
     else:
-        print(f"[2/4] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
+        print(f"[2/5] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
         collect(CollectSpec(out=str(path), env_ids=DEMO_DATA_ENVS, episodes=episodes, policy="noisy:0.3", pixels=64, workers=2,
                             command="embodied demo"), progress=True)
     with EpisodeStore.open(str(path)) as store:
@@ -406,15 +406,45 @@ def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
 
         shutil.rmtree(run)
     if (run / "checkpoints" / "latest.json").exists():
-        print(f"[3/4] reusing {run} (--force to redo)")
+        print(f"[3/5] reusing {run} (--force to redo)")
     else:
-        print(f"[3/4] training the small model for {steps} steps on {data}")
+        print(f"[3/5] training the small model for {steps} steps on {data}")
         train_from_stores(TrainRunConfig(data=(data,), out=str(run), preset="small", holdout=0.1, workers=2),
                           TrainConfig(steps=steps, batch_size=32, window=16, warmup=30, eval_every=0, save_every=steps, lr=1e-3))
     m = run_info(run)["metrics"] or {}
     shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))
     print(f"    held-out: {shown or 'none (no episode held out)'}")
     return str(run)
+
+
+def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
+    """Demo step 5: evaluate the model on seen and paraphrased instructions, then write the HTML report."""
+    from embodied import specs
+    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.policies import FoundationPolicy
+    from embodied.report import build_report
+
+    report = out / "report.html"
+    if report.exists() and not force:
+        print(f"[5/5] reusing {report}")
+        return str(report)
+    print(f"[5/5] evaluating the model ({episodes} episodes per env and instruction set) and writing the report")
+    policy = FoundationPolicy.load(run)
+    kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    ids = ["embodied/PointReach-v0", "embodied/PointPushZone-v0"]
+    evals = []
+    for instr in ("seen", "paraphrase"):
+        rows = evaluate_policy_on(ids, lambda: policy, episodes=episodes, instructions=instr, env_kwargs=kwargs, log=lambda s: print("   ", s))
+        if instr == "seen":
+            for row in rows:
+                row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(1), out / "eval" / "videos", **kwargs)
+        folder = out / "eval" / instr
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text(json.dumps({"ckpt": run, "instructions": instr, "rows": rows}, indent=2))
+        evals.append(str(folder))
+    build_report([run, *evals], str(report))
+    print(f"    {report}")
+    return str(report)
 
 
 def cmd_demo(cfg: DemoConfig) -> int:
@@ -427,10 +457,10 @@ def cmd_demo(cfg: DemoConfig) -> int:
     checks_path = out / "envs_check.json"
     if checks_path.exists() and not cfg.force:
         results = json.loads(checks_path.read_text())
-        print(f"[1/4] reusing {checks_path} ({len(results)} environments; --force to redo)")
+        print(f"[1/5] reusing {checks_path} ({len(results)} environments; --force to redo)")
     else:
         ids = env_ids()
-        print(f"[1/4] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
+        print(f"[1/5] checking {len(ids)} environments ({cfg.episodes} expert episodes each)")
         results = run_checks(ids, cfg.episodes, 0, {}, lambda s: print("   ", s, flush=True))
         tmp = checks_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
@@ -438,7 +468,7 @@ def cmd_demo(cfg: DemoConfig) -> int:
     data = _demo_dataset(out / "episodes.zarr", cfg.force)
     run = _demo_train(data, out / "run", cfg.force)
     videos = []
-    print("[4/4] filming the expert on each task family")
+    print("[4/5] filming the expert on each task family")
     for env_id in ("embodied/PointPushZone-v0", "embodied/Arm2PushDir-v0", "embodied/Arm3Reach-v0"):
         path = out / (env_id.split("/")[1] + ".mp4")
         if path.exists() and not cfg.force:
@@ -447,12 +477,13 @@ def cmd_demo(cfg: DemoConfig) -> int:
             r = film_expert(env_id, path, episodes=2)
             print(f"    {path}: {r['frames']} frames, success {sum(r['success'])}/2")
         videos.append(str(path))
+    report = _demo_report(run, out, cfg.force)
     failed = [r["env_id"] for r in results if _check_failed(r)]
     mean = sum(r["expert_success"] for r in results) / len(results)
     print(
         f"\ndone in {time.time() - t0:.0f} s: {len(results)} environments, {len(failed)} failing checks, "
         f"mean expert success {mean:.3f}\n  results: {checks_path}\n  dataset: {data}\n  model:   {run} (`embodied info {run}`)\n"
-        f"  videos:  {', '.join(videos)}"
+        f"  videos:  {', '.join(videos)}\n  report:  {report}"
     )
     return 1 if failed else 0
 

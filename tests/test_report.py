@@ -74,3 +74,14 @@ def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     assert "nothing to report" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path / "r.html")]) == 2
     assert not (tmp_path / "r.html").exists()
+
+
+def test_demo_report_step_evaluates_and_reports_then_reuses(run_and_evals, tmp_path, capsys):
+    from embodied.cli import _demo_report
+
+    report = _demo_report(str(run_and_evals / "run"), tmp_path, force=False, episodes=1)
+    text = open(report).read()
+    assert "paraphrase" in text and text.count("<video") == 2  # one rollout per env, seen instructions
+    assert "[5/5] evaluating" in capsys.readouterr().out
+    _demo_report(str(run_and_evals / "run"), tmp_path, force=False, episodes=1)
+    assert "reusing" in capsys.readouterr().out
