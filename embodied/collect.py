@@ -173,6 +173,12 @@ def regenerate(meta: dict[str, Any]) -> dict[str, np.ndarray]:
     return steps
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _results(jobs: Sequence[EpisodeJob], workers: int) -> Iterator[tuple[EpisodeJob, dict[str, np.ndarray], dict[str, Any]]]:
     """Results in job order, from ``workers`` spawned processes (or this one when ``workers <= 1``)."""
     if workers <= 1:
@@ -185,8 +191,9 @@ def _results(jobs: Sequence[EpisodeJob], workers: int) -> Iterator[tuple[Episode
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn: no inherited EGL or MuJoCo state; a worker that dies raises BrokenProcessPool here
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    # spawn: no inherited EGL or MuJoCo state; a worker that dies raises BrokenProcessPool here.
+    # Workers ignore Ctrl-C: the main process stops the run and lets them finish their episode and exit quietly.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint) as pool:
         pending: deque = deque()
         todo = iter(jobs)
         try:
