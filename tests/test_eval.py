@@ -44,22 +44,15 @@ def test_rows_have_the_keys_and_seeds_never_overlap_training(tmp_path):
     assert min(row["seeds"]) >= specs.EVAL_SEED_START  # collection seeds are all below it
 
 
-def test_cli_eval_writes_json_and_videos(tmp_path, capsys):
-    from embodied.collect import CollectSpec, collect
-    from embodied.config import TrainConfig, TrainRunConfig
-    from embodied.training_data import train_from_stores
-
-    store = str(tmp_path / "d.zarr")
-    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=10), progress=False)
-    run = str(tmp_path / "run")
-    train_from_stores(TrainRunConfig(data=(store,), out=run, preset="tiny", workers=0, holdout=0.0),
-                      TrainConfig(steps=4, batch_size=8, window=4, save_every=2), progress=False)
-    assert main(["eval", "--ckpt", run, "--env", "embodied/PointReach-v0", "--episodes", "3", "--videos", "1", "--json"]) == 0
+def test_cli_eval_writes_json_and_videos(tiny_run, tmp_path, capsys):
+    run = str(tiny_run)
+    assert main(["eval", "--ckpt", run, "--env", "embodied/PointReach-v0", "--episodes", "3", "--videos", "1", "--json",
+                 "--out", str(tmp_path / "eval")]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["episodes"] == 3 and len(rows[0]["videos"]) == 1
-    saved = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert saved["rows"] == rows
-    assert len(list((tmp_path / "run" / "eval" / "videos").glob("*.mp4"))) == 1
+    assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
     for args, msg in [([], "--ckpt"), (["--ckpt", run, "--env", "embodied/Nope-v0"], "Nope")]:
         assert main(["eval", *args]) == 2
         err = capsys.readouterr().err.strip()

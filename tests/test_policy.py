@@ -59,16 +59,8 @@ def test_evaluate_policy_runs_unchanged_and_episode_start_resets():
     assert mean_e > 5  # the expert reaches its target (a return of about 9)
 
 
-def test_load_a_trained_run_and_act(tmp_path):
-    from embodied.collect import CollectSpec, collect
-    from embodied.config import TrainConfig, TrainRunConfig
-    from embodied.training_data import train_from_stores
-
-    store = str(tmp_path / "d.zarr")
-    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=10), progress=False)
-    train_from_stores(TrainRunConfig(data=(store,), out=str(tmp_path / "run"), preset="tiny", workers=0, holdout=0.0),
-                      TrainConfig(steps=4, batch_size=8, window=4, save_every=2), progress=False)
-    policy = FoundationPolicy.load(tmp_path / "run", device="cpu")
+def test_load_a_trained_run_and_act(tiny_run):
+    policy = FoundationPolicy.load(tiny_run, device="cpu")
     env = make("embodied/PointReach-v0")
     obs, _ = env.reset(seed=3)
     a, _ = policy.predict(obs, deterministic=True)

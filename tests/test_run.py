@@ -80,16 +80,8 @@ def test_requested_scene_has_what_the_instruction_names(env_id, text):
     env.close()
 
 
-def test_cli_run_and_its_refusal(tmp_path, capsys):
-    from embodied.collect import CollectSpec, collect
-    from embodied.config import TrainConfig, TrainRunConfig
-    from embodied.training_data import train_from_stores
-
-    store = str(tmp_path / "d.zarr")
-    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=10), progress=False)
-    run = str(tmp_path / "run")
-    train_from_stores(TrainRunConfig(data=(store,), out=run, preset="tiny", workers=0, holdout=0.0),
-                      TrainConfig(steps=4, batch_size=8, window=4, save_every=2), progress=False)
+def test_cli_run_and_its_refusal(tiny_run, tmp_path, capsys):
+    run = str(tiny_run)
     video = tmp_path / "run.mp4"
     assert main(["run", "touch the red ball", "--ckpt", run, "--seed", "3", "--video", str(video)]) == 0
     out = capsys.readouterr().out
