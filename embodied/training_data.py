@@ -25,7 +25,7 @@ MODEL_KEYS = (specs.STATE, specs.ACTION, specs.REWARD, specs.COST, specs.SUCCESS
 def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) ``run.out`` on ``run.data``; returns the summary of :func:`embodied.train.train`."""
     from embodied.cli_data import ensure_embeddings
-    from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler, make_loader
+    from embodied.datasets import EpisodeStore, SamplerConfig, StoreError, WindowSampler, make_loader
     from embodied.datasets.stats import RunningStats
     from embodied.train import pick_device, train
 
@@ -60,7 +60,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     if run.holdout > 0:
         try:
             held = WindowSampler(list(run.data), replace(scfg, part="heldout", shard=(0, 1), seed=cfg.seed + 1))
-        except Exception as e:  # noqa: BLE001 - a store too small to hold any episode out: evaluate on nothing, say so
+        except StoreError as e:  # a store too small to hold any episode out: train without the evaluation, say so
             print(f"embodied: no held-out evaluation ({e})")
     names = sorted(set(sampler.instructions) | set(held.instructions if held else []))
     index = {s: i for i, s in enumerate(names)}
