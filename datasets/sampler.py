@@ -157,6 +157,16 @@ _TORCH_DTYPES = {
 }
 
 
+def _named(data: dict[str, torch.Tensor], features: dict[str, Feature], masks: torch.Tensor, inside: torch.Tensor,
+           timestep: torch.Tensor, episode: torch.Tensor, instruction: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The documented batch: features, ``<feature>_mask`` from the (B, T, F) masks, ``mask``, ``timestep``, ``episode``, ``instruction``."""
+    batch = dict(data)
+    for j, key in enumerate(features):
+        batch[f"{key}_mask"] = masks[..., j]
+    batch.update({"mask": inside, "timestep": timestep, "episode": episode, specs.INSTRUCTION: instruction})
+    return batch
+
+
 def _held_out(url: str, uid: int, fraction: float) -> bool:
     """Whether an episode is in the held-out part: a stable hash of the store's name and the uid."""
     import hashlib
@@ -290,14 +300,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
         """The documented batch from its transport form (views, no copies)."""
         parts = self._layout.torch_views(packed)
         masks, index = parts.pop("_masks"), parts.pop("_index")
-        batch = dict(parts)
-        for j, key in enumerate(self.features):
-            batch[f"{key}_mask"] = masks[..., j]
-        batch["mask"] = masks[..., -1]
-        batch["timestep"] = index[:, :-2]
-        batch["episode"] = index[:, -2]
-        batch[specs.INSTRUCTION] = index[:, -1]
-        return batch
+        return _named(parts, self.features, masks[..., :-1], masks[..., -1], index[:, :-2], index[:, -2], index[:, -1])
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         """Batch number ``k`` (the same whichever process computes it)."""
@@ -349,15 +352,9 @@ class DeviceWindows:
         idx = torch.from_numpy(idx_np).to(self.device, non_blocking=True)
         inside = torch.from_numpy(inside_np).to(self.device, non_blocking=True)
         ep = torch.from_numpy(ep_np.astype(np.int64)).to(self.device, non_blocking=True)
-        batch = {k: v[idx] for k, v in self.data.items()}
+        data = {k: v[idx] for k, v in self.data.items()}
         masks = self.masks[idx] & inside[..., None]
-        for j, key in enumerate(self.sampler.features):
-            batch[f"{key}_mask"] = masks[..., j]
-        batch["mask"] = inside
-        batch["timestep"] = self.timestep[idx]
-        batch["episode"] = ep
-        batch[specs.INSTRUCTION] = self.instruction[ep]
-        return batch
+        return _named(data, self.sampler.features, masks, inside, self.timestep[idx], ep, self.instruction[ep])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         k = self.start_batch

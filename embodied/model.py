@@ -339,16 +339,19 @@ class TrajectoryModel(nn.Module):
         if prev_action is not None:
             x = torch.cat([self.action_tokens(prev_action[:, None], (timestep - 1)[:, None]), x], dim=1)
         G, L = self.cfg.n_goal_tokens, cache[0][0].shape[2]
-        if (L - G + 1) // 2 >= self.cfg.context:  # full: drop the oldest timestep (two tokens), keep the goal
-            cache = [(torch.cat([k[:, :, :G], k[:, :, G + 2:]], dim=2), torch.cat([v[:, :, :G], v[:, :, G + 2:]], dim=2)) for k, v in cache]
+        if (L - G + 1) // 2 >= self.cfg.context:  # full (its last timestep still lacks its action)
+            cache = self._drop_oldest(cache)
         h, cache = self._trunk(x, cache)
         return self.action_logits(h[:, -1]), cache
 
     def _fit(self, cache: KVCache) -> KVCache:
         """Drop the oldest timestep (its two tokens) once the cache holds ``context`` of them; the goal stays."""
         G, L = self.cfg.n_goal_tokens, cache[0][0].shape[2]
-        if (L - G) // 2 < self.cfg.context:
-            return cache
+        return self._drop_oldest(cache) if (L - G) // 2 >= self.cfg.context else cache
+
+    def _drop_oldest(self, cache: KVCache) -> KVCache:
+        """The cache without its oldest timestep (the two tokens after the goal tokens)."""
+        G = self.cfg.n_goal_tokens
         return [(torch.cat([k[:, :, :G], k[:, :, G + 2:]], dim=2), torch.cat([v[:, :, :G], v[:, :, G + 2:]], dim=2)) for k, v in cache]
 
     def next_state(self, state: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

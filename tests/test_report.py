@@ -23,16 +23,10 @@ class _Tags(HTMLParser):
 
 @pytest.fixture(scope="module")
 def run_and_evals(tmp_path_factory):
-    from embodied.collect import CollectSpec, collect
-    from embodied.config import TrainConfig, TrainRunConfig
-    from embodied.training_data import train_from_stores
+    from conftest import train_tiny
 
     tmp = tmp_path_factory.mktemp("rep")
-    store = str(tmp / "d.zarr")
-    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=20), progress=False)
-    run = tmp / "run"
-    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.2),
-                      TrainConfig(steps=6, batch_size=8, window=4, eval_every=3, save_every=3, log_every=2), progress=False)
+    run = train_tiny(tmp, episodes=20, holdout=0.2, steps=6, eval_every=3, save_every=3, log_every=2)
     for instr in ("seen", "paraphrase"):
         assert main(["eval", "--ckpt", str(run), "--env", "embodied/PointReach-v0", "--episodes", "2", "--instructions", instr,
                      "--videos", "1" if instr == "seen" else "0", "--out", str(tmp / f"eval-{instr}")]) == 0
