@@ -17,11 +17,11 @@ mkdir -p /tmp/d /tmp/runs
 for f in .data/*.tgz; do tar xzf "$f" -C /tmp/d; done; stamp untar $?
 cd /tmp
 if [ "$PHASE" = quality ]; then
-  python3 -m embodied train --data /tmp/d/multi.zarr --preset small --out /tmp/runs/state --steps 6000 --batch-size 256 \
-    --window 16 --lr 6e-4 --warmup 300 --eval-every 2000 --save-every 6000 --keep-last 1 --workers 4 > /tmp/train_state.log 2>&1 &
+  timeout 330 python3 -m embodied train --data /tmp/d/multi.zarr --preset small --out /tmp/runs/state --steps 6000 --batch-size 256 \
+    --window 16 --lr 6e-4 --warmup 300 --eval-every 2000 --save-every 1000 --keep-last 1 --workers 4 > /tmp/train_state.log 2>&1 &
   P1=$!
-  python3 -m embodied train --data /tmp/d/px.zarr --preset small --state proprio --out /tmp/runs/pixels --steps 4000 \
-    --batch-size 128 --window 16 --lr 6e-4 --warmup 300 --eval-every 2000 --save-every 4000 --keep-last 1 --workers 4 > /tmp/train_px.log 2>&1 &
+  timeout 330 python3 -m embodied train --data /tmp/d/px.zarr --preset small --state proprio --out /tmp/runs/pixels --steps 4000 \
+    --batch-size 128 --window 16 --lr 6e-4 --warmup 300 --eval-every 2000 --save-every 1000 --keep-last 1 --workers 4 > /tmp/train_px.log 2>&1 &
   P2=$!
   wait $P1; stamp train_state $?; wait $P2; stamp train_pixels $?
   tr '\r' '\n' < /tmp/train_state.log | grep -v "^train: " | tail -20 > "$OUT/train_state.txt"

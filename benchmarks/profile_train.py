@@ -41,17 +41,21 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
     overrides = {k: int(v) for k, v in (s.split("=", 1) for s in a.set)}
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         r = bench_train(a.preset, pixels=a.pixels, window=a.window, batch=a.batch, steps=a.steps, warmup=4, data=a.data, **overrides)
     print(json.dumps(r))
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events)
+    def t(e: object) -> float:  # time of the kernel (op on CPU) itself
+        return e.self_device_time_total if cuda else e.self_cpu_time_total  # type: ignore[attr-defined]
+
+    events = [e for e in prof.key_averages() if t(e) > 0]
+    total = sum(t(e) for e in events)
     kinds: dict[str, float] = {}
     for e in events:
-        kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + e.self_device_time_total
-    print("share of CUDA time by kind: " + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[: a.top]:
-        print(f"{e.self_device_time_total / total:6.1%}  {e.count:6d} calls  {_kind(e.key):17s}  {e.key[:110]}")
+        kinds[_kind(e.key)] = kinds.get(_kind(e.key), 0.0) + t(e)
+    print(f"share of {'CUDA' if cuda else 'CPU'} time by kind: " + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for e in sorted(events, key=lambda e: -t(e))[: a.top]:
+        print(f"{t(e) / total:6.1%}  {e.count:6d} calls  {_kind(e.key):17s}  {e.key[:110]}")
 
 
 if __name__ == "__main__":
