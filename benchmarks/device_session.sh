@@ -26,7 +26,7 @@ if [ "$PHASE" = quality ]; then
   wait $P1; stamp train_state $?; wait $P2; stamp train_pixels $?
   tr '\r' '\n' < /tmp/train_state.log | grep -v "^train: " | tail -20 > "$OUT/train_state.txt"
   tr '\r' '\n' < /tmp/train_px.log | grep -v "^train: " | tail -20 > "$OUT/train_pixels.txt"
-  (cd /tmp/runs && find . -name "optimizer.safetensors" -delete; tar czf "$OUT/runs.tgz" state pixels); stamp tar $?
+  (cd /tmp/runs && find . -name "optimizer.safetensors" -delete; tar czf "$OUT/state.tgz" state; tar czf "$OUT/pixels.tgz" pixels); stamp tar $?
   python3 -m embodied bench policy --preset base --json > "$OUT/policy_base.json" 2> "$OUT/policy_base.err"; stamp policy_base $?
   python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" > "$OUT/pytest_gpu.txt" 2>&1; stamp pytest_gpu $?
 else
