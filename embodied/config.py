@@ -571,6 +571,10 @@ class TrainRunConfig:
     """Model size preset."""
     pixels: bool = True
     """Use the stores' pixels when they have them (--no-pixels: state only)."""
+    imitate: str = field(default="clean", metadata={"choices": ("clean", "all")})
+    """Whose actions the policy head learns: "clean" skips episodes recorded by noisy or random policies (they still
+    train the dynamics, reward, cost and success heads; their clipped noise would otherwise pile up in the end bins);
+    "all" imitates every episode."""
     state: str = field(default="full", metadata={"choices": ("full", "proprio")})
     """What the model sees of the state vector: everything, or only proprioception (objects then come from the pixels)."""
     resume: bool = False

@@ -88,6 +88,11 @@ def state_input_mask(kind: str, dim: int = STATE_DIM) -> list[float]:
     return keep
 
 
+def exploratory_policy(name: str) -> bool:
+    """Is ``name`` (an episode's ``policy`` metadata) a deliberately perturbed recorder: ``noisy:SIGMA`` or ``random``?"""
+    return name == "random" or name.startswith("noisy")
+
+
 # Seeds. Training data and evaluation never share an episode seed: collection draws from
 # [0, EVAL_SEED_START) and evaluation from [EVAL_SEED_START, 2**32). This is the one place
 # the rule lives; `embodied collect` and `embodied eval` both call these functions.
