@@ -190,7 +190,9 @@ def cmd_bench_train(cfg: BenchTrainConfig) -> int:
 def cmd_bench_policy(cfg: BenchPolicyConfig) -> int:
     from embodied.bench_policy import bench_policy, format_result
 
-    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device)
+    if cfg.threads < 0:
+        raise ConfigError("--threads must be >= 0 (0 leaves torch's default)")
+    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device, threads=cfg.threads or None)
     print_json(r) if cfg.json else print(format_result(r))
     return 0
 

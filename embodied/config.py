@@ -220,6 +220,8 @@ class BenchPolicyConfig:
     """Timed actions (after the window fills)."""
     device: str | None = None
     """Torch device (default: the GPU if any, else cpu)."""
+    threads: int = 1
+    """Torch CPU threads (0: leave torch's default); one env's policy gains nothing from more at this size."""
     json: bool = False
     """Print JSON instead of a summary."""
 
