@@ -475,12 +475,17 @@ class ModelConfig:
     """Episode timesteps with their own embedding; later ones share the last."""
     context: int = 32
     """Timesteps a training window holds, and the most the cache keeps when acting."""
+    state_input: str = "full"
+    """What the observation token sees of the state: "full" (proprioception, objects, zones, hazards) or
+    "proprio" (only the embodiment's own features; objects and zones must come from the pixels)."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
         if self.pixels and self.pixels < 16:
             raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
+        if self.state_input not in ("full", "proprio"):
+            raise ConfigError(f"state_input={self.state_input!r}: use 'full' or 'proprio'")
         for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
@@ -569,6 +574,8 @@ class TrainRunConfig:
     """Model size preset."""
     pixels: bool = True
     """Use the stores' pixels when they have them (--no-pixels: state only)."""
+    state: str = field(default="full", metadata={"choices": ("full", "proprio")})
+    """What the model sees of the state vector: everything, or only proprioception (objects then come from the pixels)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint."""
     encoder: str | None = None

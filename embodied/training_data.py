@@ -87,7 +87,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         for k in range(cfg.eval_batches):
             yield remap(held.batch(k), held.instructions)
 
-    model_cfg = preset(run.preset, pixels=pixels, context=max(cfg.window, preset(run.preset).context))
+    model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, preset(run.preset).context))
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "state_mean": torch.as_tensor(state_stats.mean if state_stats.count else np.zeros(specs.STATE_DIM), dtype=torch.float32),
