@@ -18,7 +18,8 @@ top of the per-module call overhead, which is most of a step's time for a small 
   matter. The ``2 * context`` masks this needs are built once;
 - blocks run as plain functional ops on the modules' own weights (no module calls, no
   dropout: acting is inference; keys and values written with one copy per block), the state
-  normalisation is folded into the state MLP's first layer, and only the policy head runs.
+  normalisation (and the ``state_input`` mask) is folded into the state MLP's first layer
+  (without pixels), and only the policy head runs.
 
 The cache therefore holds exactly the tokens ``step``'s cache holds, and the two agree up to
 float rounding at every step (tests/test_ringcache.py). A cache belongs to one episode of one
@@ -85,7 +86,8 @@ class RingCache:
             for i, w in enumerate(self.blocks):  # the goal tokens attend to each other causally
                 g = _block(w, g, self.kv[i], torch.arange(self.G, device=dev), None, self.n_head)
             fc1, fc2 = model.state_enc[0], model.state_enc[2]
-            self.state_w = fc1.weight / model.state_std  # W (s - mean) / std = (W / std) s - (W / std) mean
+            # obs_tokens: W ((s - mean) / std * mask) + b = (W * mask / std) s + (b - (W * mask / std) mean)
+            self.state_w = fc1.weight * (model.state_input_mask / model.state_std)
             self.state_b = fc1.bias - self.state_w @ model.state_mean
             self.state_w2, self.state_b2 = fc2.weight, fc2.bias
         self.act_w, self.act_b = model.action_enc.weight, model.action_enc.bias

@@ -12,9 +12,9 @@ from embodied.model import TrajectoryModel
 from embodied.ringcache import RingCache, _masks
 
 
-def _model(context: int, pixels: int = 0) -> TrajectoryModel:
+def _model(context: int, pixels: int = 0, state_input: str = "full") -> TrajectoryModel:
     torch.manual_seed(context)
-    m = TrajectoryModel(preset("tiny", context=context, pixels=pixels)).eval()
+    m = TrajectoryModel(preset("tiny", context=context, pixels=pixels, state_input=state_input)).eval()
     S = m.cfg.state_dim
     m.set_normalizer(torch.randn(S), torch.rand(S) + 0.5)  # a normaliser that is not the identity
     return m
@@ -29,9 +29,9 @@ def _rollout(m: TrajectoryModel, steps: int, rows: int = 2, pixels: int = 0, see
     return states, actions, images
 
 
-@pytest.mark.parametrize("context,pixels", [(1, 0), (2, 0), (5, 0), (3, 32)])
-def test_ring_cache_equals_the_list_cache_at_every_step(context, pixels):
-    m = _model(context, pixels)
+@pytest.mark.parametrize("context,pixels,state_input", [(1, 0, "full"), (2, 0, "full"), (5, 0, "full"), (4, 0, "proprio"), (3, 32, "proprio")])
+def test_ring_cache_equals_the_list_cache_at_every_step(context, pixels, state_input):
+    m = _model(context, pixels, state_input)
     goal = torch.randn(2, m.cfg.lang_dim)
     states, actions, images = _rollout(m, 3 * context + 4, pixels=pixels)
     ring = RingCache(m, goal)
