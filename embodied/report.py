@@ -111,9 +111,11 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _aggregate_tables(summary: dict[str, Any]) -> list[str]:
-    """HTML tables of :func:`embodied.evaluate.evaluation_summary`: per task family, means over families, targets."""
-    parts = ["<h2>Per task family (pooled over its envs; 95% Wilson intervals)</h2>",
+def _aggregate_tables(summary: dict[str, Any], model: str | None = None) -> list[str]:
+    """HTML tables of :func:`embodied.evaluate.evaluation_summary`: per task family, means over families, targets;
+    ``model`` names the checkpoint when the report holds several."""
+    of = f" of {_e(model)}" if model else ""
+    parts = [f"<h2>Per task family{of} (pooled over its envs; 95% Wilson intervals)</h2>",
              "<table class='families'><tr><th>family</th><th>split</th><th>instructions</th><th>envs</th><th>episodes</th>"
              "<th>success [95% CI]</th><th>expert [95% CI]</th><th>model / expert</th></tr>"]
     for f in summary["families"]:
@@ -128,7 +130,7 @@ def _aggregate_tables(summary: dict[str, Any]) -> list[str]:
                      f"<td>{_num(o['mean_success'])}</td><td>{_num(o['mean_expert_success'])}</td><td>{_num(o['model_vs_expert'])}</td></tr>")
     parts.append("</table>")
     if summary["targets"]:
-        parts.append("<h2>Targets (train environments)</h2><table class='targets'><tr><th>ratio</th><th>value</th><th>target</th><th>holds</th><th>what</th></tr>")
+        parts.append(f"<h2>Targets{of} (train environments)</h2><table class='targets'><tr><th>ratio</th><th>value</th><th>target</th><th>holds</th><th>what</th></tr>")
         for t in summary["targets"]:
             verdict = {True: "yes", False: "no", None: "undefined"}[t["met"]]
             parts.append(f"<tr><td>{_e(t['name'])}</td><td>{_num(t['value'])}</td><td>&ge; {t['target']:.2f}</td><td>{verdict}</td><td>{_e(t['what'])}</td></tr>")
@@ -152,7 +154,7 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
     for ev in evals:
         data = json.loads(ev.read_text())
         for r in data["rows"]:
-            rows.append({**r, "_source": str(ev)})
+            rows.append({**r, "_source": str(ev), "_ckpt": str(data.get("ckpt", ev))})
     if rows:
         parts.append("<h2>Success per task (95% Wilson intervals; expert on the same seeds)</h2>")
         parts.append(_success_plot(rows))
@@ -166,7 +168,9 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
                 f"<td>{r['mean_cost']:.2f}</td><td>{r.get('mean_length', 0):.0f}</td><td>{int(r.get('invalid', 0))}</td><td>{_e(r['_source'])}</td></tr>"
             )
         parts.append("</table>")
-        parts += _aggregate_tables(evaluation_summary(rows))
+        models = list(dict.fromkeys(r["_ckpt"] for r in rows))  # never pool two models' episodes
+        for ckpt in models:
+            parts += _aggregate_tables(evaluation_summary([r for r in rows if r["_ckpt"] == ckpt]), ckpt if len(models) > 1 else None)
         videos = [(r, v) for r in rows for v in r.get("videos", [])]
         if videos:
             parts.append("<h2>Rollouts</h2>")

@@ -53,6 +53,18 @@ def test_user_strings_are_escaped(report_inputs, tmp_path):
     assert "<i>" not in text and "push the &lt;i&gt;red&lt;/i&gt; cube" in text
 
 
+def test_aggregates_never_pool_two_models(report_inputs, tmp_path):
+    data = json.loads((report_inputs / "eval-seen" / "eval.json").read_text())
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({**data, "ckpt": f"runs/model-{name}"}))
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("<table class='families'>") == 2 and "Per task family of runs/model-b" in text
+    assert text.count("<tr class='mean'>") == 2  # one mean row each, over that model's episodes only
+
+
 def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "nothing to report" in capsys.readouterr().err
