@@ -190,7 +190,9 @@ def cmd_bench_train(cfg: BenchTrainConfig) -> int:
 def cmd_bench_policy(cfg: BenchPolicyConfig) -> int:
     from embodied.bench_policy import bench_policy, format_result
 
-    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device)
+    if cfg.threads < 0:
+        raise ConfigError("--threads must be >= 0 (0 leaves torch's default)")
+    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device, threads=cfg.threads or None)
     print_json(r) if cfg.json else print(format_result(r))
     return 0
 
@@ -248,8 +250,9 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(cfg: EvalConfig) -> int:
+    from embodied import specs
     from embodied.envs import ENVS, entry
-    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.evaluate import INSTRUCTION_SETS, evaluate_policy_on, evaluation_summary, film_policy, summary_lines
     from embodied.policies import FoundationPolicy
 
     if not cfg.ckpt:
@@ -262,22 +265,24 @@ def cmd_eval(cfg: EvalConfig) -> int:
     policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
     kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
     log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
-    rows = evaluate_policy_on(ids, lambda: policy, episodes=cfg.episodes, instructions=cfg.instructions, n_envs=cfg.envs,
-                              env_kwargs=kwargs, log=log)
     out = Path(cfg.out or Path(cfg.ckpt) / "eval")
-    if cfg.videos:
-        from embodied import specs
-        from embodied.evaluate import INSTRUCTION_SETS
-
-        for row in rows:
-            row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos",
-                                        **INSTRUCTION_SETS[cfg.instructions], **kwargs)
+    rows = []
+    for instr in dict.fromkeys(cfg.instructions):
+        part = evaluate_policy_on(ids, lambda: policy, episodes=cfg.episodes, instructions=instr, n_envs=cfg.envs,
+                                  env_kwargs=kwargs, log=log)
+        for row in part if cfg.videos else ():
+            row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos" / instr,
+                                        **INSTRUCTION_SETS[instr], **kwargs)
+        rows += part
+    doc = {"ckpt": cfg.ckpt, "instructions": list(dict.fromkeys(cfg.instructions)), "rows": rows, **evaluation_summary(rows)}
+    for line in summary_lines(doc):
+        log(line)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps({"ckpt": cfg.ckpt, "instructions": cfg.instructions, "rows": rows}, indent=2))
+    tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(out / "eval.json")
     if cfg.json:
-        print_json(rows)
+        print_json(doc)
     else:
         print(f"wrote {out / 'eval.json'}")
     return 0
@@ -420,7 +425,7 @@ def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
 def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
     """Demo step 5: evaluate the model on seen and paraphrased instructions, then write the HTML report."""
     from embodied import specs
-    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.evaluate import evaluate_policy_on, evaluation_summary, film_policy, summary_lines
     from embodied.policies import FoundationPolicy
     from embodied.report import build_report
 
@@ -432,7 +437,8 @@ def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
     policy = FoundationPolicy.load(run)
     kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
     ids = ["embodied/PointReach-v0", "embodied/PointPushZone-v0"]
-    evals = []
+    evals: list[str] = []
+    all_rows: list[dict[str, Any]] = []
     for instr in ("seen", "paraphrase"):
         rows = evaluate_policy_on(ids, lambda: policy, episodes=episodes, instructions=instr, env_kwargs=kwargs, log=lambda s: print("   ", s))
         if instr == "seen":
@@ -440,9 +446,12 @@ def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
                 row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(1), out / "eval" / "videos", **kwargs)
         folder = out / "eval" / instr
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "eval.json").write_text(json.dumps({"ckpt": run, "instructions": instr, "rows": rows}, indent=2))
+        (folder / "eval.json").write_text(json.dumps({"ckpt": run, "instructions": [instr], "rows": rows, **evaluation_summary(rows)}, indent=2))
         evals.append(str(folder))
+        all_rows += rows
     build_report([run, *evals], str(report))
+    for line in summary_lines(evaluation_summary(all_rows), families=False):
+        print("   ", line)
     print(f"    {report}")
     return str(report)
 

@@ -220,6 +220,8 @@ class BenchPolicyConfig:
     """Timed actions (after the window fills)."""
     device: str | None = None
     """Torch device (default: the GPU if any, else cpu)."""
+    threads: int = 1
+    """Torch CPU threads (0: leave torch's default); one env's policy gains nothing from more at this size."""
     json: bool = False
     """Print JSON instead of a summary."""
 
@@ -234,8 +236,9 @@ class EvalConfig:
     """Evaluate on every environment of this split when no --env is given."""
     episodes: int = 20
     """Episodes per environment, on the fixed evaluation seeds (never training seeds)."""
-    instructions: str = field(default="seen", metadata={"choices": ("seen", "paraphrase", "composition")})
-    """Training templates, held-out paraphrases, or held-out colour x shape x family compositions."""
+    instructions: tuple[str, ...] = field(default=("seen",), metadata={"choices": ("seen", "paraphrase", "composition")})
+    """Instruction sets, one or more: training templates, held-out paraphrases, held-out colour x shape x family
+    compositions. With seen and a held-out set, the summary states held-out success / seen success."""
     videos: int = 0
     """Rollout videos (H.264 MP4) of the first K episodes of each environment."""
     envs: int = 4

@@ -26,8 +26,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one episode with a ``predict``-protocol policy; returns success, return, cost, length, invalid, warnings."""
+    """Run one episode with a ``predict``-protocol policy; returns success, return, cost, length, invalid, warnings, instruction."""
     obs, info = env.reset(seed=seed, options=options)
+    instruction = str(obs.get("instruction", "")) if isinstance(obs, dict) else ""
     if hasattr(policy, "reset"):
         policy.reset()
     if record:
@@ -51,6 +52,7 @@ def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | No
         "length": steps,
         "invalid": bool(info.get("invalid", False)),
         "warnings": warns,
+        "instruction": instruction,
     }
 
 
@@ -171,7 +173,7 @@ def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, 
     wins = sum(r["success"] for r in runs)
     row: dict[str, Any] = {
         "env_id": env_id, "family": family, "instructions": instructions, "episodes": n,
-        "success": wins / max(n, 1), "success_ci": list(wilson_interval(wins, n)),
+        "successes": wins, "success": wins / max(n, 1), "success_ci": list(wilson_interval(wins, n)),
         "mean_return": float(np.mean([r["return"] for r in runs])) if runs else 0.0,
         "mean_cost": float(np.mean([r["cost"] for r in runs])) if runs else 0.0,
         "mean_length": float(np.mean([r["length"] for r in runs])) if runs else 0.0,
@@ -179,6 +181,8 @@ def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, 
     }
     if expert is not None:
         ew = sum(r["success"] for r in expert)
+        row["expert_episodes"] = len(expert)
+        row["expert_successes"] = ew
         row["expert_success"] = ew / max(len(expert), 1)
         row["expert_success_ci"] = list(wilson_interval(ew, len(expert)))
     return row
@@ -189,7 +193,7 @@ def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episo
                        log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Evaluate a policy on each env over the fixed evaluation seeds (``embodied.specs.eval_seeds``), expert beside it."""
     from embodied import specs
-    from embodied.envs import ScriptedExpert, make
+    from embodied.envs import ScriptedExpert, entry, make
 
     if instructions not in INSTRUCTION_SETS:
         from embodied.errors import ConfigError
@@ -207,7 +211,7 @@ def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episo
         finally:
             for env in envs:
                 env.close()
-        row = summarize(env_id, family, instructions, runs, expert_runs, seeds)
+        row = {"split": entry(env_id).split, **summarize(env_id, family, instructions, runs, expert_runs, seeds)}
         rows.append(row)
         if log:
             lo, hi = row["success_ci"]
@@ -232,7 +236,115 @@ def film_policy(env_id: str, policy: Any, seeds: list[int], out: Any, size: int 
             r = rollout(env, policy, s, record=lambda e: frames.append(e.render()))
             path = out / f"{env_id.split('/')[-1]}-seed{s}.mp4"
             write_video(path, frames, fps=env.metadata.get("render_fps", 20))
-            films.append({"seed": s, "success": r["success"], "video": str(path)})
+            films.append({"seed": s, "success": r["success"], "instruction": r["instruction"], "video": str(path)})
     finally:
         env.close()
     return films
+
+
+# ---------------------------------------------------------------------------- aggregates over task families
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "model_vs_expert": ("seen", 0.9, "seen instructions: mean over task families of model success / expert success"),
+    "paraphrase_vs_seen": ("paraphrase", 0.9, "held-out paraphrases: mean family success / the same with seen instructions"),
+    "composition_vs_seen": ("composition", 0.7, "held-out compositions: mean family success / the same with seen instructions"),
+}
+"""Quality targets on the train environments: name -> (instruction set, least ratio, what the ratio is)."""
+
+
+def _counts(row: dict[str, Any]) -> tuple[int, int, int | None, int | None]:
+    """(successes, episodes, expert successes, expert episodes) of a row; rows of older files carry only rates."""
+    n = int(row["episodes"])
+    wins = int(row.get("successes", round(row["success"] * n)))
+    if "expert_success" not in row:
+        return wins, n, None, None
+    en = int(row.get("expert_episodes", n))
+    return wins, n, int(row.get("expert_successes", round(row["expert_success"] * en))), en
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def family_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (split, instruction set, task family): the pooled success over its envs with a 95% Wilson interval,
+    the expert's pooled success on the same seeds, and the ratio model / expert (None when the expert never succeeds).
+    Groups come in the order their first row does."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r.get("split", "?")), str(r["instructions"]), str(r["family"])), []).append(r)
+    out = []
+    for (split, instr, family), members in groups.items():
+        counts = [_counts(r) for r in members]
+        wins, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        agg: dict[str, Any] = {"split": split, "instructions": instr, "family": family, "envs": len(members), "episodes": n,
+                               "successes": wins, "success": wins / max(n, 1), "success_ci": list(wilson_interval(wins, n))}
+        if all(c[2] is not None for c in counts):
+            ew, en = sum(c[2] or 0 for c in counts), sum(c[3] or 0 for c in counts)
+            agg.update(expert_successes=ew, expert_episodes=en, expert_success=ew / max(en, 1),
+                       expert_success_ci=list(wilson_interval(ew, en)))
+        agg["model_vs_expert"] = _ratio(agg["success"], agg.get("expert_success"))
+        out.append(agg)
+    return out
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates of evaluation rows (any mix of envs, splits and instruction sets), as a JSON-ready dict.
+
+    ``families``: :func:`family_rows`. ``overall``: per (split, instruction set) the mean over task
+    families of success, expert success and model / expert. ``targets``: the ratios of :data:`TARGETS`
+    on the train environments, each with its least value and whether it holds (``met`` is None when the
+    ratio is undefined: no expert success, or no success with seen instructions); a held-out
+    instruction set is compared with seen instructions on the envs evaluated with both.
+    """
+    fams = family_rows(rows)
+    overall = []
+    for split, instr in dict.fromkeys((f["split"], f["instructions"]) for f in fams):
+        sel = [f for f in fams if (f["split"], f["instructions"]) == (split, instr)]
+        overall.append({"split": split, "instructions": instr, "families": [f["family"] for f in sel],
+                        "mean_success": _mean([f["success"] for f in sel]),
+                        "mean_expert_success": _mean([f.get("expert_success") for f in sel]),
+                        "model_vs_expert": _mean([f["model_vs_expert"] for f in sel])})
+    train = [r for r in rows if r.get("split") == "train"]
+    targets = []
+    for name, (instr, least, what) in TARGETS.items():
+        if instr == "seen":
+            seen = [o for o in overall if (o["split"], o["instructions"]) == ("train", "seen")]
+            if not seen:
+                continue
+            value, families = seen[0]["model_vs_expert"], seen[0]["families"]
+        else:
+            envs = {r["env_id"] for r in train if r["instructions"] == instr} & {r["env_id"] for r in train if r["instructions"] == "seen"}
+            if not envs:
+                continue
+            both = family_rows([r for r in train if r["env_id"] in envs and r["instructions"] in (instr, "seen")])
+            held = [f for f in both if f["instructions"] == instr]
+            families = [f["family"] for f in held]
+            value = _ratio(_mean([f["success"] for f in held]), _mean([f["success"] for f in both if f["instructions"] == "seen"]))
+        targets.append({"name": name, "instructions": instr, "families": families, "value": value, "target": least,
+                        "met": None if value is None else bool(value >= least), "what": what})
+    return {"families": fams, "overall": overall, "targets": targets}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def summary_lines(summary: dict[str, Any], families: bool = True) -> list[str]:
+    """Plain-text lines of :func:`evaluation_summary`'s families (unless ``families`` is False), overall means and targets."""
+    lines = []
+    for f in summary["families"] if families else ():
+        lo, hi = f["success_ci"]
+        lines.append(f"family {f['family']:<10} {f['split']:<7} {f['instructions']:<11} success {f['success']:.2f} [{lo:.2f}, {hi:.2f}]  "
+                     f"expert {_fmt(f.get('expert_success'))}  model/expert {_fmt(f['model_vs_expert'])}  ({f['envs']} envs, {f['episodes']} episodes)")
+    for o in summary["overall"]:
+        lines.append(f"mean over {len(o['families'])} families, {o['split']} envs, {o['instructions']} instructions: success {_fmt(o['mean_success'])}, "
+                     f"expert {_fmt(o['mean_expert_success'])}, model/expert {_fmt(o['model_vs_expert'])}")
+    for t in summary["targets"]:
+        verdict = {True: "holds", False: "MISSED", None: "undefined"}[t["met"]]
+        lines.append(f"target {t['name']}: {_fmt(t['value'])} (>= {t['target']:.2f}: {verdict}); {t['what']}")
+    return lines
