@@ -142,14 +142,18 @@ def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, 
     }
 
 
-def bench_reward(ckpt: str, env_ids: Sequence[str], episodes: int = 20, noises: Sequence[float] = DEFAULT_NOISES,
+def bench_reward(ckpt: str | Any, env_ids: Sequence[str], episodes: int = 20, noises: Sequence[float] = DEFAULT_NOISES,
                  device: str | None = None, hack_threshold: float = 0.5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Roll out held-out episodes, score them with the checkpoint's reward heads, and measure (see the module doc)."""
+    """Roll out held-out episodes, score them with the reward heads, and measure (see the module doc).
+
+    ``ckpt`` is a checkpoint or run folder, or a loaded :class:`~embodied.policies.RewardModel`.
+    """
     import time
 
     from embodied.policies import RewardModel
 
-    rm = RewardModel.load(ckpt, device=device)
+    rm = ckpt if isinstance(ckpt, RewardModel) else RewardModel.load(ckpt, device=device)
+    ckpt = "a loaded RewardModel" if isinstance(ckpt, RewardModel) else str(ckpt)
     kwargs = {"pixels": rm.model.cfg.pixels} if rm.model.cfg.pixels else {}
     t0 = time.perf_counter()
     eps = rollout_episodes(env_ids, episodes, noises, env_kwargs=kwargs)

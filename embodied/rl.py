@@ -132,7 +132,7 @@ class SACAlgorithm(Algorithm):
 
 
 # ---------------------------------------------------------------------------- the run
-def check_spec(spec: RLSpec) -> None:
+def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     """Every user-input error of a run, before anything heavy loads (one line each, exit code 2)."""
     from embodied.envs import FixedTask, entry, make
 
@@ -143,7 +143,7 @@ def check_spec(spec: RLSpec) -> None:
         raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
-    if spec.reward == "learned" and not spec.reward_ckpt:
+    if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
         raise ConfigError(f"no checkpoint at {spec.reward_ckpt}; train one with `embodied train --out {spec.reward_ckpt}`")
@@ -184,8 +184,8 @@ class StatePolicy:
         return (a if batched else a[0]), None
 
 
-def _progress_callback(log: list[dict[str, Any]], every: int) -> "BaseCallback":
-    """An SB3 callback recording, every ``every`` env steps, the true success and true return of the episodes finished since."""
+def _progress_callback(log: list[dict[str, Any]], every: int, progress: Callable[[str], None] | None = None) -> "BaseCallback":
+    """An SB3 callback recording (and passing to ``progress``), every ``every`` env steps, the true success and true return of the episodes finished since."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Progress(BaseCallback):
@@ -195,8 +195,10 @@ def _progress_callback(log: list[dict[str, Any]], every: int) -> "BaseCallback":
 
         def _on_step(self) -> bool:
             infos, dones = self.locals["infos"], self.locals["dones"]
+            env = self.training_env  # a VecNormalize: its rewards are normalised, the original ones are the env's
+            raw = env.get_original_reward() if hasattr(env, "get_original_reward") else self.locals["rewards"]
             for i, info in enumerate(infos):
-                self.ret[i] += float(info.get("true_reward", self.locals["rewards"][i]))
+                self.ret[i] += float(info.get("true_reward", raw[i]))
                 if dones[i]:
                     self.done_ok.append(bool(info.get("is_success", False)))
                     self.done_ret.append(self.ret[i])
@@ -204,26 +206,33 @@ def _progress_callback(log: list[dict[str, Any]], every: int) -> "BaseCallback":
             if self.num_timesteps - self.last >= every and self.done_ok:
                 log.append({"steps": self.num_timesteps, "episodes": len(self.done_ok), "true_success": float(np.mean(self.done_ok)),
                             "true_return": float(np.mean(self.done_ret))})
+                if progress:
+                    r = log[-1]
+                    progress(f"{r['steps']} steps: {r['episodes']} episodes, true success {r['true_success']:.2f}, true return {r['true_return']:.1f}")
                 self.done_ok, self.done_ret, self.last = [], [], self.num_timesteps
             return True
 
     return Progress()
 
 
-def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train on the spec's reward, evaluate with the true success, write ``rl.json`` and the policy's weights into ``out``."""
+def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | None = None, reward_model: Any = None) -> dict[str, Any]:
+    """Train on the spec's reward, evaluate with the true success, write ``rl.json`` and the policy's weights into ``out``.
+
+    ``reward_model`` (a :class:`~embodied.policies.RewardModel`) replaces loading ``spec.reward_ckpt``
+    (e.g. one whose instruction embeddings come from a stored table on a machine without the encoder).
+    """
     import torch
     from safetensors.torch import save_file
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    check_spec(spec)
+    check_spec(spec, need_ckpt=reward_model is None)
     algorithm = ALGORITHMS[spec.algo]()
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    reward_model = None
-    if spec.reward_ckpt:
+    if reward_model is None and spec.reward_ckpt:
         from embodied.policies import RewardModel
 
         reward_model = RewardModel.load(spec.reward_ckpt, device=device)
+    if reward_model is not None:
         if reward_model.model.cfg.pixels:
             raise ConfigError(f"{spec.reward_ckpt} scores pixels; `embodied rl` runs state-only envs: use a state-only model")
     venv = DummyVecEnv([lambda: make_env(spec, reward_model, algorithm) for _ in range(spec.n_envs)])
@@ -232,7 +241,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     model = algorithm.build(venv, spec, device)
     curve: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    model.learn(spec.steps, callback=[_progress_callback(curve, max(spec.steps // 20, 1)), *algorithm.callbacks(spec)])
+    model.learn(spec.steps, callback=[_progress_callback(curve, max(spec.steps // 20, 1), progress), *algorithm.callbacks(spec)])
     train_s = time.perf_counter() - t0
     if progress:
         progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
