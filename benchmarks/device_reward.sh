@@ -8,7 +8,7 @@ T0=$(date +%s); REPO=$(pwd); FALLBACK=$REPO/$1; BUDGET=${2:-550}
 source benchmarks/device_setup.sh
 cd /tmp
 { nproc; nvidia-smi --query-gpu=name --format=csv,noheader; echo "setup $(( $(date +%s) - T0 )) s"; } > "$OUT/host.txt"
-python3 "$REPO/benchmarks/reward_rl.py" train --table "$REPO/.emb/emb.npz" --out /tmp/r --episodes 200 --preset small --steps 6000 --seconds 110 > /tmp/train.txt 2>&1
+python3 "$REPO/benchmarks/reward_rl.py" train --table "$REPO/.emb/emb.npz" --out /tmp/r --episodes 500 --preset small --steps 6000 --seconds 110 > /tmp/train.txt 2>&1
 tail -c 3000 /tmp/train.txt | tr '\r' '\n' | tail -8 > "$OUT/train.txt"
 CKPT=/tmp/r/run; [ -f /tmp/r/run/checkpoints/latest.json ] || CKPT=$FALLBACK
 echo "trained until $(( $(date +%s) - T0 )) s; reward model $CKPT" >> "$OUT/host.txt"

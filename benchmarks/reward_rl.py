@@ -192,7 +192,7 @@ def main() -> None:
     tr = sub.add_parser("train")
     tr.add_argument("--table", required=True)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--episodes", type=int, default=200, help="episodes per collection policy")
+    tr.add_argument("--episodes", type=int, default=200, help="episodes per collection policy (round-robin over the envs)")
     tr.add_argument("--preset", default="small")
     tr.add_argument("--steps", type=int, default=4000)
     tr.add_argument("--seconds", type=float, default=150)
