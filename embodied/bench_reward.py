@@ -10,8 +10,9 @@ the same scenes. The model scores every episode under the instruction the episod
   episode, and at the final step) against the true success of the episode;
 - reward rank correlation: Spearman's rho of the learned against the true per-step reward
   (all steps pooled), and of the learned against the true episode return;
-- reward hacking: episodes the model believes solved (maximum success probability at least
-  ``hack_threshold``) whose true success is zero, listed.
+- reward hacking: episodes the model rates as solved (maximum success probability at least
+  ``hack_threshold``, or a mean learned reward per step at least that of the median truly
+  successful episode) whose true success is zero, listed.
 
 Targets: success AUC >= 0.95, for seen and for paraphrased instructions.
 """
@@ -109,14 +110,28 @@ def score_episodes(reward_model: Any, episodes: list[dict[str, Any]], batch: int
             e["learned_reward"], e["learned_success"], e["learned_cost"] = s.reward, s.success, s.cost
 
 
-def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, max_listed: int = 10) -> dict[str, Any]:
-    """Success AUC (max and final probability), Spearman of step rewards and of returns, and reward-hacking episodes."""
+def success_reward_level(episodes: list[dict[str, Any]]) -> float | None:
+    """The median over truly successful episodes of their mean learned reward per step (None without one)."""
+    levels = [float(e["learned_reward"].mean()) for e in episodes if e["success"] and not e["invalid"]]
+    return float(np.median(levels)) if levels else None
+
+
+def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, max_listed: int = 10,
+                   reward_level: float | None = None) -> dict[str, Any]:
+    """Success AUC (max and final probability), Spearman of step rewards and of returns, and reward-hacking episodes.
+
+    An episode counts as reward hacking when its true success is zero but the model rates it
+    as solved: its highest success probability reaches ``hack_threshold``, or its mean learned
+    reward per step reaches ``reward_level`` (default: :func:`success_reward_level` of these episodes).
+    """
     eps = [e for e in episodes if not e["invalid"]]
     truth = np.array([e["success"] for e in eps], dtype=bool)
     p_max = np.array([float(e["learned_success"].max()) for e in eps])
     p_final = np.array([float(e["learned_success"][-1]) for e in eps])
-    hacks = [e for e, p, y in zip(eps, p_max, truth) if p >= hack_threshold and not y]
-    hacks.sort(key=lambda e: -float(e["learned_success"].max()))
+    level = success_reward_level(eps) if reward_level is None else reward_level
+    hacks = [e for e, p, y in zip(eps, p_max, truth)
+             if not y and (p >= hack_threshold or (level is not None and float(e["learned_reward"].mean()) >= level))]
+    hacks.sort(key=lambda e: -float(e["learned_reward"].mean()))
     by_noise = {}
     for noise in sorted({e["noise"] for e in eps}):
         sel = [e for e in eps if e["noise"] == noise]
@@ -132,10 +147,12 @@ def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, 
         "return_spearman": spearman(np.array([e["learned_reward"].sum() for e in eps]), np.array([e["reward"].sum() for e in eps])),
         "by_noise": by_noise,
         "hack_threshold": hack_threshold,
+        "hack_reward_level": level,
         "hacking_episodes": len(hacks),
         "hacking_examples": [
             {"env_id": e["env_id"], "instructions": e["instructions"], "noise": e["noise"], "seed": e["seed"], "instruction": e["instruction"],
-             "max_success_prob": float(e["learned_success"].max()), "true_return": float(e["reward"].sum()),
+             "max_success_prob": float(e["learned_success"].max()), "mean_learned_reward": float(e["learned_reward"].mean()),
+             "true_return": float(e["reward"].sum()),
              "learned_return": float(e["learned_reward"].sum()), "length": len(e["action"])}
             for e in hacks[:max_listed]
         ],
@@ -196,5 +213,5 @@ def format_result(r: dict[str, Any]) -> str:
                      f"{f(m['reward_spearman_step']):>9}{f(m['return_spearman']):>11}{m['hacking_episodes']:>8}")
     for ex in r["all"]["hacking_examples"][:5]:
         lines.append(f"  hacking: {ex['env_id']} seed {ex['seed']} noise {ex['noise']:g} {ex['instruction']!r}: "
-                     f"max success prob {ex['max_success_prob']:.2f}, not solved (true return {ex['true_return']:.1f})")
+                     f"max success prob {ex['max_success_prob']:.2f}, learned reward {ex['mean_learned_reward']:.2f}/step, not solved (true return {ex['true_return']:.1f})")
     return "\n".join(lines)

@@ -264,22 +264,27 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
 def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:
     """True success of ``policy`` on the evaluation seeds (registered env, ending on success), with the reward model's view."""
     from embodied import specs
-    from embodied.bench_reward import record_episode, reward_metrics, score_episodes
+    from embodied.bench_reward import record_episode, reward_metrics, score_episodes, success_reward_level
     from embodied.envs import FixedTask, make
     from embodied.evaluate import summarize
+
+    from embodied.envs import ScriptedExpert
 
     seeds = specs.eval_seeds(spec.episodes)
     env = FixedTask(make(spec.env_id), spec.instruction)
     try:
         eps = [{"env_id": spec.env_id, "instructions": "fixed", "noise": 0.0, "seed": s, **record_episode(env, policy, s)} for s in seeds]
+        # the expert on the next seeds: how highly the model rates truly solved episodes of this task
+        experts = [{"env_id": spec.env_id, "instructions": "fixed", "noise": 0.0, "seed": s, **record_episode(env, ScriptedExpert(env), s)}
+                   for s in specs.eval_seeds(10, spec.episodes)] if reward_model is not None else []
     finally:
         env.close()
     runs = [{"success": e["success"] and not e["invalid"], "return": float(e["reward"].sum()), "cost": float(e["cost"].sum()),
              "length": len(e["action"]), "invalid": e["invalid"]} for e in eps]
     out: dict[str, Any] = {"eval": summarize(spec.env_id, env.unwrapped.family.name, "fixed", runs, None, seeds)}
     if reward_model is not None:
-        score_episodes(reward_model, eps)
-        out["reward_check"] = reward_metrics(eps)
+        score_episodes(reward_model, eps + experts)
+        out["reward_check"] = reward_metrics(eps, reward_level=success_reward_level(experts))
     return out
 
 
@@ -291,7 +296,7 @@ def format_result(r: dict[str, Any]) -> str:
              f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}"]
     c = r.get("reward_check")
     if c:
-        lines.append(f"  learned reward on these episodes: {c['hacking_episodes']} believed solved but not (reward hacking), "
+        lines.append(f"  learned reward on these episodes: {c['hacking_episodes']} rated as solved (like the expert's) but not solved (reward hacking), "
                      f"step reward rho {c['reward_spearman_step'] if c['reward_spearman_step'] is None else round(c['reward_spearman_step'], 3)}")
     if "out" in r:
         lines.append(f"  wrote {r['out']}/rl.json")

@@ -151,9 +151,9 @@ def test_auc_and_spearman_on_constructed_cases():
 
 def test_reward_metrics_find_the_hacking_episodes():
     def ep(success, p_max, seed):
-        T = 5
+        T, sign = 5, 1 if success else -1
         return {"env_id": "e", "instructions": "seen", "noise": 1.0, "seed": seed, "instruction": "i", "invalid": False,
-                "success": success, "reward": np.linspace(0, 1, T) + seed, "learned_reward": np.linspace(0, 2, T) + seed,
+                "success": success, "reward": np.linspace(0, 1, T) + sign * seed, "learned_reward": np.linspace(0, 2, T) + sign * seed,
                 "learned_success": np.array([0.0, 0.1, p_max, 0.1, 0.0]), "action": np.zeros((T, 2))}
 
     eps = [ep(True, 0.9, 0), ep(True, 0.8, 1), ep(False, 0.2, 2), ep(False, 0.85, 3)]
@@ -163,6 +163,11 @@ def test_reward_metrics_find_the_hacking_episodes():
     assert m["reward_spearman_step"] == pytest.approx(spearman(np.concatenate([e["learned_reward"] for e in eps]),
                                                                np.concatenate([e["reward"] for e in eps])))
     assert m["return_spearman"] == pytest.approx(1.0)
+    # a failure the model pays like a solved episode counts too, whatever its success probability
+    eps.append({**ep(False, 0.1, 4), "learned_reward": np.full(5, 10.0)})
+    m = reward_metrics(eps, hack_threshold=0.5)
+    assert m["hacking_episodes"] == 2 and m["hacking_examples"][0]["seed"] == 4
+    assert reward_metrics(eps, hack_threshold=0.5, reward_level=100.0)["hacking_episodes"] == 1
 
 
 @pytest.mark.parametrize(
