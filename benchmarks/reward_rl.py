@@ -1,4 +1,4 @@
-"""The learned-reward RL comparison and the reward validation, run as parallel processes (``benchmarks/device_reward.sh``).
+"""The learned-reward RL comparison and the reward validation, run as parallel processes (e.g. on a many-core machine).
 
 Runs ``embodied rl``'s :func:`embodied.rl.train_rl` and ``embodied bench reward``'s
 :func:`embodied.bench_reward.bench_reward` on a machine without the sentence encoder: the
