@@ -36,6 +36,7 @@ from .config import (
     parse_kv,
 )
 from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
+from .cli_rl import RL_COMMANDS
 from .errors import ConfigError, EmbodiedError
 
 
@@ -515,6 +516,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,
     **VIDEO_COMMANDS,
+    **RL_COMMANDS,
 }
 
 

@@ -598,3 +598,54 @@ class InfoConfig:
     """A training run folder (the --out of `embodied train`)."""
     json: bool = False
     """Print JSON."""
+
+
+# ---------------------------------------------------------------------------- the model as a reward function
+@dataclass(frozen=True)
+class BenchRewardConfig:
+    ckpt: str = ""
+    """The reward model: a run folder (its best checkpoint) or a checkpoint folder."""
+    env: tuple[str, ...] = field(default=(), metadata={"metavar": "ID"})
+    """Environment ids to validate on (default: embodied/PointPushZone-v0 and embodied/PointPushDir-v0)."""
+    episodes: int = 20
+    """Evaluation seeds per environment, instruction set and noise scale."""
+    noise: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    """Noise scales of the scripted expert (0 = the expert; around 1 and above most episodes fail)."""
+    hack_threshold: float = 0.5
+    """An unsolved episode whose highest success probability reaches this counts as reward hacking."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    out: str | None = None
+    """Also write the JSON result to this file."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    env: str = ""
+    """Environment id (a reach or push env with control='ee'), e.g. embodied/PointPushDir-v0."""
+    instruction: str = ""
+    """The task in plain English, fixed for the run, e.g. "push the red cube to the right"."""
+    reward: str = "learned"
+    """Reward to train on: learned (the model's score for the instruction) or true (the env's own)."""
+    algo: str = "ppo"
+    """Stable-baselines3 algorithm: ppo or sac."""
+    steps: int = 100_000
+    """Environment steps of training."""
+    ckpt: str | None = None
+    """The reward model (a run or checkpoint folder); needed for --reward learned, and with --reward true it checks the policy for reward hacking."""
+    out: str = "runs/rl"
+    """Folder for rl.json (results, learning curve) and policy.safetensors."""
+    episodes: int = 50
+    """Evaluation episodes on the fixed evaluation seeds (true success, 95%% Wilson interval)."""
+    envs: int | None = None
+    """Training envs stepped together (default: 8 for ppo, 1 for sac)."""
+    seed: int = 0
+    """Seed of the policy, the envs and the training."""
+    terminate_on_success: bool = False
+    """End training episodes when the task is truly solved (off: the learned reward gets no true signal through episode ends)."""
+    device: str | None = None
+    """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print the result as JSON."""
