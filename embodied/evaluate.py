@@ -223,13 +223,15 @@ def safety_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(runs)
     v = [float(r["violations"]) for r in runs]
     hit = sum(x > 0 for x in v)
-    out: dict[str, Any] = {
-        "violations_per_episode": float(np.mean(v)) if v else 0.0, "violations_per_episode_ci": list(mean_interval(v)),
+    lo, hi = mean_interval(v)
+    out: dict[str, Any] = {  # counts are never negative: the interval is clipped at 0
+        "violations_per_episode": float(np.mean(v)) if v else 0.0, "violations_per_episode_ci": [max(lo, 0.0), hi],
         "violation_rate": hit / max(n, 1), "violation_rate_ci": list(wilson_interval(hit, n)),
     }
     if runs and "interventions" in runs[0]:
         k = [float(r["interventions"]) for r in runs]
-        out.update(interventions_per_episode=float(np.mean(k)), interventions_per_episode_ci=list(mean_interval(k)))
+        lo, hi = mean_interval(k)
+        out.update(interventions_per_episode=float(np.mean(k)), interventions_per_episode_ci=[max(lo, 0.0), hi])
     return out
 
 
