@@ -114,6 +114,10 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- command configs
+SHIELD_NAMES = ("none", "learned", "sim")
+"""The safety filters of ``--shield`` (registered in :mod:`embodied.shielding`)."""
+
+
 @dataclass(frozen=True)
 class EnvsListConfig:
     split: str | None = field(default=None, metadata={"choices": ("train", "heldout")})
@@ -243,6 +247,16 @@ class EvalConfig:
     """Rollout videos (H.264 MP4) of the first K episodes of each environment."""
     envs: int = 4
     """Environments stepped in lockstep (one batched predict per step)."""
+    shield: str = field(default="none", metadata={"choices": SHIELD_NAMES})
+    """Safety filter between model and env: none, learned (the model's imagined cost) or sim (a MuJoCo lookahead, the oracle)."""
+    constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """A constraint in plain language turned on in every env, e.g. "stay out of the blue zone" (repeat for several)."""
+    shield_ckpt: str | None = None
+    """The model whose cost head the learned shield imagines with (default: --ckpt)."""
+    shield_horizon: int = 3
+    """Steps the shield looks ahead for each candidate action."""
+    shield_threshold: float = 0.5
+    """A candidate is safe below this predicted cost (sim: summed indicators; learned: probability of any violation)."""
     out: str | None = None
     """Folder for eval.json and the videos (default: CKPT/eval)."""
     device: str | None = None
@@ -262,7 +276,11 @@ class RunConfig:
     seed: int = 0
     """Scene seed."""
     video: str | None = None
-    """Write the episode as an H.264 MP4 here."""
+    """Write the episode as an H.264 MP4 here (with --shield: a red border where the filter intervened)."""
+    constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """A constraint in plain language, e.g. "don't touch the red ball" (repeat for several)."""
+    shield: str = field(default="none", metadata={"choices": SHIELD_NAMES})
+    """Safety filter between model and env: none, learned or sim."""
     device: str | None = None
     """Torch device (default: the GPU if any, else cpu)."""
 

@@ -25,18 +25,32 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one episode with a ``predict``-protocol policy; returns success, return, cost, length, invalid, warnings, instruction."""
+def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | None = None, options: dict[str, Any] | None = None,
+            shield: Any = None) -> dict[str, Any]:
+    """Run one episode with a ``predict``-protocol policy; returns success, return, cost, length, invalid, warnings, instruction.
+
+    With a ``shield`` (a :class:`~embodied.policies.safety.SafetyFilter`) every action passes
+    through it first; the result then also has ``interventions`` and ``intervened_steps``.
+    """
     obs, info = env.reset(seed=seed, options=options)
     instruction = str(obs.get("instruction", "")) if isinstance(obs, dict) else ""
     if hasattr(policy, "reset"):
         policy.reset()
+    if shield is not None:
+        shield.reset()
     if record:
         record(env)
     ret = cost = 0.0
     steps, warns, done = 0, [], False
+    intervened: list[int] = []
     while not done:
         action, _ = policy.predict(obs, deterministic=False)
+        if shield is not None:
+            action, sinfo = shield.filter(obs, action)
+            if sinfo["intervened"]:
+                intervened.append(steps)
+            if hasattr(policy, "executed"):
+                policy.executed(action)
         obs, reward, terminated, truncated, info = env.step(action)
         if record:
             record(env)
@@ -45,15 +59,20 @@ def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | No
         warns += info.get("mujoco_warnings", [])
         steps += 1
         done = terminated or truncated
-    return {
+    invalid = bool(info.get("invalid", False))
+    out = {
         "success": bool(info.get("is_success", False)),
         "return": ret,
         "cost": cost,
         "length": steps,
-        "invalid": bool(info.get("invalid", False)),
+        "invalid": invalid,
         "warnings": warns,
         "instruction": instruction,
+        "violations": cost + float(invalid),
     }
+    if shield is not None:
+        out.update(interventions=len(intervened), intervened_steps=intervened)
+    return out
 
 
 def check_determinism(env_id: str, seed: int = 0, steps: int = 40, **kwargs: Any) -> bool:
@@ -131,12 +150,17 @@ INSTRUCTION_SETS: dict[str, dict[str, str]] = {
 paraphrases, or held-out colour x shape x family compositions."""
 
 
-def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: bool = True) -> list[dict[str, Any]]:
+def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: bool = True,
+                 shields: list[Any] | None = None) -> list[dict[str, Any]]:
     """Roll out ``policy`` on ``len(envs)`` envs in lockstep over ``seeds``: one batched ``predict`` per step.
 
     Every env of a group stays in the batch until the whole group is done (a finished one
     repeats its last observation and its actions are dropped), so a policy that keeps state
     per batch row (the model's caches) sees each episode in one row from start to end.
+    ``shields`` (one safety filter per env) filter each row's action before its env steps; a
+    policy with an ``executed`` method is told the actions that ran. Each result has
+    ``violations`` (the indicator costs of every step, plus one for a diverged episode) and,
+    with shields, ``interventions`` (steps whose action the filter replaced).
     """
     results: list[dict[str, Any]] = [{} for _ in seeds]
     for g0 in range(0, len(seeds), len(envs)):
@@ -146,15 +170,27 @@ def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: 
         done = [False] * len(group)
         if hasattr(policy, "reset"):
             policy.reset()
+        for j in range(len(group)):
+            if shields is not None:
+                shields[j].reset()
+                acc[j]["interventions"] = 0
         first = True
         while not all(done):
             stacked = {k: [o[k] for o in obs] if isinstance(obs[0][k], str) else np.stack([o[k] for o in obs]) for k in obs[0]}
             actions, _ = policy.predict(stacked, episode_start=np.full(len(group), first), deterministic=deterministic)
+            actions = np.array(actions, dtype=np.float32)
             first = False
+            if shields is not None:
+                for j in range(len(group)):
+                    if not done[j]:
+                        actions[j], sinfo = shields[j].filter(obs[j], actions[j])
+                        acc[j]["interventions"] += int(sinfo["intervened"])
+                if hasattr(policy, "executed"):
+                    policy.executed(actions)
             for j in range(len(group)):
                 if done[j]:
                     continue
-                o, r, term, trunc, info = envs[j].step(np.asarray(actions[j], dtype=np.float32))
+                o, r, term, trunc, info = envs[j].step(actions[j])
                 a = acc[j]
                 a["return"] += float(r)
                 a["cost"] += float(info.get("cost", 0.0))
@@ -163,8 +199,42 @@ def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: 
                 a["success"] = bool(info.get("is_success", False)) and not a["invalid"]
                 obs[j], done[j] = o, bool(term or trunc)
         for j, i in enumerate(group):
+            acc[j]["violations"] = acc[j]["cost"] + float(acc[j]["invalid"])
             results[i] = acc[j]
     return results
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval (lo, hi) of a mean: mean +- z x sample std / sqrt(n); z = 1.96 gives 95%.
+
+    (mean, mean) for one value or none. Per-episode counts are skewed, so with few episodes
+    this is rough; the rates beside it use Wilson intervals.
+    """
+    n = len(values)
+    if n < 2:
+        m = float(values[0]) if n else 0.0
+        return m, m
+    x = np.asarray(values, dtype=np.float64)
+    half = z * float(x.std(ddof=1)) / np.sqrt(n)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def safety_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Violations per episode (normal 95% interval), the fraction of episodes with any violation (Wilson),
+    and interventions per episode (normal 95% interval) when the runs were filtered."""
+    n = len(runs)
+    v = [float(r["violations"]) for r in runs]
+    hit = sum(x > 0 for x in v)
+    lo, hi = mean_interval(v)
+    out: dict[str, Any] = {  # counts are never negative: the interval is clipped at 0
+        "violations_per_episode": float(np.mean(v)) if v else 0.0, "violations_per_episode_ci": [max(lo, 0.0), hi],
+        "violation_rate": hit / max(n, 1), "violation_rate_ci": list(wilson_interval(hit, n)),
+    }
+    if runs and "interventions" in runs[0]:
+        k = [float(r["interventions"]) for r in runs]
+        lo, hi = mean_interval(k)
+        out.update(interventions_per_episode=float(np.mean(k)), interventions_per_episode_ci=[max(lo, 0.0), hi])
+    return out
 
 
 def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, Any]], expert: list[dict[str, Any]] | None, seeds: list[int]) -> dict[str, Any]:
@@ -179,6 +249,8 @@ def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, 
         "mean_length": float(np.mean([r["length"] for r in runs])) if runs else 0.0,
         "invalid": sum(r["invalid"] for r in runs), "seeds": [seeds[0], seeds[-1]] if seeds else [],
     }
+    if runs and "violations" in runs[0]:
+        row.update(safety_stats(runs))
     if expert is not None:
         ew = sum(r["success"] for r in expert)
         row["expert_episodes"] = len(expert)
@@ -190,8 +262,11 @@ def summarize(env_id: str, family: str, instructions: str, runs: list[dict[str, 
 
 def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episodes: int = 20, instructions: str = "seen",
                        n_envs: int = 4, env_kwargs: dict[str, Any] | None = None, expert: bool = True, seed_offset: int = 0,
-                       log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate a policy on each env over the fixed evaluation seeds (``embodied.specs.eval_seeds``), expert beside it."""
+                       log: Callable[[str], None] | None = None, make_shield: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:
+    """Evaluate a policy on each env over the fixed evaluation seeds (``embodied.specs.eval_seeds``), expert beside it.
+
+    ``make_shield(env)`` gives each env its safety filter; the rows then carry interventions.
+    """
     from embodied import specs
     from embodied.envs import ScriptedExpert, entry, make
 
@@ -206,7 +281,8 @@ def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episo
         envs = [make(env_id, **kwargs) for _ in range(min(n_envs, episodes))]
         try:
             family = envs[0].unwrapped.family.name
-            runs = run_episodes(envs, make_policy(), seeds)
+            shields = [make_shield(env) for env in envs] if make_shield else None
+            runs = run_episodes(envs, make_policy(), seeds, shields=shields)
             expert_runs = [rollout(envs[0], ScriptedExpert(envs[0]), s) for s in seeds] if expert else None
         finally:
             for env in envs:
@@ -216,12 +292,27 @@ def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episo
         if log:
             lo, hi = row["success_ci"]
             log(f"{env_id:<34} {family:<10} success {row['success']:.2f} [{lo:.2f}, {hi:.2f}]  expert {row.get('expert_success', float('nan')):.2f}  "
-                f"cost {row['mean_cost']:.2f}  length {row['mean_length']:.0f}  invalid {row['invalid']}")
+                f"cost {row['mean_cost']:.2f}  length {row['mean_length']:.0f}  invalid {row['invalid']}"
+                + (f"  violations/ep {row['violations_per_episode']:.2f}  interventions/ep {row['interventions_per_episode']:.1f}"
+                   if "interventions_per_episode" in row else ""))
     return rows
 
 
-def film_policy(env_id: str, policy: Any, seeds: list[int], out: Any, size: int = 256, **kwargs: Any) -> list[dict[str, Any]]:
-    """Write one H.264 MP4 per seed of ``policy`` acting in ``env_id``; returns each episode's summary and file."""
+def mark_frame(frame: np.ndarray, width: int = 6) -> np.ndarray:
+    """A copy of an (H, W, 3) uint8 frame with a red border ``width`` pixels wide (a step where a safety filter intervened)."""
+    out = np.array(frame, copy=True)
+    red = np.array([230, 30, 30], dtype=out.dtype)
+    out[:width], out[-width:], out[:, :width], out[:, -width:] = red, red, red, red
+    return out
+
+
+def film_policy(env_id: str, policy: Any, seeds: list[int], out: Any, size: int = 256, make_shield: Callable[[Any], Any] | None = None,
+                **kwargs: Any) -> list[dict[str, Any]]:
+    """Write one H.264 MP4 per seed of ``policy`` acting in ``env_id``; returns each episode's summary and file.
+
+    With ``make_shield(env)`` the actions pass a safety filter and the frames where it
+    intervened (the state it replaced the policy's action in) get a red border.
+    """
     from pathlib import Path
 
     from embodied.datasets.video import write_video
@@ -233,10 +324,16 @@ def film_policy(env_id: str, policy: Any, seeds: list[int], out: Any, size: int 
     try:
         for s in seeds:
             frames: list[Any] = []
-            r = rollout(env, policy, s, record=lambda e: frames.append(e.render()))
+            shield = make_shield(env) if make_shield else None
+            r = rollout(env, policy, s, record=lambda e: frames.append(e.render()), shield=shield)
+            for i in r.get("intervened_steps", []):
+                frames[i] = mark_frame(frames[i])
             path = out / f"{env_id.split('/')[-1]}-seed{s}.mp4"
             write_video(path, frames, fps=env.metadata.get("render_fps", 20))
-            films.append({"seed": s, "success": r["success"], "instruction": r["instruction"], "video": str(path)})
+            film = {"seed": s, "success": r["success"], "instruction": r["instruction"], "video": str(path), "violations": r["violations"]}
+            if shield is not None:
+                film.update(interventions=r["interventions"], intervened_steps=r["intervened_steps"])
+            films.append(film)
     finally:
         env.close()
     return films

@@ -138,6 +138,56 @@ def _aggregate_tables(summary: dict[str, Any], model: str | None = None) -> list
     return parts
 
 
+def _safety_plot(rows: list[dict[str, Any]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['env_id'].split('/')[-1]}\n{r.get('shield', 'none')}" for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(rows)), 3))
+    for ax, key, title in ((axes[0], "violations_per_episode", "violations per episode (95% CI)"), (axes[1], "success", "success (95% CI)")):
+        v = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_ci"] for r in rows])
+        ax.bar(x, v, 0.6, yerr=[np.maximum(v - ci[:, 0], 0), np.maximum(ci[:, 1] - v, 0)], capsize=3,
+               color=["#999" if r.get("shield", "none") == "none" else "#3a7" for r in rows])
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_title(title, fontsize=9)
+    return _svg(fig)
+
+
+def safety_section(rows: list[dict[str, Any]]) -> str:
+    """HTML of the safety results: violations, violation rate, interventions and success per env and shield,
+    and a plot of violations and success (empty when no row has safety numbers)."""
+    rows = [r for r in rows if "violations_per_episode" in r]
+    shown = {r["env_id"] for r in rows if r.get("shield", "none") != "none" or r.get("constraints") or r["violations_per_episode"] > 0}
+    rows = [r for r in rows if r["env_id"] in shown]  # envs where safety is at stake: filtered, constrained or violated
+    if not rows:
+        return ""
+
+    def ci(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        if key not in r:
+            return "-"
+        lo, hi = r.get(f"{key}_ci", (r[key], r[key]))
+        return f"{r[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+    parts = ["<h2>Safety (violations: indicator costs summed over each episode, a diverged episode counts one; "
+             "95% intervals: normal for per-episode means, Wilson for rates; red-bordered video frames: the filter intervened)</h2>",
+             _safety_plot(rows),
+             "<table><tr><th>env</th><th>shield</th><th>constraints</th><th>episodes</th><th>violations / episode</th>"
+             "<th>episodes with a violation</th><th>interventions / episode</th><th>success</th></tr>"]
+    for r in rows:
+        parts.append(
+            f"<tr><td>{_e(r['env_id'])}</td><td>{_e(r.get('shield', 'none'))}</td><td>{_e('; '.join(r.get('constraints', [])) or '-')}</td>"
+            f"<td>{int(r['episodes'])}</td><td>{ci(r, 'violations_per_episode')}</td><td>{ci(r, 'violation_rate')}</td>"
+            f"<td>{ci(r, 'interventions_per_episode', '.1f')}</td><td>{ci(r, 'success')}</td></tr>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
 def build_report(paths: list[str], out: str) -> dict[str, Any]:
     """Write the HTML report of ``paths`` (run folders, evaluation folders or eval.json files) to ``out``."""
     runs, evals = [], []
@@ -171,13 +221,16 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
         models = list(dict.fromkeys(r["_ckpt"] for r in rows))  # never pool two models' episodes
         for ckpt in models:
             parts += _aggregate_tables(evaluation_summary([r for r in rows if r["_ckpt"] == ckpt]), ckpt if len(models) > 1 else None)
+        parts.append(safety_section(rows))
         videos = [(r, v) for r in rows for v in r.get("videos", [])]
         if videos:
             parts.append("<h2>Rollouts</h2>")
             for r, v in videos:
                 said = f", &ldquo;{_e(v['instruction'])}&rdquo;" if v.get("instruction") else ""
+                shielded = (f", {_e(r.get('shield', 'none'))} shield intervened on {int(v['interventions'])} steps (red border)"
+                            if "interventions" in v else "")
                 parts.append(f"<figure>{_video(v['video'])}<figcaption>{_e(r['env_id'])}, seed {int(v['seed'])}{said}, "
-                             f"success {bool(v['success'])}</figcaption></figure>")
+                             f"success {bool(v['success'])}{shielded}</figcaption></figure>")
     parts.append("</body></html>")
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,14 @@ class FoundationPolicy:
         """Forget every running episode (the next ``predict`` starts new ones)."""
         self._episodes = []
 
+    def executed(self, actions: np.ndarray) -> None:
+        """The actions that ran, (A,) or (N, A) (a safety filter may have replaced this policy's own);
+        the next ``predict`` feeds these back into each episode's context instead."""
+        rows = np.asarray(actions, dtype=np.float32).reshape(len(self._episodes) or 1, -1)
+        for ep, a in zip(self._episodes, rows):
+            if ep is not None:
+                ep.last_action = torch.as_tensor(a[None], device=self.device)
+
     @torch.inference_mode()
     def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
                 deterministic: bool = False) -> tuple[np.ndarray, None]:
