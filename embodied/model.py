@@ -278,12 +278,12 @@ class TrajectoryModel(nn.Module):
             n = m.sum()
             return (x * m).sum() / (n.clamp(min=1.0) if count is None else count(n))
 
-        # policy: the action at each observation
+        # policy: the action at each observation (only in windows it may imitate: ``imitate`` (B,) bool, default all)
         am = batch.get("action_mask", frame) & frame
         logits = self.action_logits(out["h_obs"]).float()  # (B, T, A, bins)
         target = self.action_bin(batch[specs.ACTION])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).mean(-1)
-        terms["action"] = masked_mean(ce, am)
+        terms["action"] = masked_mean(ce, am & batch["imitate"][:, None] if "imitate" in batch else am)
         # dynamics: the normalised change of state from t to t + 1 (also without a known action:
         # the action token is then `no_action`, and the model learns what usually happens)
         pred = self.outcomes(out["h_act"])
