@@ -240,6 +240,7 @@ class TrajectoryModel(nn.Module):
 
         ``batch`` holds ``state`` (B, T, S), ``action`` (B, T, A), ``timestep`` (B, T), the
         masks of the sampler and optionally ``pixels`` (B, T, H, W, 3); ``goal`` is (B, lang_dim).
+        ``action_input_mask`` (B, T), when given, says which actions the model sees (default ``action_mask``).
         Returns ``h_obs`` and ``h_act``, each (B, T, d), and ``pixel_latent`` (B, T, d), the
         CNN's encoding of each image, when the model sees pixels.
         """
@@ -249,7 +250,7 @@ class TrajectoryModel(nn.Module):
         obs = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"))
         if latent is not None:
             obs = obs + latent * batch.get("pixels_mask", batch["mask"])[..., None]
-        act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_mask"))
+        act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_input_mask", batch.get("action_mask")))
         seq = torch.stack([obs, act], dim=2).view(B, 2 * T, -1)  # o_0 a_0 o_1 a_1 ...
         G = self.cfg.n_goal_tokens
         h, _ = self._trunk(torch.cat([self.goal_tokens(goal), seq], dim=1))

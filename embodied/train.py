@@ -259,6 +259,8 @@ def train(
             batch = next(it)
             consumed += 1
             b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            if cfg.action_dropout > 0:  # hide some input actions from the model; the targets stay
+                b["action_input_mask"] = b["action_mask"] & (torch.rand(b["action_mask"].shape, device=dev) >= cfg.action_dropout)
             with amp:
                 goal = goals[b["instruction"]]
                 loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal), count=global_count)
