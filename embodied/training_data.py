@@ -90,6 +90,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     model_cfg = preset(run.preset, pixels=pixels, context=max(cfg.window, preset(run.preset).context))
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
+        "delta_std": delta_std(sampler),
         "state_mean": torch.as_tensor(state_stats.mean if state_stats.count else np.zeros(specs.STATE_DIM), dtype=torch.float32),
         "state_std": torch.as_tensor(std, dtype=torch.float32),
         "reward_mean": float(reward_stats.mean) if reward_stats.count else 0.0,
@@ -98,6 +99,26 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
                  resume=run.resume, device=run.device, meta=meta, progress=progress)
+
+
+def delta_std(sampler: Any, batches: int = 16) -> torch.Tensor:
+    """(S,) standard deviation of one step's state change per dimension (raw units), over the consecutive valid
+    frames of the sampler's first ``batches`` batches (deterministic: batch k depends only on the seed and k)."""
+    total = torch.zeros(specs.STATE_DIM, dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    n = 0
+    for k in range(batches):
+        b = sampler.batch(k)
+        ok = (b["mask"] & b.get("state_mask", b["mask"]))
+        ok = ok[:, 1:] & ok[:, :-1]
+        d = (b[specs.STATE][:, 1:].double() - b[specs.STATE][:, :-1].double())[ok]
+        total += d.sum(0)
+        sq += d.pow(2).sum(0)
+        n += len(d)
+    if n < 2:
+        return torch.ones(specs.STATE_DIM)
+    mean = total / n
+    return (sq / n - mean.pow(2)).clamp(min=0).sqrt().float()
 
 
 def device_windows(sampler: Any, device: torch.device, budget: float = 0.25) -> Any:
