@@ -299,7 +299,7 @@ class PlanConfig:
     cost_weight: float = 1.0
     """Score = sum of imagined rewards - cost_weight x sum of imagined cost probabilities."""
     prior: bool = True
-    """Centre the search's first action on the model's own action (--no-prior: on the previous plan only)."""
+    """Centre the search's first action on the model's own action (--no-prior: on the previous plan only, zeros at an episode's start)."""
     seed: int = 0
     """Seed of the candidates' noise (reset with each episode)."""
 

@@ -161,7 +161,7 @@ class PlannerPolicy:
             prop = torch.as_tensor(proposal[i], device=self.dynamics.device)
             prev = self._plans[i]
             if prev is None or starts[i] or self.policy._episodes[i].t == 1:  # a new episode
-                mean = prop.expand(self.cfg.horizon, -1).clone()
+                mean = prop.expand(self.cfg.horizon, -1).clone() if self.cfg.prior else prop.new_zeros(self.cfg.horizon, len(prop))
             else:
                 mean = torch.cat([prev[1:], prev[-1:]])
                 if self.cfg.prior:

@@ -94,3 +94,33 @@ def test_cli_eval_with_the_planner_and_its_errors(tiny_run, tmp_path, capsys):
     assert main(["eval", "--ckpt", run, "--policy", "plan", "--population", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--population must be >= 1" in err
+
+
+class _Uniform:
+    """Uniformly random actions (SB3 protocol), the floor a planner must beat."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        n = len(observation["state"]) if np.ndim(observation["state"]) == 2 else None
+        a = self.rng.uniform(-1, 1, size=(n, 2) if n else (2,)).astype(np.float32)
+        return a, None
+
+
+@pytest.mark.slow
+def test_planning_on_a_briefly_trained_tiny_model_beats_random_actions(tmp_path):
+    """PointReach: the planner (without the policy's prior, so only imagination and the reward head steer it)
+    earns a higher return than uniformly random actions on the same evaluation seeds."""
+    from conftest import train_tiny
+
+    run = train_tiny(tmp_path, episodes=80, steps=400, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=400)
+    seeds = specs.eval_seeds(6)
+    envs = [make("embodied/PointReach-v0", max_episode_steps=30) for _ in range(3)]
+    planner = PlannerPolicy.load(run, PlanConfig(horizon=5, population=32, iterations=2, prior=False), device="cpu")
+    planned = run_episodes(envs, planner, seeds)
+    rand = run_episodes(envs, _Uniform(), seeds)
+    for env in envs:
+        env.close()
+    mean_planned, mean_random = (float(np.mean([r["return"] for r in runs])) for runs in (planned, rand))
+    assert mean_planned > mean_random + 1.0, (mean_planned, mean_random)
