@@ -38,8 +38,8 @@ class Context:
     """Goal tokens and past whole timesteps (batch 1), ending with the current observation's token when ``observed``."""
     state: torch.Tensor
     """(1, S) the current raw state."""
-    timestep: int
-    """Episode timestep of the current state."""
+    timestep: int | torch.Tensor
+    """Episode timestep of the current state (a (B,) tensor for stacked contexts)."""
     observed: bool = False
     """Whether the cache already holds the current observation's token (a policy's cache does)."""
     pixels: torch.Tensor | None = None
@@ -116,12 +116,14 @@ class DynamicsModel:
         return Context(cache, st[T - 1 :], start + T - 1, False, None if px is None else px[T - 1 :])
 
     @torch.inference_mode()
-    def imagine(self, obs: Context | Mapping[str, Any] | Any, actions: Any, instruction: str | None = None) -> Imagined:
+    def imagine(self, obs: Context | Mapping[str, Any] | Any, actions: Any, instruction: str | None = None,
+                per_context: int | None = None) -> Imagined:
         """Predicted futures of candidate action sequences ``actions`` (N, H, A), or one sequence (H, A) (N = 1).
 
         ``obs`` is a :class:`Context` (an episode so far, see :meth:`context` and :func:`policy_context`),
         an observation dict of the suite (``state``, ``instruction``, optional ``pixels``; no history),
-        or a bare state (S,) with ``instruction`` given.
+        or a bare state (S,) with ``instruction`` given. For B contexts stacked by :func:`stack_contexts`,
+        ``actions`` holds ``per_context`` candidates of each context in turn (N = B x per_context).
         """
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32) if not isinstance(actions, torch.Tensor) else actions,
                             dtype=torch.float32, device=self.device)
@@ -130,8 +132,16 @@ class DynamicsModel:
         if a.ndim != 3 or a.shape[-1] != self.model.cfg.action_dim or a.shape[1] < 1:
             raise ValueError(f"actions must be (N, H, {self.model.cfg.action_dim}) or (H, {self.model.cfg.action_dim}) with H >= 1, got {tuple(a.shape)}")
         ctx = obs if isinstance(obs, Context) else self._bare_context(obs, instruction)
-        out = self.model.imagine(ctx.cache, ctx.state, torch.tensor([ctx.timestep], device=self.device), a.clamp(-1, 1),
-                                 pixels=ctx.pixels, observed=ctx.observed)
+        cache, state, t, pixels = ctx.cache, ctx.state, torch.as_tensor(ctx.timestep, device=self.device).reshape(-1), ctx.pixels
+        if len(state) > 1:  # B stacked contexts: each one's cache, state and timestep repeated for its candidates
+            k = per_context or 1
+            if k * len(state) != len(a):
+                raise ValueError(f"{len(state)} stacked contexts need {len(state)} x per_context candidates, got {len(a)}")
+            if k > 1:
+                cache = [(kk.repeat_interleave(k, 0), v.repeat_interleave(k, 0)) for kk, v in cache]
+                state, t = state.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
+                pixels = None if pixels is None else pixels.repeat_interleave(k, 0)
+        out = self.model.imagine(cache, state, t, a.clamp(-1, 1), pixels=pixels, observed=ctx.observed)
         return Imagined(out["state"], out["reward"], out["cost"], out["success"], out.get("latent"))
 
     def _bare_context(self, obs: Mapping[str, Any] | Any, instruction: str | None) -> Context:
@@ -145,6 +155,18 @@ class DynamicsModel:
             raise ValueError("imagine needs the instruction (in the observation dict or as instruction=...)")
         return self.context(instruction, np.asarray(state, dtype=np.float32).reshape(1, -1), None,
                             None if pixels is None else np.asarray(pixels)[None])
+
+
+def stack_contexts(contexts: Sequence[Context]) -> Context:
+    """B contexts of equal cache length (lockstep episodes) as one, for one batched :meth:`DynamicsModel.imagine`."""
+    if len(contexts) == 1:
+        return contexts[0]
+    if len({c.cache[0][0].shape[2] for c in contexts}) != 1 or len({c.observed for c in contexts}) != 1:
+        raise ValueError("stacked contexts need caches of one length and the same observed flag")
+    cache = [(torch.cat([c.cache[i][0] for c in contexts]), torch.cat([c.cache[i][1] for c in contexts])) for i in range(len(contexts[0].cache))]
+    pixels = None if contexts[0].pixels is None else torch.cat([c.pixels for c in contexts])  # type: ignore[misc]
+    t = torch.tensor([int(c.timestep) for c in contexts], device=contexts[0].state.device)
+    return Context(cache, torch.cat([c.state for c in contexts]), t, contexts[0].observed, pixels)
 
 
 def policy_context(policy: FoundationPolicy, row: int = 0) -> Context:

@@ -26,7 +26,7 @@ import torch
 from embodied.config import PlanConfig
 from embodied.errors import ConfigError
 
-from .dynamics import Context, DynamicsModel, Imagined, policy_context
+from .dynamics import Context, DynamicsModel, Imagined, policy_context, stack_contexts
 from .foundation import FoundationPolicy
 
 
@@ -46,7 +46,7 @@ class Search(ABC):
 
     @abstractmethod
     def refit(self, samples: torch.Tensor, scores: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """New (mean, std), each (H, A), from candidates ``samples`` (N, H, A) and their ``scores`` (N,)."""
+        """New (mean, std), each (B, H, A), from B searches' candidates ``samples`` (B, N, H, A) and their ``scores`` (B, N)."""
 
 
 PLANNERS: dict[str, type[Search]] = {}
@@ -82,9 +82,11 @@ class CrossEntropy(Search):
     """Cross-entropy method: the Gaussian becomes the mean and spread of the best ``elites`` fraction."""
 
     def refit(self, samples, scores, mean, std):
-        k = max(2, int(round(self.cfg.elites * len(samples))))
-        elite = samples[scores.topk(min(k, len(samples))).indices]
-        return elite.mean(0), elite.std(0).clamp(min=MIN_STD)
+        N = samples.shape[1]
+        k = min(N, max(2, int(round(self.cfg.elites * N))))
+        idx = scores.topk(k, dim=1).indices  # (B, k)
+        elite = samples.gather(1, idx[:, :, None, None].expand(-1, -1, *samples.shape[2:]))
+        return elite.mean(1), elite.std(1).clamp(min=MIN_STD)
 
 
 @register_planner("mppi")
@@ -92,29 +94,33 @@ class PathIntegral(Search):
     """MPPI: the mean becomes the softmax(score / temperature)-weighted average of the candidates; the spread stays."""
 
     def refit(self, samples, scores, mean, std):
-        w = torch.softmax((scores - scores.max()) / self.cfg.temperature, dim=0)
-        return (w[:, None, None] * samples).sum(0), std
+        w = torch.softmax((scores - scores.max(1, keepdim=True).values) / self.cfg.temperature, dim=1)
+        return (w[:, :, None, None] * samples).sum(1), std
 
 
 def plan(dynamics: DynamicsModel, ctx: Context, cfg: PlanConfig, mean: torch.Tensor, generator: torch.Generator,
-         search: Search | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Search action sequences from ``ctx``, starting at ``mean`` (H, A); returns the final mean (H, A) and
-    the search's trace: the score of the first and of the last iteration's best candidate, and of the mean."""
+         search: Search | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Search action sequences for B episodes at once from ``ctx`` (one context, or B stacked by
+    :func:`~embodied.policies.dynamics.stack_contexts`), starting at ``mean`` (B, H, A). Returns the final
+    means (B, H, A) and the search's trace, each (B,): ``first_mean`` and ``first_best``, the first
+    iteration's average and best candidate score, ``last_best``, and ``final_mean``, the returned plan's."""
     search = search or make_search(cfg)
+    B, H, A = mean.shape
+    N = cfg.population
     std = torch.full_like(mean, cfg.init_std)
-    trace: dict[str, float] = {}
+    trace: dict[str, torch.Tensor] = {}
     for it in range(cfg.iterations):
-        noise = torch.randn((cfg.population, *mean.shape), generator=generator, device=generator.device).to(mean.device)
-        samples = (mean + std * noise).clamp(-1, 1)
-        samples[0] = mean.clamp(-1, 1)  # the current mean competes too
-        scores = score(dynamics.imagine(ctx, samples), cfg.cost_weight)
+        noise = torch.randn((B, N, H, A), generator=generator, device=generator.device).to(mean.device)
+        samples = (mean[:, None] + std[:, None] * noise).clamp(-1, 1)
+        samples[:, 0] = mean.clamp(-1, 1)  # the current mean competes too
+        scores = score(dynamics.imagine(ctx, samples.reshape(B * N, H, A), per_context=N), cfg.cost_weight).view(B, N)
         if it == 0:
-            trace["first_best"] = float(scores.max())
-            trace["first_mean"] = float(scores.mean())
-        trace["last_best"] = float(scores.max())
+            trace["first_best"], trace["first_mean"] = scores.max(1).values, scores.mean(1)
+        trace["last_best"] = scores.max(1).values
         mean, std = search.refit(samples, scores, mean, std)
-    trace["final_mean"] = float(score(dynamics.imagine(ctx, mean.clamp(-1, 1)[None]), cfg.cost_weight)[0]) if cfg.iterations else 0.0
-    return mean.clamp(-1, 1), trace
+    mean = mean.clamp(-1, 1)
+    trace["final_mean"] = score(dynamics.imagine(ctx, mean, per_context=1), cfg.cost_weight)
+    return mean, trace
 
 
 class PlannerPolicy:
@@ -155,20 +161,28 @@ class PlannerPolicy:
         starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(n)
         if len(self._plans) != n:
             self._plans = [None] * n
-        self.last_trace = []
+        self.last_trace = [{} for _ in range(n)]
         actions = np.empty_like(proposal)
+        prop = torch.as_tensor(proposal, device=self.dynamics.device)
+        means = []
         for i in range(n):
-            prop = torch.as_tensor(proposal[i], device=self.dynamics.device)
             prev = self._plans[i]
             if prev is None or starts[i] or self.policy._episodes[i].t == 1:  # a new episode
-                mean = prop.expand(self.cfg.horizon, -1).clone() if self.cfg.prior else prop.new_zeros(self.cfg.horizon, len(prop))
+                mean = prop[i].expand(self.cfg.horizon, -1).clone() if self.cfg.prior else prop.new_zeros(self.cfg.horizon, prop.shape[1])
             else:
                 mean = torch.cat([prev[1:], prev[-1:]])
                 if self.cfg.prior:
-                    mean[0] = prop
-            best, trace = plan(self.dynamics, policy_context(self.policy, i), self.cfg, mean, self.generator, self.search)
-            self._plans[i] = best
-            self.last_trace.append(trace)
-            actions[i] = best[0].cpu().numpy()
-            self.policy.set_action(i, best[0:1])
+                    mean[0] = prop[i]
+            means.append(mean)
+        groups: dict[int, list[int]] = {}  # rows whose caches have the same length search together (lockstep envs: all)
+        for i in range(n):
+            groups.setdefault(self.policy._episodes[i].cache[0][0].shape[2], []).append(i)
+        for rows in groups.values():
+            ctx = stack_contexts([policy_context(self.policy, i) for i in rows])
+            best, trace = plan(self.dynamics, ctx, self.cfg, torch.stack([means[i] for i in rows]), self.generator, self.search)
+            for j, i in enumerate(rows):
+                self._plans[i] = best[j]
+                self.last_trace[i] = {k: float(v[j]) for k, v in trace.items()}
+                actions[i] = best[j, 0].cpu().numpy()
+                self.policy.set_action(i, best[j, 0:1])
         return (actions if batched else actions[0]), None

@@ -11,7 +11,7 @@ from embodied.config import preset
 from embodied.envs import ScriptedExpert, make
 from embodied.model import TrajectoryModel
 from embodied.policies import FoundationPolicy
-from embodied.policies.dynamics import Context, DynamicsModel, policy_context
+from embodied.policies.dynamics import Context, DynamicsModel, policy_context, stack_contexts
 
 
 def _encode(texts):
@@ -81,6 +81,23 @@ def test_candidates_batched_equal_one_by_one(pixels):
         for k in ("state", "reward", "cost", "success"):
             torch.testing.assert_close(getattr(batched, k)[i], getattr(alone, k)[0], atol=1e-5, rtol=1e-5)
     assert len(ctx.cache[0][0]) == 1  # the context's own cache was not expanded in place
+
+
+def test_stacked_contexts_imagine_like_each_alone():
+    """Lockstep episodes (equal history lengths) imagine together: each context's candidates as if alone."""
+    dyn = DynamicsModel(_model(), _encode)
+    ctxs = []
+    for seed in (0, 1, 2):
+        states, actions, _, instruction = _episode(4, seed=seed)
+        ctxs.append(dyn.context(instruction, states, actions))
+    cand = torch.as_tensor(np.random.default_rng(6).uniform(-1, 1, size=(3, 5, 4, 2)), dtype=torch.float32)
+    together = dyn.imagine(stack_contexts(ctxs), cand.reshape(15, 4, 2), per_context=5)
+    for b, ctx in enumerate(ctxs):
+        alone = dyn.imagine(ctx, cand[b])
+        torch.testing.assert_close(together.state[5 * b : 5 * b + 5], alone.state, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.reward[5 * b : 5 * b + 5], alone.reward, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="per_context"):
+        dyn.imagine(stack_contexts(ctxs), cand[0], per_context=5)
 
 
 def _imagine_uncached(model: TrajectoryModel, goal: torch.Tensor, states: np.ndarray, actions: np.ndarray, cand: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ class _Bowl:
 
     target = torch.tensor([0.6, -0.3])
 
-    def imagine(self, ctx, actions):
+    def imagine(self, ctx, actions, per_context=None):
         r = -(actions - self.target).pow(2).sum(-1)  # (N, H)
         zero = torch.zeros_like(r)
         return Imagined(state=actions.new_zeros(*actions.shape[:2], specs.STATE_DIM), reward=r, cost=zero, success=zero)
@@ -42,10 +42,10 @@ def test_the_registry_and_the_config_list_the_same_planners():
 @pytest.mark.parametrize("name", sorted(PLANNER_NAMES))
 def test_search_finds_the_optimum_of_a_known_objective(name):
     cfg = PlanConfig(planner=name, horizon=3, population=256, iterations=8, init_std=0.5, temperature=0.05)
-    mean, trace = plan(_Bowl(), None, cfg, torch.zeros(3, 2), torch.Generator().manual_seed(0))
-    assert mean.shape == (3, 2) and mean.abs().max() <= 1
-    assert torch.allclose(mean, _Bowl.target.expand(3, 2), atol=0.12), mean
-    assert trace["final_mean"] > trace["first_mean"] and trace["final_mean"] > -0.05 * 3
+    mean, trace = plan(_Bowl(), None, cfg, torch.zeros(2, 3, 2), torch.Generator().manual_seed(0))  # two searches at once
+    assert mean.shape == (2, 3, 2) and mean.abs().max() <= 1
+    assert torch.allclose(mean, _Bowl.target.expand(2, 3, 2), atol=0.12), mean
+    assert (trace["final_mean"] > trace["first_mean"]).all() and (trace["final_mean"] > -0.05 * 3).all()
 
 
 def test_planner_acts_validly_and_beats_random_candidates_in_imagination(tiny_run):
