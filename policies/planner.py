@@ -4,7 +4,7 @@ At every control step :class:`PlannerPolicy` searches action sequences of ``hori
 it draws ``population`` candidates from a Gaussian per step and action dimension, imagines
 each with :class:`~embodied.policies.dynamics.DynamicsModel` from the episode's own context
 (the model's key/value cache, advanced one timestep per control step), scores them with the
-model's reward and cost heads (:func:`score`), and refits the Gaussian (a registered
+model's reward and cost heads (:func:`candidate_score`), and refits the Gaussian (a registered
 :class:`Search`: ``cem`` or ``mppi``) for ``iterations`` rounds. It executes the first action
 of the final mean and keeps the rest, shifted by one, as the next step's starting mean. With
 ``prior`` the first action's mean starts at the model's own (direct policy) action, so the
@@ -30,7 +30,7 @@ from .dynamics import Context, DynamicsModel, Imagined, policy_context, stack_co
 from .foundation import FoundationPolicy
 
 
-def score(imagined: Imagined, cost_weight: float = 1.0) -> torch.Tensor:
+def candidate_score(imagined: Imagined, cost_weight: float = 1.0) -> torch.Tensor:
     """(N,) score of each candidate: the sum of its imagined rewards minus ``cost_weight`` x the sum of its
     imagined cost probabilities (expected number of costly steps)."""
     return imagined.reward.sum(1) - cost_weight * imagined.cost.sum(1)
@@ -113,13 +113,13 @@ def plan(dynamics: DynamicsModel, ctx: Context, cfg: PlanConfig, mean: torch.Ten
         noise = torch.randn((B, N, H, A), generator=generator, device=generator.device).to(mean.device)
         samples = (mean[:, None] + std[:, None] * noise).clamp(-1, 1)
         samples[:, 0] = mean.clamp(-1, 1)  # the current mean competes too
-        scores = score(dynamics.imagine(ctx, samples.reshape(B * N, H, A), per_context=N), cfg.cost_weight).view(B, N)
+        scores = candidate_score(dynamics.imagine(ctx, samples.reshape(B * N, H, A), per_context=N), cfg.cost_weight).view(B, N)
         if it == 0:
             trace["first_best"], trace["first_mean"] = scores.max(1).values, scores.mean(1)
         trace["last_best"] = scores.max(1).values
         mean, std = search.refit(samples, scores, mean, std)
     mean = mean.clamp(-1, 1)
-    trace["final_mean"] = score(dynamics.imagine(ctx, mean, per_context=1), cfg.cost_weight)
+    trace["final_mean"] = candidate_score(dynamics.imagine(ctx, mean, per_context=1), cfg.cost_weight)
     return mean, trace
 
 

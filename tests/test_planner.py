@@ -112,9 +112,14 @@ class _Uniform:
 def test_planning_on_a_briefly_trained_tiny_model_beats_random_actions(tmp_path):
     """PointReach: the planner (without the policy's prior, so only imagination and the reward head steer it)
     earns a higher return than uniformly random actions on the same evaluation seeds."""
-    from conftest import train_tiny
+    from embodied.collect import CollectSpec, collect
+    from embodied.config import TrainConfig, TrainRunConfig
+    from embodied.training_data import train_from_stores
 
-    run = train_tiny(tmp_path, episodes=80, steps=400, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=400)
+    store, run = str(tmp_path / "d.zarr"), tmp_path / "run"
+    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=120, policy="noisy:1.0"), progress=False)
+    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.0),
+                      TrainConfig(steps=600, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=600), progress=False)
     seeds = specs.eval_seeds(6)
     envs = [make("embodied/PointReach-v0", max_episode_steps=30) for _ in range(3)]
     planner = PlannerPolicy.load(run, PlanConfig(horizon=5, population=32, iterations=2, prior=False), device="cpu")
