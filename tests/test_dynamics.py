@@ -190,3 +190,49 @@ def test_bad_inputs_say_what_to_do():
     with pytest.raises(ValueError, match="instruction"):
         dyn.imagine(states[-1], np.zeros((3, 2)))
     assert isinstance(dyn.context(instruction, states[:1]), Context)
+
+
+def test_state_changes_in_units_of_their_spread_and_static_dims_frozen():
+    model = TrajectoryModel(preset("tiny", context=8))
+    delta = torch.rand(specs.STATE_DIM) * 0.01 + 1e-3
+    delta[specs.dynamic_state_dims()["joints"]] = 0.0  # never change in the data (a point-mass store)
+    model.set_normalizer(torch.zeros(specs.STATE_DIM), torch.ones(specs.STATE_DIM), delta_std=delta)
+    s = torch.randn(4, specs.STATE_DIM)
+    out = model.next_state(s, torch.randn(4, specs.STATE_DIM))
+    joints = specs.dynamic_state_dims()["joints"]
+    assert torch.equal(out[:, joints], s[:, joints]) and not torch.equal(out, s)
+    # the loss ignores dims that never change: a target change there moves nothing
+    T = 3
+    batch = {specs.STATE: torch.randn(2, T, specs.STATE_DIM), specs.ACTION: torch.rand(2, T, 2) * 2 - 1, "timestep": torch.arange(T).expand(2, T),
+             "mask": torch.ones(2, T, dtype=torch.bool), specs.REWARD: torch.zeros(2, T), specs.COST: torch.zeros(2, T), specs.SUCCESS: torch.zeros(2, T)}
+    goal = torch.randn(2, 384)
+    _, terms = model.loss(batch, goal)
+    batch[specs.STATE][:, :, joints] += torch.randn(2, T, len(joints))
+    _, moved = model.loss(batch, goal)
+    assert torch.allclose(terms["state"], moved["state"])
+
+
+def test_checkpoints_without_delta_scale_keep_their_units():
+    model = TrajectoryModel(preset("tiny"))
+    model.set_normalizer(torch.zeros(specs.STATE_DIM), torch.rand(specs.STATE_DIM) + 0.5)
+    old = {k: v for k, v in model.state_dict().items() if k != "delta_scale"}  # as written before delta_scale existed
+    fresh = TrajectoryModel(preset("tiny"))
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.delta_scale, model.state_std)
+
+
+def test_delta_std_from_the_sampler_matches_the_episodes(tmp_path):
+    from embodied.collect import CollectSpec, collect
+    from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler
+    from embodied.training_data import delta_std
+
+    url = str(tmp_path / "d.zarr")
+    collect(CollectSpec(out=url, env_ids=("embodied/PointReach-v0",), episodes=6, policy="noisy:0.5"), progress=False)
+    got = delta_std(WindowSampler(url, SamplerConfig(window=8, batch_size=64)), batches=16)
+    with EpisodeStore.open(url) as s:
+        d = np.concatenate([np.diff(s.episode(i)["state"], axis=0) for i in range(len(s))])
+    want = d.std(0)
+    ee = specs.dynamic_state_dims()["ee_pos"]
+    np.testing.assert_allclose(got.numpy()[ee], want[ee], rtol=0.3)  # an estimate from sampled windows
+    static = want == 0
+    assert static.sum() > 40 and (got.numpy()[static] == 0).all()
