@@ -171,9 +171,10 @@ def stack_contexts(contexts: Sequence[Context]) -> Context:
 
 def policy_context(policy: FoundationPolicy, row: int = 0) -> Context:
     """The context of a running :class:`FoundationPolicy` episode (batch row ``row``) right after its
-    ``predict``: its own cache, ending with the current observation (nothing recomputed)."""
+    ``predict``: its own ring cache's keys and values in episode order, ending with the current observation
+    (a gather, no forward pass)."""
     eps = policy._episodes
     if not policy.use_cache or row >= len(eps) or eps[row] is None or eps[row].cache is None or eps[row].state is None:
         raise ValueError(f"no running cached episode in row {row}; call predict first (with use_cache=True)")
     ep = eps[row]
-    return Context(ep.cache, ep.state, ep.t - 1, observed=True)
+    return Context(ep.cache.as_kv_cache(), ep.state, ep.t - 1, observed=True)

@@ -174,9 +174,9 @@ class PlannerPolicy:
                 if self.cfg.prior:
                     mean[0] = prop[i]
             means.append(mean)
-        groups: dict[int, list[int]] = {}  # rows whose caches have the same length search together (lockstep envs: all)
+        groups: dict[int, list[int]] = {}  # rows at the same timestep search together (lockstep envs: all)
         for i in range(n):
-            groups.setdefault(self.policy._episodes[i].cache[0][0].shape[2], []).append(i)
+            groups.setdefault(self.policy._episodes[i].t, []).append(i)
         for rows in groups.values():
             ctx = stack_contexts([policy_context(self.policy, i) for i in rows])
             best, trace = plan(self.dynamics, ctx, self.cfg, torch.stack([means[i] for i in rows]), self.generator, self.search)
@@ -184,5 +184,5 @@ class PlannerPolicy:
                 self._plans[i] = best[j]
                 self.last_trace[i] = {k: float(v[j]) for k, v in trace.items()}
                 actions[i] = best[j, 0].cpu().numpy()
-                self.policy.set_action(i, best[j, 0:1])
+        self.policy.executed(actions)  # the planned actions, not the proposals, go into the episodes' contexts
         return (actions if batched else actions[0]), None

@@ -84,7 +84,7 @@ def test_cli_eval_with_the_planner_and_its_errors(tiny_run, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--ckpt", run, "--env", "embodied/PointReach-v0", "--episodes", "2", "--envs", "2", "--policy", "plan",
                  "--planner", "mppi", "--horizon", "3", "--population", "8", "--iterations", "1", "--json", "--out", str(out)]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["rows"]
     assert rows[0]["episodes"] == 2
     saved = json.loads((out / "eval.json").read_text())
     assert saved["policy"]["policy"] == "plan" and saved["policy"]["planner"] == "mppi" and saved["policy"]["horizon"] == 3
