@@ -18,6 +18,7 @@ planner or a safety filter pays per control step and search iteration.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
@@ -165,7 +166,8 @@ def bench_dynamics(ckpt: str, data: Sequence[str] = (), horizons: Sequence[int] 
     urls = list(data) or trained_on
     if not urls:
         raise ConfigError(f"{ckpt} does not name its training data; pass --data D.zarr")
-    seen = [u for u in urls if u in trained_on]
+    trained_names = {os.path.basename(t.rstrip("/")) for t in trained_on}  # the held-out hash names a store by its folder name
+    seen = [u for u in urls if os.path.basename(u.rstrip("/")) in trained_names]  # a training store, maybe moved or copied
     holdout = float(config.get("holdout", 0.0)) if seen else 0.0
     if seen and (len(seen) != len(urls) or holdout <= 0):
         raise ConfigError("mix of stores the run trained on and others, or a training store without a held-out part; "
