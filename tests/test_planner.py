@@ -121,7 +121,7 @@ def test_planning_on_a_briefly_trained_tiny_model_beats_random_actions(tmp_path)
 
     store, run = str(tmp_path / "d.zarr"), tmp_path / "run"
     collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=120, policy="noisy:1.0"), progress=False)
-    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.0),
+    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.0, imitate="all"),
                       TrainConfig(steps=600, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=600), progress=False)
     seeds = specs.eval_seeds(6)
     envs = [make("embodied/PointReach-v0", max_episode_steps=30) for _ in range(3)]
