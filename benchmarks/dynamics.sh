@@ -16,7 +16,7 @@ if [ ! -f "$D/zarr.json" ]; then
 fi
 R="$OUT/run"
 [ -f "$R/checkpoints/latest.json" ] || embodied train --data "$D" --preset small --out "$R" --steps 2000 --batch-size 64 --window 16 \
-  --eval-every 500 --save-every 500 --workers 1 --lr 1e-3 --warmup 50
+  --eval-every 500 --save-every 500 --workers 1 --lr 1e-3 --warmup 50 --imitate all
 for S in 00000500 00002000; do
   embodied bench dynamics --ckpt "$R/checkpoints/step-$S" --data "$D" --threads 1 --json > "$OUT/dynamics_step$S.json"
 done
