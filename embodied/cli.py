@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn, Sequence
 from . import __version__
 from .config import (
     BenchDataConfig,
+    BenchDynamicsConfig,
     BenchEnvsConfig,
     BenchPolicyConfig,
     BenchTrainConfig,
@@ -27,6 +28,7 @@ from .config import (
     EnvsVideoConfig,
     EvalConfig,
     InfoConfig,
+    PlanConfig,
     ReportConfig,
     RunConfig,
     TrainConfig,
@@ -198,6 +200,22 @@ def cmd_bench_policy(cfg: BenchPolicyConfig) -> int:
     return 0
 
 
+def cmd_bench_dynamics(cfg: BenchDynamicsConfig) -> int:
+    from embodied.bench_dynamics import bench_dynamics, format_result, missed_targets
+
+    if not cfg.ckpt:
+        raise ConfigError("name the model with --ckpt runs/R (a run folder or a checkpoint folder)")
+    r = bench_dynamics(cfg.ckpt, cfg.data, cfg.horizons, cfg.history, cfg.stride, cfg.candidates, cfg.steps, cfg.device, cfg.threads)
+    r["missed_targets"] = missed_targets(r)
+    if cfg.json:
+        print_json(r)
+    else:
+        print(format_result(r))
+        for m in r["missed_targets"]:
+            print("target missed:", m)
+    return 0
+
+
 # ---------------------------------------------------------------------------- collect
 def cmd_collect(cfg: CollectConfig) -> int:
     from embodied.collect import CollectSpec, collect
@@ -250,11 +268,13 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 
 # ---------------------------------------------------------------------------- eval
-def cmd_eval(cfg: EvalConfig) -> int:
+def cmd_eval(cfg: EvalConfig, plan: PlanConfig = PlanConfig()) -> int:
+    from dataclasses import asdict
+
     from embodied import specs
     from embodied.envs import ENVS, entry
     from embodied.evaluate import INSTRUCTION_SETS, evaluate_policy_on, evaluation_summary, film_policy, summary_lines
-    from embodied.policies import FoundationPolicy
+    from embodied.policies import FoundationPolicy, PlannerPolicy
 
     if not cfg.ckpt:
         raise ConfigError("name the model with --ckpt runs/R (a run folder or a checkpoint folder)")
@@ -264,11 +284,12 @@ def cmd_eval(cfg: EvalConfig) -> int:
     for i in ids:
         entry(i)  # unknown ids fail before any work
     constraints = understand_constraints(cfg.constraint)
-    policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
-    kwargs: dict[str, Any] = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    direct = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
+    policy = direct if plan.policy == "direct" else PlannerPolicy(direct, plan)
+    kwargs: dict[str, Any] = {"pixels": direct.model.cfg.pixels} if direct.model.cfg.pixels else {}
     if constraints:
         kwargs["constraints"] = tuple(constraints)
-    make_shield = _shield(cfg.shield, policy, cfg.shield_ckpt, cfg.shield_horizon, cfg.shield_threshold, cfg.device)
+    make_shield = _shield(cfg.shield, direct, cfg.shield_ckpt, cfg.shield_horizon, cfg.shield_threshold, cfg.device)
     log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
     out = Path(cfg.out or Path(cfg.ckpt) / "eval")
     rows = []
@@ -281,8 +302,8 @@ def cmd_eval(cfg: EvalConfig) -> int:
             row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos" / instr,
                                         make_shield=make_shield, **INSTRUCTION_SETS[instr], **kwargs)
         rows += part
-    doc = {"ckpt": cfg.ckpt, "instructions": list(dict.fromkeys(cfg.instructions)), "shield": cfg.shield, "rows": rows,
-           **evaluation_summary(rows)}
+    doc = {"ckpt": cfg.ckpt, "instructions": list(dict.fromkeys(cfg.instructions)), "shield": cfg.shield,
+           "policy": asdict(plan) if plan.policy == "plan" else "direct", "rows": rows, **evaluation_summary(rows)}
     for line in summary_lines(doc):
         log(line)
     out.mkdir(parents=True, exist_ok=True)
@@ -560,11 +581,12 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("bench", "envs"): (BenchEnvsConfig, cmd_bench_envs, "env and renderer speed against raw MuJoCo and Reacher-v5"),
     ("bench", "train"): (BenchTrainConfig, cmd_bench_train, "training tokens/s, step time, data wait and MFU (on CUDA)"),
     ("bench", "policy"): (BenchPolicyConfig, cmd_bench_policy, "milliseconds per action with and without the key/value cache"),
+    ("bench", "dynamics"): (BenchDynamicsConfig, cmd_bench_dynamics, "open-loop state error on held-out episodes against constant velocity; imagine latency"),
     ("bench", "data"): (BenchDataConfig, cmd_bench_data, "episode store appends, compression and sampler windows/s against naive reads"),
     ("collect",): (CollectConfig, cmd_collect, "record episodes of a policy in suite environments into an episode store"),
     ("train",): ((TrainRunConfig, TrainConfig), cmd_train, "train the model on episode stores (resumable; torchrun for several GPUs)"),
     ("run",): (RunConfig, cmd_run, "do what a plain-English instruction says, with a trained model"),
-    ("eval",): (EvalConfig, cmd_eval, "success (95%% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
+    ("eval",): ((EvalConfig, PlanConfig), cmd_eval, "success (95%% Wilson CI), return, cost and the expert beside, on fixed evaluation seeds"),
     ("report",): (ReportConfig, cmd_report, "one self-contained HTML file: training curves, success with intervals, videos"),
     ("info",): (InfoConfig, cmd_info, "config and latest metrics of a training run"),
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),

@@ -231,6 +231,30 @@ class BenchPolicyConfig:
 
 
 @dataclass(frozen=True)
+class BenchDynamicsConfig:
+    ckpt: str = ""
+    """A run folder (its best checkpoint) or a checkpoint folder."""
+    data: tuple[str, ...] = field(default=(), metadata={"metavar": "STORE"})
+    """Episode stores to measure on (default: the run's training stores, their held-out part); stores it never saw count whole."""
+    horizons: tuple[int, ...] = (1, 5, 10, 25)
+    """Open-loop steps after which the error is measured."""
+    history: int = 8
+    """Past timesteps (states and actions) the model sees before imagining."""
+    stride: int = 4
+    """Frames between the start frames of the open-loop windows."""
+    candidates: int = 16
+    """Candidate action sequences of the timed imagine call."""
+    steps: int = 10
+    """Steps of the timed imagine call."""
+    threads: int | None = None
+    """Torch CPU threads (default: torch's own choice)."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     ckpt: str = ""
     """A run folder (its best checkpoint) or a checkpoint folder."""
@@ -263,6 +287,45 @@ class EvalConfig:
     """Torch device (default: the GPU if any, else cpu)."""
     json: bool = False
     """Print the rows as JSON."""
+
+
+PLANNER_NAMES = ("cem", "mppi")
+"""The planners of :mod:`embodied.policies.planner` (its registry checks that the two lists agree)."""
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Who acts in an evaluation: the model's policy directly, or a planner over the model's imagined rollouts."""
+
+    policy: str = field(default="direct", metadata={"choices": ("direct", "plan")})
+    """direct: the model's own action bins; plan: search action sequences in imagination, scored by the model's reward and cost heads."""
+    planner: str = field(default="cem", metadata={"choices": PLANNER_NAMES})
+    """Search method of --policy plan: cem (refit a Gaussian to the elite candidates) or mppi (reward-weighted average)."""
+    horizon: int = 10
+    """Imagined control steps per candidate action sequence."""
+    population: int = 64
+    """Candidate action sequences per search iteration."""
+    iterations: int = 3
+    """Search iterations per control step."""
+    elites: float = 0.1
+    """cem: fraction of the population the Gaussian is refitted to."""
+    temperature: float = 0.5
+    """mppi: softmax temperature over the candidates' scores (in score units)."""
+    init_std: float = 0.5
+    """Standard deviation of the first iteration's Gaussian over actions in [-1, 1]."""
+    cost_weight: float = 1.0
+    """Score = sum of imagined rewards - cost_weight x sum of imagined cost probabilities."""
+    prior: bool = True
+    """Centre the search's first action on the model's own action (--no-prior: on the previous plan only, zeros at an episode's start)."""
+    seed: int = 0
+    """Seed of the candidates' noise (reset with each episode)."""
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "population", "iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.elites <= 1 or not self.temperature > 0 or not self.init_std > 0 or self.cost_weight < 0:
+            raise ConfigError("need 0 < --elites <= 1, --temperature > 0, --init-std > 0 and --cost-weight >= 0")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ Heads read the hidden states (the three signatures of ../shared/DESIGN.md):
 
 - at ``o_t``: the action ``a_t`` (per-dimension categorical over ``action_bins`` bins in
   [-1, 1], so multimodal demonstrations do not average out) -> the policy;
-- at ``a_t``: the change of the normalised state to ``t + 1`` (and, with pixels, the CNN
+- at ``a_t``: the change of the state to ``t + 1``, per dimension in units of its typical one-step
+  change (``delta_scale``; dimensions that never change are predicted not to) (and, with pixels, the CNN
   encoding of the next image) -> the dynamics model; the reward, the probability that the
   step costs something and the success probability -> the reward function.
 
@@ -136,13 +137,15 @@ class TrajectoryModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.action_head = nn.Linear(d, cfg.action_dim * cfg.action_bins)
-        self.state_head = nn.Linear(d, cfg.state_dim)  # normalised state change to t + 1
+        self.state_head = nn.Linear(d, cfg.state_dim)  # state change to t + 1, in units of delta_scale
         self.outcome_head = nn.Linear(d, 3)  # reward (normalised), cost logit, success logit
         self.latent_head = nn.Linear(d, d) if cfg.pixels else None  # the next image's CNN encoding
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
+        self.register_buffer("delta_scale", torch.ones(cfg.state_dim))  # raw units of one unit of the state-change head
         self.register_buffer("reward_stats", torch.tensor([0.0, 1.0]))  # mean, std
         self.register_buffer("bin_centers", torch.linspace(-1, 1, cfg.action_bins))
+        self.register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_buffer("state_input_mask", torch.tensor(specs.state_input_mask(cfg.state_input, cfg.state_dim)), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
@@ -158,12 +161,30 @@ class TrajectoryModel(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def set_normalizer(self, state_mean: torch.Tensor, state_std: torch.Tensor, reward_mean: float = 0.0, reward_std: float = 1.0) -> None:
-        """Set the normalisation statistics (stored with the weights); stds below 1e-3 count as 1."""
+    @staticmethod
+    def _upgrade_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checkpoints written before ``delta_scale`` existed measured state changes in units of ``state_std``."""
+        if prefix + "delta_scale" not in state_dict and prefix + "state_std" in state_dict:
+            state_dict[prefix + "delta_scale"] = state_dict[prefix + "state_std"].clone()
+
+    def set_normalizer(self, state_mean: torch.Tensor, state_std: torch.Tensor, reward_mean: float = 0.0, reward_std: float = 1.0,
+                       delta_std: torch.Tensor | None = None) -> None:
+        """Set the normalisation statistics (stored with the weights); state stds below 1e-3 count as 1.
+
+        ``delta_std`` (S,) is the spread of one step's state change per dimension, in raw units: the
+        dynamics head predicts changes in these units, and a dimension whose change is 0 in the data
+        (below 1e-6: colours, zones, padded joints) is predicted never to change and left out of the
+        loss. Without it, changes are measured in units of the state's spread (``state_std``).
+        """
         std = torch.as_tensor(state_std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(state_mean, dtype=torch.float32))
         self.state_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
         self.reward_stats.copy_(torch.tensor([float(reward_mean), max(float(reward_std), 1e-3)]))
+        if delta_std is None:
+            self.delta_scale.copy_(self.state_std)
+        else:
+            d = torch.as_tensor(delta_std, dtype=torch.float32)
+            self.delta_scale.copy_(torch.where(d < 1e-6, torch.zeros_like(d), d))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -216,7 +237,7 @@ class TrajectoryModel(nn.Module):
         return self.action_head(h).unflatten(-1, (self.cfg.action_dim, self.cfg.action_bins))
 
     def outcomes(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Hidden states at action tokens -> normalised state change, normalised reward, cost and success logits."""
+        """Hidden states at action tokens -> state change (units of ``delta_scale``), normalised reward, cost and success logits."""
         o = self.outcome_head(h)
         return {"delta": self.state_head(h), "reward": o[..., 0], "cost_logit": o[..., 1], "success_logit": o[..., 2]}
 
@@ -285,12 +306,14 @@ class TrajectoryModel(nn.Module):
         target = self.action_bin(batch[specs.ACTION])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).mean(-1)
         terms["action"] = masked_mean(ce, am & batch["imitate"][:, None] if "imitate" in batch else am)
-        # dynamics: the normalised change of state from t to t + 1 (also without a known action:
+        # dynamics: the change of state from t to t + 1 in units of delta_scale (also without a known action:
         # the action token is then `no_action`, and the model learns what usually happens)
         pred = self.outcomes(out["h_act"])
-        s = (batch[specs.STATE].float() - self.state_mean) / self.state_std
+        moving = self.delta_scale > 0  # dimensions that change in the data
+        unit = torch.where(moving, self.delta_scale, torch.ones_like(self.delta_scale))
+        change = (batch[specs.STATE][:, 1:].float() - batch[specs.STATE][:, :-1].float()) / unit
         sm = batch.get("state_mask", frame) & frame
-        err = (pred["delta"][:, :-1].float() - (s[:, 1:] - s[:, :-1])).pow(2).mean(-1)
+        err = ((pred["delta"][:, :-1].float() - change).pow(2) * moving).sum(-1) / moving.sum().clamp(min=1)
         terms["state"] = masked_mean(err, sm[:, 1:] & sm[:, :-1])
         if self.pixel_enc is not None and specs.PIXELS in batch:  # the next image, in the CNN's own (frozen-target) space
             pm = batch.get("pixels_mask", frame) & frame
@@ -362,5 +385,78 @@ class TrajectoryModel(nn.Module):
         return [(torch.cat([k[:, :, :G], k[:, :, G + 2:]], dim=2), torch.cat([v[:, :, :G], v[:, :, G + 2:]], dim=2)) for k, v in cache]
 
     def next_state(self, state: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """The predicted next state (raw units) from a state and the predicted normalised change."""
-        return state + delta * self.state_std
+        """The predicted next state (raw units) from a state and the state-change head's output (units of ``delta_scale``)."""
+        return state + delta * self.delta_scale
+
+    # ------------------------------------------------------------------ dynamics: open-loop imagination
+    def prefill(self, cache: KVCache, state: torch.Tensor, action: torch.Tensor, timestep: torch.Tensor,
+                pixels: torch.Tensor | None = None) -> KVCache:
+        """Append T whole past timesteps to a cache: states (B, T, S), actions (B, T, A), timesteps (B, T)
+        [+ pixels (B, T, H, W, 3)]. The caller keeps the cache within ``context`` timesteps."""
+        B, T = state.shape[:2]
+        obs = self.obs_tokens(state, timestep, pixels)
+        act = self.action_tokens(action, timestep)
+        _, cache = self._trunk(torch.stack([obs, act], dim=2).view(B, 2 * T, -1), cache)
+        return cache
+
+    def imagine(self, cache: KVCache, state: torch.Tensor, timestep: torch.Tensor, actions: torch.Tensor, *,
+                pixels: torch.Tensor | None = None, observed: bool = False) -> dict[str, torch.Tensor]:
+        """Roll the dynamics head forward open loop: what ``actions`` would do from ``state``.
+
+        ``cache`` holds the goal tokens and the episode's past whole timesteps (``start``, ``prefill``,
+        or a policy's ``step`` cache), with batch 1 (shared by every candidate, expanded without a copy
+        of the caller's cache) or N. ``state`` (1 or N, S) is the current raw state at episode timestep
+        ``timestep`` (1 or N,); ``pixels`` (1 or N, H, W, 3) its image (pixel models). ``observed``
+        says the cache already ends with that observation's token (a policy's cache after ``step``);
+        else it is appended first. ``actions`` (N, H, A) are N candidate sequences of H actions.
+
+        Returns ``state`` (N, H, S): raw states after each action (t + 1 .. t + H); ``reward`` (N, H),
+        raw units; ``cost`` (N, H), the probability that the step costs something; ``success`` (N, H),
+        the success probability after the step; with pixels, ``latent`` (N, H, d): the predicted CNN
+        encodings of the next images, which stand in for the images of imagined observations.
+        At most ``context`` timesteps stay in view: the oldest past ones are dropped first.
+        """
+        N, H = actions.shape[:2]
+        G = self.cfg.n_goal_tokens
+        past = (cache[0][0].shape[2] - G) // 2  # whole timesteps before the current one
+        excess = past + H - self.cfg.context
+        if excess > 0:  # drop the oldest on the (small) shared cache, before it is expanded
+            keep = list(range(G)) + list(range(G + 2 * min(excess, past), cache[0][0].shape[2]))
+            idx = torch.tensor(keep, device=actions.device)
+            cache = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in cache]
+            past -= min(excess, past)
+        if cache[0][0].shape[0] != N:
+            cache = [(k.expand(N, -1, -1, -1), v.expand(N, -1, -1, -1)) for k, v in cache]
+        s = state.float().expand(N, -1)
+        t = torch.as_tensor(timestep, device=actions.device).reshape(-1, 1).expand(N, 1)
+        steps = t + torch.arange(H, device=actions.device)  # (N, H) episode timesteps of the actions
+        act = self.action_tokens(actions, steps)  # every action token at once: (N, H, d)
+        states, hidden = [], []
+        latent: torch.Tensor | None = None
+        for h in range(H):
+            x = act[:, h : h + 1]
+            if h > 0 or not observed:
+                if h == 0:
+                    p = None if pixels is None else pixels.expand(N, *pixels.shape[1:])[:, None]
+                    obs = self.obs_tokens(s[:, None], steps[:, :1], p)
+                else:
+                    obs = self.obs_tokens(s[:, None], steps[:, h : h + 1])
+                    if latent is not None:
+                        obs = obs + latent[:, None]
+                x = torch.cat([obs, x], dim=1)
+                if h >= self.cfg.context - past:  # only when H alone exceeds the context
+                    cache = self._fit(cache)
+            hid, cache = self._trunk(x, cache)
+            hid = hid[:, -1]
+            s = self.next_state(s, self.state_head(hid).float())
+            states.append(s)
+            hidden.append(hid)
+            if self.latent_head is not None:
+                latent = self.latent_head(hid)
+        hs = torch.stack(hidden, dim=1)  # (N, H, d): the other heads once, for every step together
+        o = self.outcomes(hs)
+        out = {"state": torch.stack(states, dim=1), "reward": o["reward"].float() * self.reward_stats[1] + self.reward_stats[0],
+               "cost": torch.sigmoid(o["cost_logit"].float()), "success": torch.sigmoid(o["success_logit"].float())}
+        if self.latent_head is not None:
+            out["latent"] = self.latent_head(hs)
+        return out

@@ -131,6 +131,22 @@ class RingCache:
         return F.linear(h, self.head_w, self.head_b).unflatten(-1, (self.cfg.action_dim, self.cfg.action_bins))
 
 
+    def as_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The tokens in view as a :data:`embodied.model.KVCache` in episode order (goal tokens, then
+        ``o_s a_s`` per timestep, ending with ``o_t``): the cache ``TrajectoryModel.step`` would hold, for
+        ``TrajectoryModel.imagine`` from this episode (copies; the ring is left as it is)."""
+        if self.t < 0:
+            raise ValueError("the cache holds no observation yet; step it first")
+        order = list(range(self.G))
+        for s in range(max(0, self.t - self.C + 1), self.t + 1):
+            order.append(self.G + 2 * (s % self.C) + 1)  # o_s
+            if s < self.t:
+                order.append(self.G + 2 * ((s + 1) % self.C))  # a_s, stored beside o_{s+1}
+        idx = torch.tensor(order, device=self.kv.device)
+        kv = self.kv.index_select(4, idx)
+        return [(kv[i, 0], kv[i, 1]) for i in range(self.cfg.n_layer)]
+
+
 def _block(w: _Weights, x: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None, n_head: int) -> torch.Tensor:
     """One pre-norm block (``Block.forward``) on the new tokens x (B, L, d): their keys and values go into ``kv``
     (2, B, H, N, hd) at ``slots`` (L,); with ``mask`` (L, N) they attend over the whole buffer, without it causally

@@ -73,6 +73,34 @@ def state_slices() -> dict[str, slice]:
     return out
 
 
+def dynamic_state_dims() -> dict[str, list[int]]:
+    """The parts of the state that change within an episode, as indices into the state vector.
+
+    ``ee_pos`` (m), ``ee_vel`` (m/s), ``joints`` (joint cos and sin, joint velocity in rad/s;
+    zero for the point mass), ``object_pos`` (m), ``object_yaw`` (cos and sin), ``object_vel``
+    (m/s). Everything else (colours, shapes, start positions, zones, hazards, joint masks) is set
+    at reset; open-loop errors are measured on these dimensions only.
+    """
+    sl = state_slices()
+    obj = sl["objects"].start
+
+    def per(a: int, b: int) -> list[int]:  # entries a..b-1 of every object slot's 14
+        return [obj + 14 * k + j for k in range(N_OBJECTS) for j in range(a, b)]
+
+    return {
+        "ee_pos": list(range(sl["ee_pos"].start, sl["ee_pos"].stop)),
+        "ee_vel": list(range(sl["ee_vel"].start, sl["ee_vel"].stop)),
+        "joints": list(range(sl["joint_cos"].start, sl["joint_vel"].stop)),
+        "object_pos": per(0, 2),
+        "object_yaw": per(2, 4),
+        "object_vel": per(4, 6),
+    }
+
+
+DYNAMIC_DIMS: Final = tuple(sorted(i for dims in dynamic_state_dims().values() for i in dims))
+"""Indices of every state dimension that changes within an episode (31 of STATE_DIM)."""
+
+
 PROPRIO_FEATURES: Final = ("ee_pos", "ee_vel", "joint_cos", "joint_sin", "joint_vel", "joint_mask")
 """The parts of the state an embodiment senses about itself (the rest describes the scene)."""
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
+from embodied import specs
 from embodied.checkpoint import CheckpointManager, capture_rng, load_checkpoint, restore_rng
 from embodied.config import ModelConfig, TrainConfig
 from embodied.errors import ConfigError, EmbodiedError
@@ -139,7 +140,8 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
 
 
 def _imagined_error(model: TrajectoryModel, b: Batch, goal: torch.Tensor, acc: dict[int, list[float]]) -> None:
-    """Open-loop rollouts from each window's first state with its true actions; mean abs state error after h steps."""
+    """Open-loop rollouts from each window's first state with its true actions (``TrajectoryModel.imagine``);
+    mean absolute error after h steps over the state's time-varying dimensions (``specs.DYNAMIC_DIMS``), raw units."""
     T = b["state"].shape[1]
     full = b["mask"] & b["action_mask"] & b["state_mask"]
     H = max([h for h in acc if h < T], default=0)
@@ -148,17 +150,14 @@ def _imagined_error(model: TrajectoryModel, b: Batch, goal: torch.Tensor, acc: d
     ok = full[:, : H + 1].all(1)  # windows whose first H + 1 frames are real with actions
     if not ok.any():
         return
-    s = b["state"][ok, 0].float()
-    ts, acts, g = b["timestep"][ok], b["action"][ok], goal[ok]
-    cache = model.start(g)
-    for t in range(H):
-        _, cache = model.observe(cache, s, ts[:, t])
-        pred, cache = model.act(cache, acts[:, t], ts[:, t])
-        s = model.next_state(s, pred["delta"].float())
-        if t + 1 in acc:
-            err = (s - b["state"][ok, t + 1].float()).abs().mean(-1)
-            acc[t + 1][0] += float(err.sum())
-            acc[t + 1][1] += int(ok.sum())
+    dims = torch.tensor(specs.DYNAMIC_DIMS, device=b["state"].device)
+    states = b["state"][ok].float()
+    pred = model.imagine(model.start(goal[ok]), states[:, 0], b["timestep"][ok, 0], b["action"][ok, :H])["state"]
+    for h in acc:
+        if h <= H:
+            err = (pred[:, h - 1] - states[:, h]).index_select(-1, dims).abs().mean(-1)
+            acc[h][0] += float(err.sum())
+            acc[h][1] += int(ok.sum())
 
 
 # ---------------------------------------------------------------------------- the loop

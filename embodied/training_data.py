@@ -99,6 +99,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, preset(run.preset).context))
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
+        "delta_std": delta_std(list(run.data)),
         "state_mean": torch.as_tensor(state_stats.mean if state_stats.count else np.zeros(specs.STATE_DIM), dtype=torch.float32),
         "state_std": torch.as_tensor(std, dtype=torch.float32),
         "reward_mean": float(reward_stats.mean) if reward_stats.count else 0.0,
@@ -107,6 +108,30 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
                  resume=run.resume, device=run.device, meta=meta, progress=progress)
+
+
+def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:
+    """(S,) standard deviation of one step's state change per dimension (raw units), over the consecutive frames
+    of the valid episodes of the stores (at most ``max_episodes`` of them, evenly spaced): the same on every
+    rank and for every batch size."""
+    from embodied.datasets import EpisodeStore
+
+    total = np.zeros(specs.STATE_DIM)
+    sq = np.zeros(specs.STATE_DIM)
+    n = 0
+    for url in urls:
+        with EpisodeStore.open(url) as store:
+            valid = [i for i, m in enumerate(store.metas()) if m.get(specs.VALID, True) and specs.STATE in store.features]
+            for i in valid[:: max(1, -(-len(valid) * len(urls) // max_episodes))]:
+                d = np.diff(store.episode(i, keys=(specs.STATE,))[specs.STATE].astype(np.float64), axis=0)
+                d = d[np.isfinite(d).all(1)]
+                total += d.sum(0)
+                sq += (d * d).sum(0)
+                n += len(d)
+    if n < 2:
+        return torch.ones(specs.STATE_DIM)
+    mean = total / n
+    return torch.as_tensor(np.sqrt(np.maximum(sq / n - mean * mean, 0.0)), dtype=torch.float32)
 
 
 def imitation_mask(policies: list[str], imitate: str) -> torch.Tensor:

@@ -46,9 +46,45 @@ class _Episode:
     cache: RingCache | None = None
     t: int = 0
     last_action: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    """(1, S) the latest observed state (its token ends the cache)."""
     states: list[torch.Tensor] = field(default_factory=list)
     actions: list[torch.Tensor] = field(default_factory=list)
     pixels: list[torch.Tensor] = field(default_factory=list)
+
+
+def load_run(path: str | os.PathLike[str], device: str | None = None) -> tuple[TrajectoryModel, dict[str, Any]]:
+    """The model of a checkpoint folder, or of a run folder (its best checkpoint, else its latest), in eval mode
+    on ``device`` (default: the GPU if any, else cpu), and the checkpoint's config (model, train, data, encoder...)."""
+    from embodied.checkpoint import CheckpointManager, load_checkpoint
+    from embodied.config import ModelConfig
+    from embodied.errors import EmbodiedError
+
+    folder = Path(path)
+    if (folder / "checkpoints").is_dir():
+        manager = CheckpointManager(folder)
+        best = manager.best() or manager.latest()
+        if best is None:
+            raise EmbodiedError(f"no checkpoint in {folder}; train one with `embodied train --out {folder}`")
+        folder = best
+    elif not (folder / "config.json").is_file():
+        raise EmbodiedError(f"{folder} is neither a run folder nor a checkpoint folder; pass the --out of `embodied train`")
+    ck = load_checkpoint(folder)
+    model = TrajectoryModel(ModelConfig.from_json(ck.config["model"]))
+    model.load_state_dict(ck.model)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev).eval(), ck.config
+
+
+def load_model(path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None
+               ) -> tuple[TrajectoryModel, Callable[[Sequence[str]], np.ndarray], str]:
+    """:func:`load_run`'s model with the sentence encoder the run used (or ``encoder``), and the device."""
+    from embodied.language import LanguageEncoder
+
+    model, config = load_run(path, device)
+    dev = str(next(model.parameters()).device)
+    enc = LanguageEncoder(encoder or config.get("encoder"), device=dev)
+    return model, enc.encode, dev
 
 
 class FoundationPolicy:
@@ -66,24 +102,8 @@ class FoundationPolicy:
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None, **kwargs: Any) -> "FoundationPolicy":
         """From a checkpoint folder, or a run folder (its best checkpoint, else its latest); the encoder the run used by default."""
-        from embodied.checkpoint import CheckpointManager, load_checkpoint
-        from embodied.config import ModelConfig
-        from embodied.errors import EmbodiedError
-        from embodied.language import LanguageEncoder
-
-        folder = Path(path)
-        if (folder / "checkpoints").is_dir():
-            manager = CheckpointManager(folder)
-            best = manager.best() or manager.latest()
-            if best is None:
-                raise EmbodiedError(f"no checkpoint in {folder}; train one with `embodied train --out {folder}`")
-            folder = best
-        ck = load_checkpoint(folder)
-        model = TrajectoryModel(ModelConfig.from_json(ck.config["model"]))
-        model.load_state_dict(ck.model)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        enc = LanguageEncoder(encoder or ck.config.get("encoder"), device=dev)
-        return cls(model, enc.encode, device=dev, **kwargs)
+        model, encode, dev = load_model(path, device, encoder)
+        return cls(model, encode, device=dev, **kwargs)
 
     def reset(self) -> None:
         """Forget every running episode (the next ``predict`` starts new ones)."""
@@ -121,7 +141,7 @@ class FoundationPolicy:
             if ep is None or starts[i] or ep.instruction != instructions[i]:
                 goal = torch.as_tensor(np.asarray(self.encode([instructions[i]]), dtype=np.float32), device=self.device)
                 ep = self._episodes[i] = _Episode(instructions[i], goal)
-            s = torch.as_tensor(states[i : i + 1], device=self.device)
+            s = ep.state = torch.as_tensor(states[i : i + 1], device=self.device)
             p = None if pixels is None else torch.as_tensor(np.asarray(pixels[i : i + 1]), device=self.device)
             logits = self._step_cached(ep, s, p) if self.use_cache else self._step_full(ep, s, p)
             a = self.model.decode_action(logits, sample=not deterministic, temperature=self.temperature)

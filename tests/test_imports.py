@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"embodied": "embodied", "envs": "embodied.envs", "datasets": "embodied.datasets", "policies": "embodied.policies"}
 SHARED = {"embodied.specs", "embodied.errors", "embodied"}
 APP = {"embodied.evaluate", "embodied.bench_reward", "embodied.rl", "embodied.cli_rl", "embodied.collect", "embodied.training_data",
-       "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.shielding",
-       "embodied.cli", "embodied.cli_data", "embodied.__main__"}
+       "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.bench_dynamics",
+       "embodied.shielding", "embodied.cli", "embodied.cli_data", "embodied.__main__"}
 HEAVY = {"torch", "mujoco", "gymnasium", "zarr", "cv2", "av", "sentence_transformers", "matplotlib", "stable_baselines3", "numpy"}
 
 
