@@ -35,6 +35,7 @@ from .config import (
     from_args,
     parse_kv,
 )
+from .cli_adapt import ADAPT_COMMANDS
 from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
 from .errors import ConfigError, EmbodiedError
 
@@ -506,6 +507,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,
     **VIDEO_COMMANDS,
+    **ADAPT_COMMANDS,
 }
 
 

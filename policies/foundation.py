@@ -63,24 +63,14 @@ class FoundationPolicy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None, **kwargs: Any) -> "FoundationPolicy":
-        """From a checkpoint folder, or a run folder (its best checkpoint, else its latest); the encoder the run used by default."""
-        from embodied.checkpoint import CheckpointManager, load_checkpoint
-        from embodied.config import ModelConfig
-        from embodied.errors import EmbodiedError
+        """From a checkpoint folder, a run folder (its best checkpoint, else its latest) or an adapted folder
+        (``embodied adapt --out``; an adapter is put on its base, checked by hash); the encoder the run used by default."""
+        from embodied.adapt import load_model
         from embodied.language import LanguageEncoder
 
-        folder = Path(path)
-        if (folder / "checkpoints").is_dir():
-            manager = CheckpointManager(folder)
-            best = manager.best() or manager.latest()
-            if best is None:
-                raise EmbodiedError(f"no checkpoint in {folder}; train one with `embodied train --out {folder}`")
-            folder = best
-        ck = load_checkpoint(folder)
-        model = TrajectoryModel(ModelConfig.from_json(ck.config["model"]))
-        model.load_state_dict(ck.model)
+        model, config = load_model(path)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        enc = LanguageEncoder(encoder or ck.config.get("encoder"), device=dev)
+        enc = LanguageEncoder(encoder or config.get("encoder"), device=dev)
         return cls(model, enc.encode, device=dev, **kwargs)
 
     def reset(self) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"embodied": "embodied", "envs": "embodied.envs", "datasets": "embodied.datasets", "policies": "embodied.policies"}
 SHARED = {"embodied.specs", "embodied.errors", "embodied"}
-APP = {"embodied.evaluate", "embodied.collect", "embodied.training_data", "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.cli", "embodied.cli_data", "embodied.__main__"}
+APP = {"embodied.evaluate", "embodied.collect", "embodied.training_data", "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.cli", "embodied.cli_data", "embodied.cli_adapt", "embodied.adapt_data", "embodied.bench_adapt", "embodied.__main__"}
 HEAVY = {"torch", "mujoco", "gymnasium", "zarr", "cv2", "av", "sentence_transformers", "matplotlib", "stable_baselines3", "numpy"}
 
 
