@@ -19,7 +19,7 @@ import torch
 
 from embodied import specs
 from embodied.config import AdaptConfig, AdaptRunConfig, parse_kv
-from embodied.errors import ConfigError
+from embodied.errors import ConfigError, EmbodiedError
 
 LOSS_BATCHES = 4
 """Batches (of a second, fixed draw of the demonstrations' windows) on which the loss before and after is measured."""
@@ -42,17 +42,24 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
         raise ConfigError(f"{out} already holds a model; choose a new --out (nothing was changed)")
     base = resolve_checkpoint(run.ckpt)
     model, config = load_model(base)
-    envs: set[str] = set()
-    for url in run.data:
-        with EpisodeStore.open(url) as store:
-            if model.cfg.pixels and specs.PIXELS not in store.features:
-                raise ConfigError(f"the base model sees {model.cfg.pixels}x{model.cfg.pixels} pixels but {url} has none; record the demos with --pixels {model.cfg.pixels}")
-            envs |= {str(m.get("env_id", "")) for m in store.metas()}
     keys = MODEL_KEYS + ((specs.PIXELS,) if model.cfg.pixels else ())
-    key, vectors = ensure_embeddings(list(run.data), run.encoder or config.get("encoder"), compute=True)
-    scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed, in_ram=True)
-    sampler = WindowSampler(list(run.data), scfg)
-    probe = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed + 10_000, in_ram=True))
+    try:
+        envs: set[str] = set()
+        for url in run.data:
+            with EpisodeStore.open(url) as store:
+                if model.cfg.pixels and specs.PIXELS not in store.features:
+                    raise ConfigError(f"the base model sees {model.cfg.pixels}x{model.cfg.pixels} pixels but {url} has none; "
+                                      f"record the demos with --pixels {model.cfg.pixels}")
+                envs |= {str(m.get("env_id", "")) for m in store.metas()}
+        key, vectors = ensure_embeddings(list(run.data), run.encoder or config.get("encoder"), compute=True)
+        sampler = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed, in_ram=True))
+        probe = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed + 10_000, in_ram=True))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged store the data layer did not name (EmbodiedErrors pass through)
+        if isinstance(e, EmbodiedError):
+            raise
+        detail = " ".join(str(e).split())[:200]
+        raise ConfigError(f"cannot read the demonstrations in {', '.join(run.data)} ({type(e).__name__}: {detail}); "
+                          f"check them with `embodied data verify` or record them again") from None
     goals = torch.from_numpy(np.stack([np.asarray(vectors[s], dtype=np.float32) for s in sampler.instructions]))
     if goals.shape[1] != model.cfg.lang_dim:
         raise ConfigError(f"the instruction embeddings have {goals.shape[1]} dimensions, the base model takes {model.cfg.lang_dim}; "
