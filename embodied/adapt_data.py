@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +33,7 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
     from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler
     from embodied.training_data import MODEL_KEYS
 
+    t0 = time.perf_counter()
     if not run.ckpt:
         raise ConfigError("name the base model with --ckpt runs/R (a run folder or a checkpoint folder)")
     if not run.data:
@@ -75,10 +77,10 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
     spend = {
         "demos": len(sampler.episodes), "frames": int(sampler.lengths.sum()), "gradient_steps": result.steps,
         "trainable_params": result.trainable_params, "total_params": result.total_params, "wall_s": round(result.wall_s, 3),
-        "device": result.device,
+        "device": result.device, "total_s": round(time.perf_counter() - t0, 3),  # with loading the base, demos and embeddings
     }
     record = {
-        "spend": spend, "data": list(run.data), "envs": sorted(envs), "encoder": key, "settings": {**cfg.__dict__, "lr": result.lr},
+        "spend": spend, "data": list(run.data), "envs": sorted(envs), "encoder": key, "settings": {**asdict(cfg), "lr": result.lr},
         "loss_before": result.loss_before, "loss_after": result.loss_after, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     full = save_adapted(out, method, model, base, config, record)
