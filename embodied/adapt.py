@@ -118,7 +118,8 @@ class AdaptMethod:
 
         AdamW (betas 0.9, 0.95) over the model's weight-decay groups of the trainable
         parameters, linear warmup then cosine to a tenth of the peak, gradients clipped; every
-        other parameter has ``requires_grad`` off, so it stays bit-identical.
+        other parameter has ``requires_grad`` off, so it stays bit-identical. A fraction
+        ``cfg.action_dropout`` of the frames has its action hidden (:func:`hide_actions`).
         """
         params = self.trainable(model)
         for p in model.parameters():
@@ -133,7 +134,7 @@ class AdaptMethod:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, schedule) / lr)
             model.train()
             for step in range(cfg.steps):
-                b = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                b = hide_actions({k: v.to(device, non_blocking=True) for k, v in next(batches).items()}, cfg.action_dropout)
                 loss, _ = model.loss(b, goals[b["instruction"]])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -147,6 +148,19 @@ class AdaptMethod:
             p.requires_grad_(True)
         model.eval()
         return losses
+
+
+def hide_actions(batch: Batch, fraction: float) -> Batch:
+    """``batch`` with the action of a random ``fraction`` of its frames masked (the token becomes ``no_action``, the policy target drops).
+
+    Expert actions change slowly, so a model that sees the previous action learns to copy it
+    and never reads the state; hiding some actions makes the state the only cue there.
+    """
+    if fraction <= 0:
+        return batch
+    mask = batch["action_mask"]
+    keep = torch.rand(mask.shape, device=mask.device) >= fraction
+    return {**batch, "action_mask": mask & keep}
 
 
 METHODS: dict[str, type[AdaptMethod]] = {}
@@ -376,6 +390,6 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
 
 
 __all__ = [
-    "ADAPT_JSON", "ADAPTER_FILE", "AdaptMethod", "AdaptResult", "FullFineTune", "HeadsOnly", "METHODS", "adapt", "find_base",
+    "ADAPT_JSON", "ADAPTER_FILE", "AdaptMethod", "AdaptResult", "FullFineTune", "HeadsOnly", "METHODS", "adapt", "find_base", "hide_actions",
     "is_adapted", "load_model", "make_method", "mean_loss", "read_record", "register", "resolve_checkpoint", "save_adapted",
 ]

@@ -3,8 +3,8 @@
 For each K it records K expert demonstrations of a held-out environment (collection seeds
 from ``demo_seed``, so each set holds the smaller ones), adapts the base model with each
 method, trains the base's architecture from fresh weights on the same demonstrations
-(``scratch``: ``scratch_steps`` steps at lr 1e-3, the normalisation statistics of the
-demonstrations, as ``embodied train`` does), and evaluates every model on the fixed
+(``scratch``: the ``full`` method's loop on fresh weights normalised with the
+demonstrations' statistics, ``scratch_steps`` steps at lr 1e-3), and evaluates every model on the fixed
 evaluation seeds beside the unadapted base (zero-shot) and the scripted expert. Each point
 carries its success with a 95% Wilson interval and what it spent.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,27 @@ TARGET_K = 10
 def _point(row: dict[str, Any], k: int, method: str, spend: dict[str, Any], run: str) -> dict[str, Any]:
     keep = ("success", "success_ci", "episodes", "mean_return", "mean_length", "invalid")
     return {"k": k, "method": method, **{key: row[key] for key in keep}, "spend": spend, "run": run}
+
+
+def _fresh_init(model_cfg: Any, config: dict[str, Any], store: str, folder: Path) -> Path:
+    """A checkpoint of fresh weights of the base's architecture, normalised with ``store``'s statistics (the scratch baseline's start)."""
+    import torch
+
+    from embodied.checkpoint import save_checkpoint
+    from embodied.datasets import EpisodeStore
+    from embodied.model import TrajectoryModel
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(0)
+    model = TrajectoryModel(model_cfg)
+    with EpisodeStore.open(store) as s:
+        stats = s.stats()
+    state, reward = stats["state"], stats.get("reward")
+    model.set_normalizer(torch.as_tensor(state.mean), torch.as_tensor(state.std),
+                         float(reward.mean) if reward is not None else 0.0, float(reward.std) if reward is not None else 1.0)
+    kept = {k: v for k, v in config.items() if k != "adapt"}
+    return save_checkpoint(folder, config=kept, model=model.state_dict())
 
 
 def missed_targets(curve: dict[str, Any], k: int = TARGET_K) -> list[str]:
@@ -59,14 +81,13 @@ def adapt_curve(cfg: BenchAdaptConfig, log: Callable[[str], None] = print) -> di
     from embodied.adapt import METHODS, is_adapted, load_model, read_record, resolve_checkpoint
     from embodied.adapt_data import adapt_from_stores
     from embodied.collect import CollectSpec, collect
-    from embodied.config import AdaptConfig, AdaptRunConfig, TrainConfig, TrainRunConfig
+    from embodied.config import AdaptConfig, AdaptRunConfig
     from embodied.datasets import EpisodeStore
     from embodied.envs import entry
     from embodied.evaluate import evaluate_policy_on
     from embodied.language import LanguageEncoder
     from embodied.policies import FoundationPolicy
     from embodied.train import pick_device
-    from embodied.training_data import train_from_stores
 
     if not cfg.ckpt:
         raise ConfigError("name the base model with --ckpt runs/R")
@@ -89,7 +110,7 @@ def adapt_curve(cfg: BenchAdaptConfig, log: Callable[[str], None] = print) -> di
 
     curve: dict[str, Any] = {
         "kind": KIND, "env_id": cfg.env, "base": str(base), "base_config": {k: config.get(k) for k in ("preset", "data", "model")},
-        "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("json",)}, "scratch": f"{cfg.scratch_steps} steps at lr {SCRATCH_LR:g} from fresh weights",
+        "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("json",)}, "scratch": f"full fine-tuning of fresh weights (normalised with the demos' statistics), {cfg.scratch_steps} steps at lr {SCRATCH_LR:g}",
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}", "device": device,
         "date": time.strftime("%Y-%m-%d"), "points": [],
     }
@@ -100,6 +121,7 @@ def adapt_curve(cfg: BenchAdaptConfig, log: Callable[[str], None] = print) -> di
         tmp.write_text(json.dumps(curve, indent=2))
         tmp.replace(out / CURVE_FILE)
 
+    fit = AdaptConfig(steps=cfg.steps, batch_size=cfg.batch_size, window=cfg.window, action_dropout=cfg.action_dropout)
     t0 = time.perf_counter()
     zero = evaluate(base_model, expert=True)
     curve["zero_shot"] = _point(zero, 0, "zero-shot", {"demos": 0, "gradient_steps": 0, "trainable_params": 0, "wall_s": 0.0}, str(base))
@@ -119,23 +141,14 @@ def adapt_curve(cfg: BenchAdaptConfig, log: Callable[[str], None] = print) -> di
             run = out / f"k{k}" / method
             t1 = time.perf_counter()
             if method == SCRATCH:
-                spend_file = run / "scratch.json"
-                if not spend_file.exists():
-                    ts = time.perf_counter()
-                    r = train_from_stores(
-                        TrainRunConfig(data=(str(store),), out=str(run), preset=str(config.get("preset", "small")), pixels=bool(base_model.cfg.pixels),
-                                       encoder=config.get("encoder"), holdout=0.0, workers=0, device=cfg.device),
-                        TrainConfig(steps=cfg.scratch_steps, batch_size=cfg.batch_size, window=cfg.window, lr=SCRATCH_LR,
-                                    warmup=min(100, cfg.scratch_steps // 10), eval_every=0, save_every=cfg.scratch_steps, keep_last=1, seed=0),
-                        progress=False,
-                    )
-                    spend_file.write_text(json.dumps({"demos": k, "gradient_steps": r["step"], "trainable_params": r["params"],
-                                                      "total_params": r["params"], "wall_s": round(time.perf_counter() - ts, 3), "device": r["device"]}))
-                spend = json.loads(spend_file.read_text())
+                if not is_adapted(run):
+                    init = _fresh_init(base_model.cfg, config, str(store), out / f"k{k}" / "scratch-init")
+                    adapt_from_stores(AdaptRunConfig(ckpt=str(init), data=(str(store),), method="full", out=str(run), device=cfg.device),
+                                      replace(fit, steps=cfg.scratch_steps, lr=SCRATCH_LR))
+                spend = read_record(run)["spend"]
             else:
                 if not is_adapted(run):
-                    adapt_from_stores(AdaptRunConfig(ckpt=str(base), data=(str(store),), method=method, out=str(run), device=cfg.device),
-                                      AdaptConfig(steps=cfg.steps, batch_size=cfg.batch_size, window=cfg.window))
+                    adapt_from_stores(AdaptRunConfig(ckpt=str(base), data=(str(store),), method=method, out=str(run), device=cfg.device), fit)
                 spend = read_record(run)["spend"]
             row = evaluate(load_model(run)[0])
             curve["points"].append(_point(row, k, method, spend, str(run)))

@@ -605,10 +605,14 @@ class AdaptConfig:
     """AdamW weight decay of the trained matrices."""
     grad_clip: float = 1.0
     """Gradient norm clip (0 = off)."""
+    action_dropout: float = 0.0
+    """Fraction of frames whose action is hidden while fitting (token and policy target masked), so the policy learns to read the state instead of copying the previous action."""
     seed: int = 0
-    """Seed of the window draw (and of any new parameters a method adds)."""
+    """Seed of the window draw, the action dropout and any new parameters a method adds."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.action_dropout < 1:
+            raise ConfigError(f"--action-dropout must be in [0, 1), got {self.action_dropout}")
         for name in ("steps", "warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"adapt {name} must be >= 0, got {getattr(self, name)}")
@@ -658,7 +662,9 @@ class BenchAdaptConfig:
     steps: int = 300
     """Gradient steps of each adaptation."""
     scratch_steps: int = 1000
-    """Gradient steps of the from-scratch baseline (lr 1e-3, batch and window as the adaptation)."""
+    """Gradient steps of the from-scratch baseline (full fine-tuning of fresh weights at lr 1e-3; batch, window and action dropout as the adaptation)."""
+    action_dropout: float = 0.0
+    """Fraction of frames whose action is hidden while fitting (see `embodied adapt --help`)."""
     batch_size: int = 32
     """Windows per gradient step."""
     window: int = 16

@@ -242,3 +242,17 @@ def test_bench_adapt_writes_a_curve_the_report_plots(tiny_run, tmp_path):
     assert missed_targets(fake) == ["K=10: best adapted (full) success 0.50 is below 2x scratch 0.30"]
     fake["points"][1]["success"] = 0.25
     assert missed_targets(fake) == []
+
+
+def test_hide_actions_masks_a_fraction_and_never_unmasks():
+    from embodied.adapt import hide_actions
+
+    torch.manual_seed(0)
+    mask = torch.rand(64, 16) < 0.9
+    batch = {"action_mask": mask, "state": torch.zeros(64, 16, 3)}
+    assert hide_actions(batch, 0.0) is batch
+    hidden = hide_actions(batch, 0.5)["action_mask"]
+    assert not (hidden & ~mask).any()
+    assert 0.4 < hidden.sum() / mask.sum() < 0.6
+    with pytest.raises(ConfigError, match="action-dropout"):
+        AdaptConfig(action_dropout=1.0)
