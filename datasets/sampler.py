@@ -205,6 +205,8 @@ class WindowSampler(torch.utils.data.IterableDataset):
             self.features = {k: self.features[k] for k in config.keys}
         self.episodes: list[tuple[int, int]] = []
         """(store number, episode index) of every sampled episode."""
+        self.policies: list[str] = []
+        """Who recorded each sampled episode (its ``policy`` metadata: expert, noisy:0.5, random, ...; "" if unknown)."""
         lengths, instr = [], []
         for si, s in enumerate(stores):
             for i, m in enumerate(s.metas()):
@@ -213,6 +215,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
                 if config.holdout > 0 and _held_out(s.url, int(s.record(i)["uid"]), config.holdout) != (config.part == "heldout"):
                     continue
                 self.episodes.append((si, i))
+                self.policies.append(str(m.get("policy", "")))
                 lengths.append(int(m["length"]))
                 instr.append(str(m.get(specs.INSTRUCTION, "")))
         if not self.episodes:

@@ -62,8 +62,12 @@ def bench_train(
     workers: int = 2,
     data: str | None = None,
     progress: Callable[[str], None] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Time ``steps`` training steps (after ``warmup``) of the ``preset_name`` model; returns the JSON-able results."""
+    """Time ``steps`` training steps (after ``warmup``) of the ``preset_name`` model; returns the JSON-able results.
+
+    ``overrides`` replace preset fields (e.g. ``d_model=1024, n_layer=8``) to compare shapes of one size.
+    """
     from embodied import specs
     from embodied.bench_data import ensure_dataset
     from embodied.collect import CollectSpec, collect
@@ -91,7 +95,7 @@ def bench_train(
     resident = device_windows(sampler, dev)
     source: Any = resident if resident is not None else make_loader(sampler, num_workers=workers, pin_memory=dev.type == "cuda")
     torch.manual_seed(0)
-    cfg = preset(preset_name, pixels=pixels, context=max(window, preset(preset_name).context))
+    cfg = preset(preset_name, pixels=pixels, context=max(window, preset(preset_name).context), **overrides)
     model = TrajectoryModel(cfg).to(dev)
     goals = torch.randn(len(sampler.instructions), cfg.lang_dim, device=dev)
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95), fused=dev.type == "cuda")
@@ -131,7 +135,7 @@ def bench_train(
     flops_all_tok = flops_tok + 6 * other + 3 * _cnn_flops(model) * window / seq  # CNN: fwd + bwd = 3 x fwd, once per frame
     card, peak = card_peak(dev)
     return {
-        "preset": preset_name, "params": model.num_params(), "block_params": n_block, "pixels": pixels, "window": window, "batch": batch,
+        "preset": preset_name, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "params": model.num_params(), "block_params": n_block, "pixels": pixels, "window": window, "batch": batch,
         "seq": seq, "device": str(dev), "card": card, "compiled": bool(dev.type == "cuda" and compile_blocks),
         "data_source": "device-resident" if resident is not None else f"{workers} loader workers",
         "tokens_per_s": tokens_per_s, "step_ms": step_s * 1e3,

@@ -37,6 +37,7 @@ from .config import (
 )
 from .cli_adapt import ADAPT_COMMANDS
 from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
+from .cli_rl import RL_COMMANDS
 from .errors import ConfigError, EmbodiedError
 
 
@@ -191,7 +192,9 @@ def cmd_bench_train(cfg: BenchTrainConfig) -> int:
 def cmd_bench_policy(cfg: BenchPolicyConfig) -> int:
     from embodied.bench_policy import bench_policy, format_result
 
-    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device)
+    if cfg.threads < 0:
+        raise ConfigError("--threads must be >= 0 (0 leaves torch's default)")
+    r = bench_policy(cfg.preset, context=cfg.context, steps=cfg.steps, device=cfg.device, threads=cfg.threads or None)
     print_json(r) if cfg.json else print(format_result(r))
     return 0
 
@@ -249,8 +252,9 @@ def cmd_info(cfg: InfoConfig) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(cfg: EvalConfig) -> int:
+    from embodied import specs
     from embodied.envs import ENVS, entry
-    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.evaluate import INSTRUCTION_SETS, evaluate_policy_on, evaluation_summary, film_policy, summary_lines
     from embodied.policies import FoundationPolicy
 
     if not cfg.ckpt:
@@ -260,25 +264,34 @@ def cmd_eval(cfg: EvalConfig) -> int:
     ids = list(cfg.env) or [e.id for e in ENVS.values() if e.split == cfg.split]
     for i in ids:
         entry(i)  # unknown ids fail before any work
+    constraints = understand_constraints(cfg.constraint)
     policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
-    kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    kwargs: dict[str, Any] = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    if constraints:
+        kwargs["constraints"] = tuple(constraints)
+    make_shield = _shield(cfg.shield, policy, cfg.shield_ckpt, cfg.shield_horizon, cfg.shield_threshold, cfg.device)
     log = (lambda s: print(s, file=sys.stderr)) if cfg.json else print
-    rows = evaluate_policy_on(ids, lambda: policy, episodes=cfg.episodes, instructions=cfg.instructions, n_envs=cfg.envs,
-                              env_kwargs=kwargs, log=log)
     out = Path(cfg.out or Path(cfg.ckpt) / "eval")
-    if cfg.videos:
-        from embodied import specs
-        from embodied.evaluate import INSTRUCTION_SETS
-
-        for row in rows:
-            row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos",
-                                        **INSTRUCTION_SETS[cfg.instructions], **kwargs)
+    rows = []
+    for instr in dict.fromkeys(cfg.instructions):
+        part = evaluate_policy_on(ids, lambda: policy, episodes=cfg.episodes, instructions=instr, n_envs=cfg.envs,
+                                  env_kwargs=kwargs, log=log, make_shield=make_shield)
+        for row in part:
+            row.update(shield=cfg.shield, constraints=[c.describe() for c in constraints])
+        for row in part if cfg.videos else ():
+            row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(min(cfg.videos, cfg.episodes)), out / "videos" / instr,
+                                        make_shield=make_shield, **INSTRUCTION_SETS[instr], **kwargs)
+        rows += part
+    doc = {"ckpt": cfg.ckpt, "instructions": list(dict.fromkeys(cfg.instructions)), "shield": cfg.shield, "rows": rows,
+           **evaluation_summary(rows)}
+    for line in summary_lines(doc):
+        log(line)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps({"ckpt": cfg.ckpt, "instructions": cfg.instructions, "rows": rows}, indent=2))
+    tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(out / "eval.json")
     if cfg.json:
-        print_json(rows)
+        print_json(doc)
     else:
         print(f"wrote {out / 'eval.json'}")
     return 0
@@ -293,7 +306,11 @@ def closest_instructions(text: str, k: int = 3) -> list[str]:
     """The ``k`` supported instructions nearest ``text``, by the sentence encoder (by spelling if it cannot load)."""
     from embodied.envs.instructions import supported_instructions
 
-    options = supported_instructions("train")
+    return closest_phrasings(text, supported_instructions("train"), k)
+
+
+def closest_phrasings(text: str, options: list[str], k: int = 3) -> list[str]:
+    """The ``k`` of ``options`` nearest ``text``, by the sentence encoder (by spelling if it cannot load)."""
     try:
         from embodied.language import LanguageEncoder
 
@@ -319,6 +336,34 @@ def understand(text: str) -> Any:
         raise ConfigError(f"cannot run {text[:80]!r}: {e}. Closest supported: {near}") from None
 
 
+def understand_constraints(texts: Sequence[str]) -> list[Any]:
+    """Each sentence as a constraint spec, or a one-line error with the closest supported phrasings."""
+    from embodied.envs.constraints import ConstraintError, parse_constraint, supported_constraints
+
+    out = []
+    for text in texts:
+        try:
+            out.append(parse_constraint(text))
+        except ConstraintError as e:
+            near = "; ".join(f'"{s}"' for s in closest_phrasings(text, supported_constraints()))
+            raise ConfigError(f"cannot use the constraint {text[:80]!r}: {e}. Closest supported: {near}") from None
+    return out
+
+
+def _shield(name: str, policy: Any, shield_ckpt: str | None, horizon: int, threshold: float, device: str | None) -> Any:
+    """``env -> SafetyFilter`` for ``--shield`` (None for none); learned uses --shield-ckpt's model, else the policy's."""
+    if name == "none":
+        return None
+    from embodied.policies.safety import FilterConfig
+    from embodied.shielding import ShieldSpec, load_shield_model, shield_factory
+
+    if threshold <= 0 or horizon < 1:
+        raise ConfigError(f"--shield-threshold must be > 0 and --shield-horizon >= 1, got {threshold} and {horizon}")
+    spec = load_shield_model(shield_ckpt, device) if shield_ckpt else ShieldSpec(model=policy.model, encode=policy.encode, device=str(policy.device))
+    spec.config = FilterConfig(horizon=horizon, threshold=threshold)
+    return shield_factory(name, spec)
+
+
 def cmd_run(cfg: RunConfig) -> int:
     from embodied.envs import make
     from embodied.evaluate import rollout
@@ -327,9 +372,13 @@ def cmd_run(cfg: RunConfig) -> int:
     if not cfg.ckpt:
         raise ConfigError("name the model with --ckpt runs/R")
     task = understand(cfg.instruction)
+    constraints = understand_constraints(cfg.constraint)
     env_id = cfg.env or FAMILY_ENVS[task.family]
     policy = FoundationPolicy.load(cfg.ckpt, device=cfg.device)
     kwargs: dict[str, Any] = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
+    if constraints:
+        kwargs["constraints"] = tuple(constraints)
+    make_shield = _shield(cfg.shield, policy, None, 3, 0.5, cfg.device)
     if cfg.video:
         kwargs.update(render_mode="rgb_array", render_size=256)
     env = make(env_id, **kwargs)
@@ -338,16 +387,23 @@ def cmd_run(cfg: RunConfig) -> int:
         if env.unwrapped.family.name != task.family:
             raise ConfigError(f"{env_id} runs {env.unwrapped.family.name} tasks, the instruction asks for {task.family}; drop --env or pick a {task.family} env")
         record = (lambda e: frames.append(e.render())) if cfg.video else None
-        r = rollout(env, policy, cfg.seed, record=record, options={"task": task._asdict(), "instruction": cfg.instruction})
+        r = rollout(env, policy, cfg.seed, record=record, options={"task": task._asdict(), "instruction": cfg.instruction},
+                    shield=make_shield(env) if make_shield else None)
     finally:
         env.close()
     if cfg.video:
         from embodied.datasets.video import write_video
+        from embodied.evaluate import mark_frame
 
+        for i in r.get("intervened_steps", []):
+            frames[i] = mark_frame(frames[i])
         write_video(cfg.video, frames, fps=20)
     target = f"{task.colour} {task.shape}" + (f" -> {task.zone} zone" if task.zone else f" -> {task.direction}" if task.direction else "")
-    print(f"{task.family} ({target}) in {env_id}, seed {cfg.seed}: success {r['success']}, {r['length']} steps, cost {r['cost']:.2f}"
-          + (f"; video {cfg.video}" if cfg.video else ""))
+    safety = f"; constraints: {', '.join(c.describe() for c in constraints)}" if constraints else ""
+    if make_shield:
+        safety += f"; {cfg.shield} shield intervened {r['interventions']} times"
+    print(f"{task.family} ({target}) in {env_id}, seed {cfg.seed}: success {r['success']}, {r['length']} steps, cost {r['cost']:.2f}, "
+          f"violations {r['violations']:.0f}{safety}" + (f"; video {cfg.video}" if cfg.video else ""))
     return 0
 
 
@@ -421,7 +477,7 @@ def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
 def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
     """Demo step 5: evaluate the model on seen and paraphrased instructions, then write the HTML report."""
     from embodied import specs
-    from embodied.evaluate import evaluate_policy_on, film_policy
+    from embodied.evaluate import evaluate_policy_on, evaluation_summary, film_policy, summary_lines
     from embodied.policies import FoundationPolicy
     from embodied.report import build_report
 
@@ -433,7 +489,8 @@ def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
     policy = FoundationPolicy.load(run)
     kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
     ids = ["embodied/PointReach-v0", "embodied/PointPushZone-v0"]
-    evals = []
+    evals: list[str] = []
+    all_rows: list[dict[str, Any]] = []
     for instr in ("seen", "paraphrase"):
         rows = evaluate_policy_on(ids, lambda: policy, episodes=episodes, instructions=instr, env_kwargs=kwargs, log=lambda s: print("   ", s))
         if instr == "seen":
@@ -441,9 +498,12 @@ def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
                 row["videos"] = film_policy(row["env_id"], policy, specs.eval_seeds(1), out / "eval" / "videos", **kwargs)
         folder = out / "eval" / instr
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "eval.json").write_text(json.dumps({"ckpt": run, "instructions": instr, "rows": rows}, indent=2))
+        (folder / "eval.json").write_text(json.dumps({"ckpt": run, "instructions": [instr], "rows": rows, **evaluation_summary(rows)}, indent=2))
         evals.append(str(folder))
+        all_rows += rows
     build_report([run, *evals], str(report))
+    for line in summary_lines(evaluation_summary(all_rows), families=False):
+        print("   ", line)
     print(f"    {report}")
     return str(report)
 
@@ -507,6 +567,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     ("demo",): (DemoConfig, cmd_demo, "the end-to-end demo (the README's main job)"),
     **DATA_COMMANDS,
     **VIDEO_COMMANDS,
+    **RL_COMMANDS,
     **ADAPT_COMMANDS,
 }
 

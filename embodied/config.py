@@ -114,6 +114,10 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- command configs
+SHIELD_NAMES = ("none", "learned", "sim")
+"""The safety filters of ``--shield`` (registered in :mod:`embodied.shielding`)."""
+
+
 @dataclass(frozen=True)
 class EnvsListConfig:
     split: str | None = field(default=None, metadata={"choices": ("train", "heldout")})
@@ -220,6 +224,8 @@ class BenchPolicyConfig:
     """Timed actions (after the window fills)."""
     device: str | None = None
     """Torch device (default: the GPU if any, else cpu)."""
+    threads: int = 1
+    """Torch CPU threads (0: leave torch's default); one env's policy gains nothing from more at this size."""
     json: bool = False
     """Print JSON instead of a summary."""
 
@@ -234,12 +240,23 @@ class EvalConfig:
     """Evaluate on every environment of this split when no --env is given."""
     episodes: int = 20
     """Episodes per environment, on the fixed evaluation seeds (never training seeds)."""
-    instructions: str = field(default="seen", metadata={"choices": ("seen", "paraphrase", "composition")})
-    """Training templates, held-out paraphrases, or held-out colour x shape x family compositions."""
+    instructions: tuple[str, ...] = field(default=("seen",), metadata={"choices": ("seen", "paraphrase", "composition")})
+    """Instruction sets, one or more: training templates, held-out paraphrases, held-out colour x shape x family
+    compositions. With seen and a held-out set, the summary states held-out success / seen success."""
     videos: int = 0
     """Rollout videos (H.264 MP4) of the first K episodes of each environment."""
     envs: int = 4
     """Environments stepped in lockstep (one batched predict per step)."""
+    shield: str = field(default="none", metadata={"choices": SHIELD_NAMES})
+    """Safety filter between model and env: none, learned (the model's imagined cost) or sim (a MuJoCo lookahead, the oracle)."""
+    constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """A constraint in plain language turned on in every env, e.g. "stay out of the blue zone" (repeat for several)."""
+    shield_ckpt: str | None = None
+    """The model whose cost head the learned shield imagines with (default: --ckpt)."""
+    shield_horizon: int = 3
+    """Steps the shield looks ahead for each candidate action."""
+    shield_threshold: float = 0.5
+    """A candidate is safe below this predicted cost (sim: summed indicators; learned: probability of any violation)."""
     out: str | None = None
     """Folder for eval.json and the videos (default: CKPT/eval)."""
     device: str | None = None
@@ -259,7 +276,11 @@ class RunConfig:
     seed: int = 0
     """Scene seed."""
     video: str | None = None
-    """Write the episode as an H.264 MP4 here."""
+    """Write the episode as an H.264 MP4 here (with --shield: a red border where the filter intervened)."""
+    constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """A constraint in plain language, e.g. "don't touch the red ball" (repeat for several)."""
+    shield: str = field(default="none", metadata={"choices": SHIELD_NAMES})
+    """Safety filter between model and env: none, learned or sim."""
     device: str | None = None
     """Torch device (default: the GPU if any, else cpu)."""
 
@@ -472,12 +493,17 @@ class ModelConfig:
     """Episode timesteps with their own embedding; later ones share the last."""
     context: int = 32
     """Timesteps a training window holds, and the most the cache keeps when acting."""
+    state_input: str = "full"
+    """What the observation token sees of the state: "full" (proprioception, objects, zones, hazards) or
+    "proprio" (only the embodiment's own features; objects and zones must come from the pixels)."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
         if self.pixels and self.pixels < 16:
             raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
+        if self.state_input not in ("full", "proprio"):
+            raise ConfigError(f"state_input={self.state_input!r}: use 'full' or 'proprio'")
         for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
@@ -566,6 +592,12 @@ class TrainRunConfig:
     """Model size preset."""
     pixels: bool = True
     """Use the stores' pixels when they have them (--no-pixels: state only)."""
+    imitate: str = field(default="clean", metadata={"choices": ("clean", "all")})
+    """Whose actions the policy head learns: "clean" skips episodes recorded by noisy or random policies (they still
+    train the dynamics, reward, cost and success heads; their clipped noise would otherwise pile up in the end bins);
+    "all" imitates every episode."""
+    state: str = field(default="full", metadata={"choices": ("full", "proprio")})
+    """What the model sees of the state vector: everything, or only proprioception (objects then come from the pixels)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint."""
     encoder: str | None = None
@@ -584,6 +616,57 @@ class InfoConfig:
     """A training run folder (the --out of `embodied train`)."""
     json: bool = False
     """Print JSON."""
+
+
+# ---------------------------------------------------------------------------- the model as a reward function
+@dataclass(frozen=True)
+class BenchRewardConfig:
+    ckpt: str = ""
+    """The reward model: a run folder (its best checkpoint) or a checkpoint folder."""
+    env: tuple[str, ...] = field(default=(), metadata={"metavar": "ID"})
+    """Environment ids to validate on (default: embodied/PointPushZone-v0 and embodied/PointPushDir-v0)."""
+    episodes: int = 20
+    """Evaluation seeds per environment, instruction set and noise scale."""
+    noise: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    """Noise scales of the scripted expert (0 = the expert; around 1 and above most episodes fail)."""
+    hack_threshold: float = 0.5
+    """An unsolved episode whose highest success probability reaches this counts as reward hacking."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    out: str | None = None
+    """Also write the JSON result to this file."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    env: str = ""
+    """Environment id (a reach or push env with control='ee'), e.g. embodied/PointPushDir-v0."""
+    instruction: str = ""
+    """The task in plain English, fixed for the run, e.g. "push the red cube to the right"."""
+    reward: str = "learned"
+    """Reward to train on: learned (the model's score for the instruction) or true (the env's own)."""
+    algo: str = "ppo"
+    """Stable-baselines3 algorithm: ppo or sac."""
+    steps: int = 100_000
+    """Environment steps of training."""
+    ckpt: str | None = None
+    """The reward model (a run or checkpoint folder); needed for --reward learned, and with --reward true it checks the policy for reward hacking."""
+    out: str = "runs/rl"
+    """Folder for rl.json (results, learning curve) and policy.safetensors."""
+    episodes: int = 50
+    """Evaluation episodes on the fixed evaluation seeds (true success, 95%% Wilson interval)."""
+    envs: int | None = None
+    """Training envs stepped together (default: 8 for ppo, 1 for sac)."""
+    seed: int = 0
+    """Seed of the policy, the envs and the training."""
+    terminate_on_success: bool = False
+    """End training episodes when the task is truly solved (off: the learned reward gets no true signal through episode ends)."""
+    device: str | None = None
+    """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print the result as JSON."""
 
 
 # ---------------------------------------------------------------------------- adaptation

@@ -3,7 +3,9 @@
 Sections: training curves (``metrics.jsonl`` of each run: train loss, held-out action NLL
 and imagined-state error), per-task success with 95% intervals and the expert beside it
 (``eval.json`` of each evaluation; several evaluations with different instruction sets show
-seen vs held-out side by side), and the rollout videos playing inline. Plots are SVG from
+seen vs held-out side by side), the same pooled per task family with the model / expert ratio
+and the quality targets (:func:`embodied.evaluate.evaluation_summary` over all rows given), and
+the rollout videos playing inline with their instructions. Plots are SVG from
 matplotlib and videos are data URIs, so the file needs nothing beside it. Every string that
 comes from a user or a file (instructions, env ids, paths) is HTML-escaped.
 An ``adapt_curve.json`` of ``embodied bench adapt`` (or a folder holding one) adds a
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from embodied.errors import EmbodiedError
+from embodied.evaluate import evaluation_summary
 
 MAX_VIDEO_BYTES = 8 * 2**20
 """Larger videos are linked by path instead of embedded."""
@@ -106,6 +109,87 @@ def _video(path: str) -> str:
     return f'<video controls muted loop playsinline width="256" src="data:video/mp4;base64,{data}"></video>'
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _aggregate_tables(summary: dict[str, Any], model: str | None = None) -> list[str]:
+    """HTML tables of :func:`embodied.evaluate.evaluation_summary`: per task family, means over families, targets;
+    ``model`` names the checkpoint when the report holds several."""
+    of = f" of {_e(model)}" if model else ""
+    parts = [f"<h2>Per task family{of} (pooled over its envs; 95% Wilson intervals)</h2>",
+             "<table class='families'><tr><th>family</th><th>split</th><th>instructions</th><th>envs</th><th>episodes</th>"
+             "<th>success [95% CI]</th><th>expert [95% CI]</th><th>model / expert</th></tr>"]
+    for f in summary["families"]:
+        lo, hi = f["success_ci"]
+        elo, ehi = f.get("expert_success_ci", (None, None))
+        expert = f"{f['expert_success']:.2f} [{elo:.2f}, {ehi:.2f}]" if "expert_success" in f else "n/a"
+        parts.append(f"<tr><td>{_e(f['family'])}</td><td>{_e(f['split'])}</td><td>{_e(f['instructions'])}</td><td>{int(f['envs'])}</td>"
+                     f"<td>{int(f['episodes'])}</td><td>{f['success']:.2f} [{lo:.2f}, {hi:.2f}]</td><td>{expert}</td>"
+                     f"<td>{_num(f['model_vs_expert'])}</td></tr>")
+    for o in summary["overall"]:
+        parts.append(f"<tr class='mean'><th colspan='5'>mean over {len(o['families'])} families ({_e(o['split'])}, {_e(o['instructions'])})</th>"
+                     f"<td>{_num(o['mean_success'])}</td><td>{_num(o['mean_expert_success'])}</td><td>{_num(o['model_vs_expert'])}</td></tr>")
+    parts.append("</table>")
+    if summary["targets"]:
+        parts.append(f"<h2>Targets{of} (train environments)</h2><table class='targets'><tr><th>ratio</th><th>value</th><th>target</th><th>holds</th><th>what</th></tr>")
+        for t in summary["targets"]:
+            verdict = {True: "yes", False: "no", None: "undefined"}[t["met"]]
+            parts.append(f"<tr><td>{_e(t['name'])}</td><td>{_num(t['value'])}</td><td>&ge; {t['target']:.2f}</td><td>{verdict}</td><td>{_e(t['what'])}</td></tr>")
+        parts.append("</table>")
+    return parts
+
+
+def _safety_plot(rows: list[dict[str, Any]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['env_id'].split('/')[-1]}\n{r.get('shield', 'none')}" for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(rows)), 3))
+    for ax, key, title in ((axes[0], "violations_per_episode", "violations per episode (95% CI)"), (axes[1], "success", "success (95% CI)")):
+        v = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_ci"] for r in rows])
+        ax.bar(x, v, 0.6, yerr=[np.maximum(v - ci[:, 0], 0), np.maximum(ci[:, 1] - v, 0)], capsize=3,
+               color=["#999" if r.get("shield", "none") == "none" else "#3a7" for r in rows])
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_title(title, fontsize=9)
+    return _svg(fig)
+
+
+def safety_section(rows: list[dict[str, Any]]) -> str:
+    """HTML of the safety results: violations, violation rate, interventions and success per env and shield,
+    and a plot of violations and success (empty when no row has safety numbers)."""
+    rows = [r for r in rows if "violations_per_episode" in r]
+    shown = {r["env_id"] for r in rows if r.get("shield", "none") != "none" or r.get("constraints") or r["violations_per_episode"] > 0}
+    rows = [r for r in rows if r["env_id"] in shown]  # envs where safety is at stake: filtered, constrained or violated
+    if not rows:
+        return ""
+
+    def ci(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        if key not in r:
+            return "-"
+        lo, hi = r.get(f"{key}_ci", (r[key], r[key]))
+        return f"{r[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+    parts = ["<h2>Safety (violations: indicator costs summed over each episode, a diverged episode counts one; "
+             "95% intervals: normal for per-episode means, Wilson for rates; red-bordered video frames: the filter intervened)</h2>",
+             _safety_plot(rows),
+             "<table><tr><th>env</th><th>shield</th><th>constraints</th><th>episodes</th><th>violations / episode</th>"
+             "<th>episodes with a violation</th><th>interventions / episode</th><th>success</th></tr>"]
+    for r in rows:
+        parts.append(
+            f"<tr><td>{_e(r['env_id'])}</td><td>{_e(r.get('shield', 'none'))}</td><td>{_e('; '.join(r.get('constraints', [])) or '-')}</td>"
+            f"<td>{int(r['episodes'])}</td><td>{ci(r, 'violations_per_episode')}</td><td>{ci(r, 'violation_rate')}</td>"
+            f"<td>{ci(r, 'interventions_per_episode', '.1f')}</td><td>{ci(r, 'success')}</td></tr>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
 def build_report(paths: list[str], out: str) -> dict[str, Any]:
     """Write the HTML report of ``paths`` (run folders, evaluation folders or eval.json files) to ``out``."""
     runs, evals, curves = [], [], []
@@ -126,7 +210,7 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
     for ev in evals:
         data = json.loads(ev.read_text())
         for r in data["rows"]:
-            rows.append({**r, "_source": str(ev)})
+            rows.append({**r, "_source": str(ev), "_ckpt": str(data.get("ckpt", ev))})
     if rows:
         parts.append("<h2>Success per task (95% Wilson intervals; expert on the same seeds)</h2>")
         parts.append(_success_plot(rows))
@@ -140,12 +224,19 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
                 f"<td>{r['mean_cost']:.2f}</td><td>{r.get('mean_length', 0):.0f}</td><td>{int(r.get('invalid', 0))}</td><td>{_e(r['_source'])}</td></tr>"
             )
         parts.append("</table>")
+        models = list(dict.fromkeys(r["_ckpt"] for r in rows))  # never pool two models' episodes
+        for ckpt in models:
+            parts += _aggregate_tables(evaluation_summary([r for r in rows if r["_ckpt"] == ckpt]), ckpt if len(models) > 1 else None)
+        parts.append(safety_section(rows))
         videos = [(r, v) for r in rows for v in r.get("videos", [])]
         if videos:
             parts.append("<h2>Rollouts</h2>")
             for r, v in videos:
-                parts.append(f"<figure>{_video(v['video'])}<figcaption>{_e(r['env_id'])}, seed {int(v['seed'])}, "
-                             f"success {bool(v['success'])}</figcaption></figure>")
+                said = f", &ldquo;{_e(v['instruction'])}&rdquo;" if v.get("instruction") else ""
+                shielded = (f", {_e(r.get('shield', 'none'))} shield intervened on {int(v['interventions'])} steps (red border)"
+                            if "interventions" in v else "")
+                parts.append(f"<figure>{_video(v['video'])}<figcaption>{_e(r['env_id'])}, seed {int(v['seed'])}{said}, "
+                             f"success {bool(v['success'])}{shielded}</figcaption></figure>")
     for curve in curves:
         parts.append(_adapt_section(curve))
     parts.append("</body></html>")

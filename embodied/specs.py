@@ -73,6 +73,26 @@ def state_slices() -> dict[str, slice]:
     return out
 
 
+PROPRIO_FEATURES: Final = ("ee_pos", "ee_vel", "joint_cos", "joint_sin", "joint_vel", "joint_mask")
+"""The parts of the state an embodiment senses about itself (the rest describes the scene)."""
+
+
+def state_input_mask(kind: str, dim: int = STATE_DIM) -> list[float]:
+    """Per state dimension, 1.0 where a model with ``state_input=kind`` ("full" or "proprio") sees it, else 0.0."""
+    if kind == "full":
+        return [1.0] * dim
+    keep = [0.0] * dim
+    for name, sl in state_slices().items():
+        if name in PROPRIO_FEATURES:
+            keep[sl] = [1.0] * (sl.stop - sl.start)
+    return keep
+
+
+def exploratory_policy(name: str) -> bool:
+    """Is ``name`` (an episode's ``policy`` metadata) a deliberately perturbed recorder: ``noisy:SIGMA`` or ``random``?"""
+    return name == "random" or name.startswith("noisy")
+
+
 # Seeds. Training data and evaluation never share an episode seed: collection draws from
 # [0, EVAL_SEED_START) and evaluation from [EVAL_SEED_START, 2**32). This is the one place
 # the rule lives; `embodied collect` and `embodied eval` both call these functions.

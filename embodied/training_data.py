@@ -66,9 +66,19 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     index = {s: i for i, s in enumerate(names)}
     goals = torch.from_numpy(np.stack([np.asarray(vectors[s], dtype=np.float32) for s in names]))
 
-    def remap(batch: dict[str, torch.Tensor], table: list[str]) -> dict[str, torch.Tensor]:
-        lookup = torch.tensor([index[s] for s in table], device=batch[specs.INSTRUCTION].device)
-        return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]]}
+    imitate = {id(sampler): imitation_mask(sampler.policies, run.imitate)}
+    if not imitate[id(sampler)].any():
+        raise ConfigError(f"every episode in {', '.join(run.data)} was recorded by a noisy or random policy, so --imitate clean "
+                          "leaves the policy nothing to learn; pass --imitate all to learn their actions")
+    if held is not None:
+        imitate[id(held)] = imitation_mask(held.policies, run.imitate)
+
+    def remap(batch: dict[str, torch.Tensor], source: Any) -> dict[str, torch.Tensor]:
+        """Global instruction indices, and the action mask cleared on episodes the policy should not imitate."""
+        dev = batch[specs.INSTRUCTION].device
+        lookup = torch.tensor([index[s] for s in source.instructions], device=dev)
+        keep = imitate[id(source)].to(dev)[batch["episode"]]
+        return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]], "action_mask": batch["action_mask"] & keep[:, None]}
 
     resident = device_windows(sampler, pick_device(run.device))
 
@@ -80,14 +90,14 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         else:
             source = make_loader(sampler, num_workers=run.workers, pin_memory=torch.cuda.is_available())
         for b in source:
-            yield remap(b, sampler.instructions)
+            yield remap(b, sampler)
 
     def eval_batches() -> Iterator[dict[str, torch.Tensor]]:
         assert held is not None
         for k in range(cfg.eval_batches):
-            yield remap(held.batch(k), held.instructions)
+            yield remap(held.batch(k), held)
 
-    model_cfg = preset(run.preset, pixels=pixels, context=max(cfg.window, preset(run.preset).context))
+    model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, preset(run.preset).context))
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "state_mean": torch.as_tensor(state_stats.mean if state_stats.count else np.zeros(specs.STATE_DIM), dtype=torch.float32),
@@ -98,6 +108,11 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
                  resume=run.resume, device=run.device, meta=meta, progress=progress)
+
+
+def imitation_mask(policies: list[str], imitate: str) -> torch.Tensor:
+    """Per episode (by the ``policy`` that recorded it): do its actions train the policy head? (see TrainRunConfig.imitate)"""
+    return torch.tensor([imitate == "all" or not specs.exploratory_policy(p) for p in policies], dtype=torch.bool)
 
 
 def device_windows(sampler: Any, device: torch.device, budget: float = 0.25) -> Any:

@@ -22,7 +22,7 @@ from embodied.errors import ConfigError, UnknownEnvError  # noqa: E402
 from .experts import RandomPolicy, ScriptedExpert
 from .splits import ENVS, EnvEntry, env_ids
 from .tabletop import TabletopEnv
-from .wrappers import InstructionAsBytes
+from .wrappers import FixedTask, InstructionAsBytes, StateOnly
 
 ENTRY_POINT = "embodied.envs.tabletop:TabletopEnv"
 
@@ -65,4 +65,4 @@ def card(env_id: str) -> str:
     return f"{e.id} ({e.split}): {e.description}\nkwargs: {kw}; max_episode_steps={e.max_episode_steps}\n\n{doc}"
 
 
-__all__ = ["ENVS", "EnvEntry", "InstructionAsBytes", "RandomPolicy", "ScriptedExpert", "TabletopEnv", "card", "entry", "env_ids", "make"]
+__all__ = ["ENVS", "EnvEntry", "FixedTask", "InstructionAsBytes", "StateOnly", "RandomPolicy", "ScriptedExpert", "TabletopEnv", "card", "entry", "env_ids", "make"]

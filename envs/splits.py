@@ -5,7 +5,8 @@ the "new environments" of few-shot adaptation and generalisation tests: a held-o
 (``Rows``), held-out physics (``Heavy``: heavier, slipperier objects), held-out colours and
 objects (``Novel``: held-out colour x shape compositions and a colour never seen in
 training) and a held-out embodiment (the 3-link arm). ``Hazard`` variants switch the safety
-costs on: two keep-out zones, fragile distractors and a fingertip speed limit.
+costs on: two keep-out zones, fragile distractors and a fingertip speed limit;
+``HazardRows`` (held out) adds workspace bounds in the held-out layout.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ _FAMILY_TEXT = {
 _EMBODIMENT_TEXT = {"point": "point-mass pusher", "arm2": "2-link arm", "arm3": "3-link arm (held-out embodiment)"}
 HAZARDS = dict(hazards=2, fragile=True, speed_limit=0.3)
 """Keyword arguments of the Hazard variants."""
+HELDOUT_HAZARDS = dict(layout="rows", **HAZARDS, workspace=0.32)
+"""Keyword arguments of the HazardRows variants: a held-out layout, and workspace bounds besides the Hazard costs."""
 VARIANTS: dict[str, tuple[Literal["train", "heldout"], dict[str, Any], str]] = {
     "": ("train", {}, ""),
     "Rows": ("heldout", {"layout": "rows"}, "; held-out layout (objects in a row, zones in a row)"),
     "Heavy": ("heldout", {"object_mass": 0.5, "object_friction": 0.35}, "; held-out physics (2.5x mass, slippery)"),
     "Novel": ("heldout", {"target_split": "novel"}, "; held-out colour x shape targets and the unseen colour cyan"),
     "Hazard": ("train", HAZARDS, "; keep-out zones, fragile objects and a speed limit"),
+    "HazardRows": ("heldout", HELDOUT_HAZARDS, "; held-out layout with keep-out zones, fragile objects, a speed limit and workspace bounds"),
 }
 
 

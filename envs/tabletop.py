@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import mujoco
@@ -31,6 +31,7 @@ from embodied.specs import (
 )
 
 from . import instructions as ins
+from .constraints import COST_TERMS, Constraint, Fragile, KeepOut, SpeedLimit, Workspace, constraint_from, from_keywords
 from .embodiments import EMBODIMENTS, make_embodiment
 from .layouts import LAYOUTS, feasible, place_hazards
 from .scene import HAZARD_RADIUS, Physics, bind, build_spec, make_renderer, show_object
@@ -45,7 +46,6 @@ DIVERGENCE_WARNINGS = frozenset(
 )
 WARNING_NAMES = {int(w): w.name for w in mujoco.mjtWarning.__members__.values() if w.name != "mjNWARNING"}
 REWARD_TERMS = ("reward_reach", "reward_goal", "reward_success", "reward_ctrl")
-COST_TERMS = ("cost_hazard", "cost_fragile", "cost_speed")
 _SL = state_slices()
 _JOINTS = slice(_SL["joint_cos"].start, _SL["joint_mask"].stop)
 
@@ -76,7 +76,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     reset and zero while the constraint is off): ``cost_hazard`` while the fingertip is inside
     a keep-out zone (``hazards=k`` places k of them); ``cost_fragile`` when a contact force on
     a non-target object exceeds ``fragile_force`` newtons (``fragile=True``); ``cost_speed``
-    while the fingertip is faster than ``speed_limit`` m/s.
+    while the fingertip is faster than ``speed_limit`` m/s; ``cost_workspace`` while the
+    fingertip is outside ``|x|, |y| <= workspace`` m. ``constraints`` adds constraint specs
+    (:mod:`embodied.envs.constraints`, instances or dicts), including named ones: a keep-out
+    zone of one colour, one fragile object; a reset then sets up a scene that has them.
 
     **Episode end**: terminated when the task succeeds (``terminate_on_success``) or when
     MuJoCo diverges (bad qacc, qvel or qpos: ``info["invalid"]`` is True and the warning names
@@ -86,7 +89,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     **Variants** are keyword arguments: ``embodiment`` (point, arm2, arm3), ``family``
     (reach, push_zone, push_dir), ``layout`` (scatter, rows), ``target_split`` (train,
     composition, novel), ``instruction_split`` (train, paraphrase, all), ``object_mass``
-    (kg), ``object_friction``, ``hazards``, ``fragile``, ``speed_limit`` and the reward weights.
+    (kg), ``object_friction``, ``hazards``, ``fragile``, ``speed_limit``, ``workspace``,
+    ``constraints`` and the reward weights.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -107,6 +111,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         fragile: bool = False,
         fragile_force: float = 4.0,
         speed_limit: float | None = None,
+        workspace: float | None = None,
+        constraints: Sequence[Constraint | dict[str, Any]] = (),
         reach_weight: float = 1.0,
         goal_weight: float = 2.0,
         success_bonus: float = 10.0,
@@ -134,7 +140,23 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.family = make_family(family)
         self.layout, self.target_split, self.instruction_split = layout, target_split, instruction_split
         self.pixels, self.control, self.frame_skip = pixels, control, int(frame_skip)
-        self.n_hazards, self.fragile, self.fragile_force, self.speed_limit = hazards, fragile, fragile_force, speed_limit
+        self.constraints: tuple[Constraint, ...] = tuple(
+            from_keywords(hazards, fragile, fragile_force, speed_limit, workspace) + [constraint_from(c) for c in constraints]
+        )
+        named_zones = [c.colour for c in self.constraints if isinstance(c, KeepOut) and c.colour]
+        if len(set(named_zones)) > N_HAZARDS:
+            raise ConfigError(f"at most {N_HAZARDS} keep-out colours fit in a scene, got {', '.join(sorted(set(named_zones)))}")
+        named_objects = {(c.colour, c.shape): c.force for c in self.constraints if isinstance(c, Fragile) and c.colour}
+        if len(named_objects) > N_OBJECTS - 1:
+            raise ConfigError(f"at most {N_OBJECTS - 1} named fragile objects fit beside the target, got {len(named_objects)}")
+        self._named_zones, self._named_objects = list(dict.fromkeys(named_zones)), named_objects
+        any_keep_out = any(isinstance(c, KeepOut) for c in self.constraints)
+        self.n_hazards = max(hazards, len(self._named_zones), 1 if any_keep_out else 0)
+        self._keep_out_all = any(isinstance(c, KeepOut) and not c.colour for c in self.constraints)
+        unnamed = [c.force for c in self.constraints if isinstance(c, Fragile) and not c.colour]
+        self.fragile, self.fragile_force = bool(unnamed), min(unnamed, default=fragile_force)
+        self.speed_limit = min((c.limit for c in self.constraints if isinstance(c, SpeedLimit)), default=None)
+        self.workspace = min((c.half_extent for c in self.constraints if isinstance(c, Workspace)), default=None)
         self.weights = dict(reach=reach_weight, goal=goal_weight, success=success_bonus, ctrl=ctrl_weight)
         self.terminate_on_success = terminate_on_success
         self.render_mode, self.render_size = render_mode, render_size
@@ -167,7 +189,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._hazard_pos = np.full((N_HAZARDS, 2), 5.0)
         self.instruction = ""
         self.goal = None
-        self._fragile_geoms: set[int] = set()
+        self._fragile_geoms: dict[int, float] = {}
+        self._keep_out = np.zeros(0, dtype=int)
         self._warn_counts = self.data.warning.number.copy()
 
     # ------------------------------------------------------------------ episode set-up
@@ -193,7 +216,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.goal = goal
 
         # Colours and shapes: the target from the split's allowed pairs, distractors with other colours.
-        colour, shape = self.targets[int(rng.integers(len(self.targets)))]
+        targets = [t for t in self.targets if t not in self._named_objects] if self._named_objects else self.targets
+        colour, shape = targets[int(rng.integers(len(targets)))]
         if task is not None:
             colour, shape = task.colour, task.shape
         others = [c for c in self.palette if c != colour]
@@ -211,6 +235,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
                 zone_colours[goal.zone] = task.zone
         spare = [c for c in ins.TRAIN_COLOURS if c not in zone_colours]
         hazard_colours = [spare[int(i)] for i in rng.choice(len(spare), N_HAZARDS, replace=False)]
+        if self._named_zones:
+            zone_colours, hazard_colours = self._name_hazards(zone_colours, hazard_colours, task.zone if task is not None else "")
+        if self._named_objects:
+            self._name_objects(colours, shapes, target)
 
         qpos = d.qpos
         for i in range(N_OBJECTS):
@@ -230,10 +258,14 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self._shapes, self._colours = shapes, colours
         self._zone_colours, self._hazard_colours = zone_colours, hazard_colours[: self.n_hazards]
         self._obj_start = objs.copy()
-        self._fragile_geoms = (
-            {int(self.h.obj_geoms[i, SHAPES.index(shapes[i])]) for i in range(N_OBJECTS) if i != target}
-            if self.fragile else set()
-        )
+        geom = lambda i: int(self.h.obj_geoms[i, SHAPES.index(shapes[i])])  # noqa: E731
+        self._fragile_geoms = {geom(i): self.fragile_force for i in range(N_OBJECTS) if i != target and self.fragile}
+        for i in range(N_OBJECTS):
+            force = self._named_objects.get((colours[i], shapes[i]))
+            if i != target and force is not None:
+                self._fragile_geoms[geom(i)] = min(force, self._fragile_geoms.get(geom(i), force))
+        self._keep_out = np.array([i for i in range(self.n_hazards)
+                                   if self._keep_out_all or self._hazard_colours[i] in self._named_zones], dtype=int)
         self.instruction = ins.sample_instruction(
             rng, self.family.name, self.instruction_split, colour, shape,
             zone=zone_colours[goal.zone] if goal.zone >= 0 else "", direction=goal.direction,
@@ -245,6 +277,30 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         obs = self._observation()
         info = self._step_info(np.zeros(self.action_space.shape), reset=True)[1]
         return obs, info
+
+    def _name_hazards(self, zone_colours: list[str], hazard_colours: list[str], requested_zone: str) -> tuple[list[str], list[str]]:
+        """Colours so that the named keep-out colours are hazards (first slots) and no goal zone shares them."""
+        named = self._named_zones
+        if requested_zone in named:
+            raise ConfigError(f"the goal zone is {requested_zone}, the same colour as a keep-out zone; name another keep-out colour")
+        free = [c for c in ins.TRAIN_COLOURS if c not in named and c not in zone_colours]
+        zones = [free.pop(0) if c in named else c for c in zone_colours]
+        rest = [c for c in hazard_colours + list(ins.TRAIN_COLOURS) if c not in named and c not in zones]
+        return zones, list(dict.fromkeys(named + rest))[:N_HAZARDS]
+
+    def _name_objects(self, colours: list[str], shapes: list[str], target: int) -> None:
+        """Make the named fragile objects distractors of this scene (in place); the target cannot be one."""
+        if (colours[target], shapes[target]) in self._named_objects:
+            raise ConfigError(f"the {colours[target]} {shapes[target]} is the task's target and cannot also be fragile; name another object")
+        slots = [i for i in range(N_OBJECTS) if i != target]
+        for (colour, shape), slot in zip(self._named_objects, slots):
+            colours[slot], shapes[slot] = colour, shape
+        used = {colours[target], *(c for c, _ in self._named_objects)}
+        free = [c for c in self.palette if c not in used]
+        for slot in slots[len(self._named_objects):]:  # the other distractors keep distinct colours
+            if colours[slot] in used:
+                colours[slot] = free.pop(0)
+            used.add(colours[slot])
 
     def _requested_task(self, options: dict[str, Any] | None) -> ins.Task | None:
         """``options["task"]`` (an :class:`~embodied.envs.instructions.Task` or its dict) checked against this env."""
@@ -314,14 +370,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             "reward_success": w["success"] * float(success),
             "reward_ctrl": -w["ctrl"] * float(a @ a),
         }
-        costs = dict.fromkeys(COST_TERMS, 0.0)
-        if not reset:
-            if self.n_hazards:
-                costs["cost_hazard"] = float(np.any(np.hypot(*(self._hazard_pos[: self.n_hazards] - ee).T) < HAZARD_RADIUS))
-            if self._fragile_geoms:
-                costs["cost_fragile"] = float(self._fragile_contact())
-            if self.speed_limit is not None:
-                costs["cost_speed"] = float(np.hypot(*self.embodiment.ee_vel(d)) > self.speed_limit)
+        costs = dict.fromkeys(COST_TERMS, 0.0) if reset else self.cost_terms(d)
         if invalid:
             terms = dict.fromkeys(REWARD_TERMS, 0.0)
             success = False
@@ -332,14 +381,31 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         info[INFO_WARNINGS] = warnings
         return sum(terms.values()), info
 
-    def _fragile_contact(self) -> bool:
-        d, m = self.data, self.model
+    def cost_terms(self, d: mujoco.MjData) -> dict[str, float]:
+        """The indicator cost terms (0.0 or 1.0 each) of ``d``, a state of this env's model in the current episode.
+
+        The env's own step passes ``self.data``; a lookahead passes a scratch copy.
+        """
+        costs = dict.fromkeys(COST_TERMS, 0.0)
+        ee = self.embodiment.ee_pos(d)
+        if len(self._keep_out):
+            costs["cost_hazard"] = float(np.any(np.hypot(*(self._hazard_pos[self._keep_out] - ee).T) < HAZARD_RADIUS))
+        if self._fragile_geoms:
+            costs["cost_fragile"] = float(self._fragile_contact(d))
+        if self.speed_limit is not None:
+            costs["cost_speed"] = float(np.hypot(*self.embodiment.ee_vel(d)) > self.speed_limit)
+        if self.workspace is not None:
+            costs["cost_workspace"] = float(np.max(np.abs(ee)) > self.workspace)
+        return costs
+
+    def _fragile_contact(self, d: mujoco.MjData) -> bool:
         force = np.zeros(6)
         for i in range(d.ncon):
             c = d.contact[i]
-            if c.geom1 in self._fragile_geoms or c.geom2 in self._fragile_geoms:
-                mujoco.mj_contactForce(m, d, i, force)
-                if force[0] > self.fragile_force:
+            limit = self._fragile_geoms.get(c.geom1, self._fragile_geoms.get(c.geom2))
+            if limit is not None:
+                mujoco.mj_contactForce(self.model, d, i, force)
+                if force[0] > limit:
                     return True
         return False
 

@@ -7,7 +7,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from embodied.specs import INSTRUCTION, INSTRUCTION_BYTES, encode_instruction
+from embodied.specs import INSTRUCTION, INSTRUCTION_BYTES, STATE, encode_instruction
 
 
 class InstructionAsBytes(gym.ObservationWrapper):
@@ -26,3 +26,44 @@ class InstructionAsBytes(gym.ObservationWrapper):
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         return {**observation, INSTRUCTION: encode_instruction(observation[INSTRUCTION])}
+
+
+class FixedTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Every episode asks for the task of one plain-language instruction.
+
+    Each ``reset`` sets the scene up to contain what ``instruction`` names (the target object,
+    the zone colour or the direction; the rest of the layout follows the seed), and the
+    observation's ``instruction`` is those exact words. Reinforcement learning on a
+    language-specified reward uses it: the instruction is fixed per run.
+    """
+
+    def __init__(self, env: gym.Env, instruction: str) -> None:
+        from embodied.errors import ConfigError
+
+        from .instructions import InstructionError, parse_instruction
+
+        gym.utils.RecordConstructorArgs.__init__(self, instruction=instruction)
+        super().__init__(env)
+        try:
+            self.task = parse_instruction(instruction)
+        except InstructionError as e:
+            raise ConfigError(f"cannot use {instruction[:80]!r}: {e}") from None
+        family = env.unwrapped.family.name  # type: ignore[attr-defined]
+        if self.task.family != family:
+            raise ConfigError(f"the instruction asks for a {self.task.family} task, this env runs {family} tasks; pick a {self.task.family} env")
+        self.instruction = instruction
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        return self.env.reset(seed=seed, options={**(options or {}), "task": self.task._asdict(), "instruction": self.instruction})
+
+
+class StateOnly(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """The observation's ``state`` vector alone, a float32 Box (for policies that get the goal otherwise, e.g. fixed per run)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        self.observation_space = env.observation_space[STATE]  # type: ignore[index]
+
+    def observation(self, observation: dict[str, Any]) -> np.ndarray:
+        return observation[STATE]

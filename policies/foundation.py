@@ -1,8 +1,9 @@
 """The foundation model as a policy, with stable-baselines3's ``predict`` protocol.
 
 :class:`FoundationPolicy` loads a checkpoint folder (or a run folder: its best checkpoint),
-encodes each episode's instruction once, and adds one timestep per step through the
-model's key/value cache: the previous action's token, then the new observation's, whose
+encodes each episode's instruction once, and adds one timestep per step through a
+key/value cache (:class:`embodied.ringcache.RingCache`, the fast form of
+``TrajectoryModel.step``): the previous action's token, then the new observation's, whose
 hidden state gives the action bins. ``use_cache=False`` recomputes the whole context every
 step instead (the reference the cache is measured and tested against).
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from embodied import specs
-from embodied.model import KVCache, TrajectoryModel
+from embodied.model import TrajectoryModel
+from embodied.ringcache import RingCache
 
 
 class Policy(Protocol):
@@ -40,7 +42,7 @@ class _Episode:
 
     instruction: str
     goal: torch.Tensor
-    cache: KVCache | None = None
+    cache: RingCache | None = None
     t: int = 0
     last_action: torch.Tensor | None = None
     states: list[torch.Tensor] = field(default_factory=list)
@@ -75,6 +77,14 @@ class FoundationPolicy:
     def reset(self) -> None:
         """Forget every running episode (the next ``predict`` starts new ones)."""
         self._episodes = []
+
+    def executed(self, actions: np.ndarray) -> None:
+        """The actions that ran, (A,) or (N, A) (a safety filter may have replaced this policy's own);
+        the next ``predict`` feeds these back into each episode's context instead."""
+        rows = np.asarray(actions, dtype=np.float32).reshape(len(self._episodes) or 1, -1)
+        for ep, a in zip(self._episodes, rows):
+            if ep is not None:
+                ep.last_action = torch.as_tensor(a[None], device=self.device)
 
     @torch.inference_mode()
     def predict(self, observation: Any, state: Any = None, episode_start: np.ndarray | None = None,
@@ -112,10 +122,9 @@ class FoundationPolicy:
 
     def _step_cached(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
         if ep.cache is None:
-            ep.cache = self.model.start(ep.goal)
+            ep.cache = RingCache(self.model, ep.goal)
         # one pass appends the previous action's token, then this observation's
-        logits, ep.cache = self.model.step(ep.cache, s, torch.tensor([ep.t], device=self.device), p, ep.last_action)
-        return logits
+        return ep.cache.step(s, ep.t, ep.last_action, p)
 
     def _step_full(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
         """The same action from a full forward pass over the last ``context`` timesteps (no cache)."""

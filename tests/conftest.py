@@ -28,3 +28,17 @@ def train_tiny(folder, episodes: int = 10, holdout: float = 0.0, **train):
 def tiny_run(tmp_path_factory):
     """A run folder of the tiny model trained for 4 steps on 10 PointReach episodes (state only)."""
     return train_tiny(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def report_inputs(tmp_path_factory):
+    """A folder with ``run`` (the tiny model, 6 steps with held-out metrics every 3) and its evaluations on
+    PointReach, ``eval-seen`` (2 episodes, one video) and ``eval-paraphrase`` (2 episodes, no video)."""
+    from embodied.cli import main
+
+    tmp = tmp_path_factory.mktemp("rep")
+    run = train_tiny(tmp, episodes=20, holdout=0.2, steps=6, eval_every=3, save_every=3, log_every=2)
+    for instr in ("seen", "paraphrase"):
+        assert main(["eval", "--ckpt", str(run), "--env", "embodied/PointReach-v0", "--episodes", "2", "--instructions", instr,
+                     "--videos", "1" if instr == "seen" else "0", "--out", str(tmp / f"eval-{instr}")]) == 0
+    return tmp

@@ -152,7 +152,7 @@ def test_adapter_never_unpickles(head_run, tmp_path):
 
 def test_eval_runs_on_an_adapted_model_unchanged(head_run, capsys):
     assert main(["eval", "--ckpt", str(head_run), "--env", HELD_OUT, "--episodes", "2", "--envs", "2", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["rows"]
     assert rows[0]["env_id"] == HELD_OUT and rows[0]["episodes"] == 2
     assert (head_run / "eval" / "eval.json").exists()
 

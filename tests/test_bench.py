@@ -56,6 +56,9 @@ def test_bench_policy_reports_both_paths():
     from embodied.bench_policy import bench_policy, format_result
 
     r = bench_policy("tiny", context=8, steps=10, device="cpu")
-    assert {"cached_p50_ms", "cached_p99_ms", "full_p50_ms", "full_p99_ms", "cache_speedup", "context", "params"} <= r.keys()
+    assert {"cached_p50_ms", "cached_p99_ms", "full_p50_ms", "full_p99_ms", "cache_speedup", "context", "params",
+            "cached_cpu_p50_ms", "full_cpu_p50_ms", "cache_speedup_cpu", "threads"} <= r.keys()
     assert 0 < r["cached_p50_ms"] <= r["cached_p99_ms"] and 0 < r["full_p50_ms"] <= r["full_p99_ms"]
+    assert 0 < r["cached_cpu_p50_ms"] and 0 < r["full_cpu_p50_ms"] and r["threads"] == 1
     assert abs(r["cache_speedup"] - r["full_p50_ms"] / r["cached_p50_ms"]) < 1e-9 and "with cache" in format_result(r)
+    assert abs(r["cache_speedup_cpu"] - r["full_cpu_p50_ms"] / r["cached_cpu_p50_ms"]) < 1e-9

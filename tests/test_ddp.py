@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent(
             return super().save(*a, **kw)
 
     train_mod.TrajectoryModel, train_mod.CheckpointManager = Recorded, Manager
-    run = TrainRunConfig(data=(store,), out=out, preset="tiny", workers=0, holdout=0.0, pixels=False)
+    run = TrainRunConfig(data=(store,), out=out, preset="tiny", workers=0, holdout=0.0, pixels=False, imitate="all")
     cfg = TrainConfig(steps=steps, batch_size=batch_size, window=8, warmup=2, lr=1e-3, log_every=4, eval_every=0,
                       save_every=4, compile=False, seed=5)
     summary = train_from_stores(run, cfg, progress=False)

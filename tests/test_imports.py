@@ -6,7 +6,7 @@
 - ``envs`` and ``datasets`` never import each other, ``policies`` or anything of
   ``embodied`` beyond the shared leaves.
 - ``policies`` may use the core and ``datasets``, not ``envs`` or the application layer.
-- Only the application layer (evaluate, collect, report, bench, cli, __main__) wires everything.
+- Only the application layer (evaluate, collect, report, bench, shielding, cli, __main__) wires everything.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"embodied": "embodied", "envs": "embodied.envs", "datasets": "embodied.datasets", "policies": "embodied.policies"}
 SHARED = {"embodied.specs", "embodied.errors", "embodied"}
-APP = {"embodied.evaluate", "embodied.collect", "embodied.training_data", "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.cli", "embodied.cli_data", "embodied.cli_adapt", "embodied.adapt_data", "embodied.bench_adapt", "embodied.__main__"}
+APP = {"embodied.evaluate", "embodied.bench_reward", "embodied.rl", "embodied.cli_rl", "embodied.collect", "embodied.training_data",
+       "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.shielding",
+       "embodied.cli", "embodied.cli_data", "embodied.cli_adapt", "embodied.adapt_data", "embodied.bench_adapt", "embodied.__main__"}
 HEAVY = {"torch", "mujoco", "gymnasium", "zarr", "cv2", "av", "sentence_transformers", "matplotlib", "stable_baselines3", "numpy"}
 
 

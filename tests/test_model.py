@@ -183,3 +183,25 @@ def test_step_appends_action_and_observation_in_one_pass_like_act_then_observe()
             # beyond it `step` drops the oldest timestep before the action token attends (it never sees
             # outside the window); the cache never grows past the window
             assert b_cache[0][0].shape[2] <= cfg.n_goal_tokens + 2 * cfg.context
+
+
+def test_proprio_state_input_ignores_the_scene_features():
+    """With state_input="proprio" the objects and zones reach the model only through the pixels."""
+    from embodied import specs
+
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny", state_input="proprio", pixels=16)).eval()
+    full = TrajectoryModel(preset("tiny", pixels=16)).eval()
+    full.load_state_dict(model.state_dict())
+    batch, goal = _batch(2, 5, model.cfg), torch.randn(2, model.cfg.lang_dim)
+    scene = batch["state"].clone()
+    scene[..., specs.state_slices()["objects"]] += 5.0
+    moved = {**batch, "state": scene}
+    with torch.no_grad():
+        assert torch.equal(model(batch, goal)["h_obs"], model(moved, goal)["h_obs"])
+        assert not torch.allclose(full(batch, goal)["h_obs"], full(moved, goal)["h_obs"])
+        proprio = batch["state"].clone()
+        proprio[..., specs.state_slices()["ee_pos"]] += 1.0
+        assert not torch.allclose(model(batch, goal)["h_obs"], model({**batch, "state": proprio}, goal)["h_obs"])
+    with pytest.raises(ConfigError, match="state_input"):
+        preset("tiny", state_input="objects")

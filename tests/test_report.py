@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-import pytest
-
 from embodied.cli import main
 
 
@@ -21,20 +19,8 @@ class _Tags(HTMLParser):
         self.srcs += [v for k, v in attrs if k in ("src", "href") and v]
 
 
-@pytest.fixture(scope="module")
-def run_and_evals(tmp_path_factory):
-    from conftest import train_tiny
-
-    tmp = tmp_path_factory.mktemp("rep")
-    run = train_tiny(tmp, episodes=20, holdout=0.2, steps=6, eval_every=3, save_every=3, log_every=2)
-    for instr in ("seen", "paraphrase"):
-        assert main(["eval", "--ckpt", str(run), "--env", "embodied/PointReach-v0", "--episodes", "2", "--instructions", instr,
-                     "--videos", "1" if instr == "seen" else "0", "--out", str(tmp / f"eval-{instr}")]) == 0
-    return tmp
-
-
-def test_report_is_self_contained_with_curves_tables_and_videos(run_and_evals, capsys):
-    tmp = run_and_evals
+def test_report_is_self_contained_with_curves_tables_and_videos(report_inputs, capsys):
+    tmp = report_inputs
     out = tmp / "report.html"
     assert main(["report", str(tmp / "run"), str(tmp / "eval-seen"), str(tmp / "eval-paraphrase" / "eval.json"), "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -42,17 +28,20 @@ def test_report_is_self_contained_with_curves_tables_and_videos(run_and_evals, c
     p = _Tags()
     p.feed(text)
     assert p.tags.count("svg") >= 2  # training curves and the success plot
-    assert p.tags.count("tr") == 1 + 2  # header + seen + paraphrase rows
+    assert p.tags.count("table") == 3  # per env, per family, targets
+    assert p.tags.count("tr") == (1 + 2) + (1 + 2 + 2) + (1 + 2)  # header + rows: envs; families and means; two targets
+    assert "paraphrase_vs_seen" in text and "model_vs_expert" in text
     assert "paraphrase" in text and "seen" in text
     assert p.tags.count("video") == 1
     assert all(s.startswith("data:") for s in p.srcs)  # nothing outside the file
 
 
-def test_user_strings_are_escaped(run_and_evals, tmp_path):
-    tmp = run_and_evals
+def test_user_strings_are_escaped(report_inputs, tmp_path):
+    tmp = report_inputs
     data = json.loads((tmp / "eval-seen" / "eval.json").read_text())
     data["rows"][0]["env_id"] = "<script>alert('x')</script>"
     data["rows"][0]["family"] = "reach & <b>bold</b>"
+    data["rows"][0]["videos"][0]["instruction"] = "push the <i>red</i> cube"
     evil = tmp_path / "x&y" / "eval.json"
     evil.parent.mkdir()
     evil.write_text(json.dumps(data))
@@ -61,6 +50,19 @@ def test_user_strings_are_escaped(run_and_evals, tmp_path):
     text = out.read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert "<b>bold</b>" not in text and "x&amp;y" in text
+    assert "<i>" not in text and "push the &lt;i&gt;red&lt;/i&gt; cube" in text
+
+
+def test_aggregates_never_pool_two_models(report_inputs, tmp_path):
+    data = json.loads((report_inputs / "eval-seen" / "eval.json").read_text())
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({**data, "ckpt": f"runs/model-{name}"}))
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("<table class='families'>") == 2 and "Per task family of runs/model-b" in text
+    assert text.count("<tr class='mean'>") == 2  # one mean row each, over that model's episodes only
 
 
 def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
@@ -70,12 +72,12 @@ def test_report_refuses_what_it_cannot_read(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_demo_report_step_evaluates_and_reports_then_reuses(run_and_evals, tmp_path, capsys):
+def test_demo_report_step_evaluates_and_reports_then_reuses(report_inputs, tmp_path, capsys):
     from embodied.cli import _demo_report
 
-    report = _demo_report(str(run_and_evals / "run"), tmp_path, force=False, episodes=1)
+    report = _demo_report(str(report_inputs / "run"), tmp_path, force=False, episodes=1)
     text = open(report).read()
     assert "paraphrase" in text and text.count("<video") == 2  # one rollout per env, seen instructions
     assert "[5/5] evaluating" in capsys.readouterr().out
-    _demo_report(str(run_and_evals / "run"), tmp_path, force=False, episodes=1)
+    _demo_report(str(report_inputs / "run"), tmp_path, force=False, episodes=1)
     assert "reusing" in capsys.readouterr().out

@@ -27,7 +27,7 @@ def reach_store(tmp_path_factory) -> str:
 
 
 def _run(store: str, out: Path, **kw) -> TrainRunConfig:
-    return TrainRunConfig(data=(store,), out=str(out), preset="tiny", workers=0, **kw)
+    return TrainRunConfig(data=(store,), out=str(out), preset="tiny", workers=0, **{"imitate": "all", **kw})  # noisy:0.2 demos
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -50,6 +50,15 @@ def test_tiny_model_learns_the_actions(reach_store, tmp_path):
     variance = float(acts.var(axis=0).mean())
     assert r["metrics"]["action_mse"] < 0.3 * variance, (r["metrics"], variance)
     assert r["metrics"]["state_err_1"] is not None and r["metrics"]["state_err_1"] < r["metrics"]["state_err_5"]
+
+
+def test_imitate_clean_learns_actions_only_from_unperturbed_recorders(reach_store, tmp_path):
+    from embodied.training_data import imitation_mask
+
+    assert imitation_mask(["expert", "noisy:0.5", "random", "human", ""], "clean").tolist() == [True, False, False, True, True]
+    assert imitation_mask(["expert", "noisy:0.5", "random"], "all").all()
+    with pytest.raises(EmbodiedError, match="--imitate all"):  # the store holds only noisy:0.2 episodes
+        train_from_stores(_run(reach_store, tmp_path / "c", imitate="clean"), _cfg(steps=2), progress=False)
 
 
 def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path):
@@ -137,7 +146,7 @@ def test_a_pickle_is_refused_by_resume_and_info(reach_store, tmp_path, capsys):
 def test_cli_train_and_info(reach_store, tmp_path, capsys):
     out = str(tmp_path / "cli")
     assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", out, "--steps", "6", "--batch-size", "8",
-                 "--window", "4", "--workers", "0", "--save-every", "3", "--eval-every", "3", "--no-compile"]) == 0
+                 "--window", "4", "--workers", "0", "--save-every", "3", "--eval-every", "3", "--no-compile", "--imitate", "all"]) == 0
     assert "trained" in capsys.readouterr().out
     assert main(["info", out]) == 0
     text = capsys.readouterr().out
@@ -145,7 +154,7 @@ def test_cli_train_and_info(reach_store, tmp_path, capsys):
     assert main(["train", "--out", out]) == 2
     assert "--data" in capsys.readouterr().err
     before = sorted(p.name for p in (Path(out) / "checkpoints").iterdir())
-    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", out, "--steps", "2", "--workers", "0"]) == 2
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", out, "--steps", "2", "--workers", "0", "--imitate", "all"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert sorted(p.name for p in (Path(out) / "checkpoints").iterdir()) == before  # nothing written is lost
     with pytest.raises(SystemExit) as e:  # argparse refuses an unknown preset with one line

@@ -1,0 +1,217 @@
+"""How good is the model as a reward function? (``embodied bench reward``)
+
+Held-out episodes are rolled out on the fixed evaluation seeds (``embodied.specs.eval_seeds``,
+never a collection seed) by the scripted expert and by noisy experts (temporally correlated
+noise of each scale in ``noises``; the larger scales fail often), once with the training
+instruction templates (``seen``) and once with the held-out paraphrases (``paraphrase``) on
+the same scenes. The model scores every episode under the instruction the episode had, and:
+
+- success AUC: episode-level, the model's success probability (its maximum over the
+  episode, and at the final step) against the true success of the episode;
+- reward rank correlation: Spearman's rho of the learned against the true per-step reward
+  (all steps pooled), and of the learned against the true episode return;
+- reward hacking: episodes the model rates as solved (maximum success probability at least
+  ``hack_threshold``, or a mean learned reward per step at least that of the median truly
+  successful episode) whose true success is zero, listed.
+
+Targets: success AUC >= 0.95, for seen and for paraphrased instructions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+AUC_TARGET = 0.95
+DEFAULT_NOISES = (0.0, 0.5, 1.0, 2.0)
+INSTRUCTIONS = ("seen", "paraphrase")
+
+
+# ---------------------------------------------------------------------------- metrics
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` (n,), ties sharing their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` (n,) for boolean ``labels`` (n,), ties counted half; None with one class only."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    r = average_ranks(np.asarray(scores))
+    return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two (n,) arrays (ties at their average rank); None when either is constant or n < 2."""
+    if len(a) < 2:
+        return None
+    ra, rb = average_ranks(np.asarray(a)), average_ranks(np.asarray(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else None
+
+
+# ---------------------------------------------------------------------------- held-out episodes
+def rollout_episodes(env_ids: Sequence[str], episodes: int, noises: Sequence[float] = DEFAULT_NOISES,
+                     instruction_sets: Sequence[str] = INSTRUCTIONS, seed_offset: int = 0,
+                     env_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Expert and noisy-expert episodes on the evaluation seeds, one per (env, instructions, noise, seed).
+
+    Each is a dict with ``env_id``, ``instructions``, ``noise``, ``seed``, ``instruction``,
+    and the arrays of :func:`record_episode`.
+    """
+    from embodied import specs
+    from embodied.envs import ScriptedExpert, make
+    from embodied.evaluate import INSTRUCTION_SETS
+
+    seeds = specs.eval_seeds(episodes, seed_offset)
+    out = []
+    for env_id in env_ids:
+        for instr in instruction_sets:
+            env = make(env_id, **INSTRUCTION_SETS[instr], **(env_kwargs or {}))
+            try:
+                for noise in noises:
+                    for seed in seeds:
+                        out.append({"env_id": env_id, "instructions": instr, "noise": float(noise), "seed": seed,
+                                    **record_episode(env, ScriptedExpert(env, noise=noise, seed=seed), seed)})
+            finally:
+                env.close()
+    return out
+
+
+def record_episode(env: Any, policy: Any, seed: int) -> dict[str, Any]:
+    """One episode of a ``predict``-protocol policy (:func:`embodied.collect.record_episode`) as one dict:
+    ``instruction``, ``state`` (T + 1, S), ``action`` (T, A), ``reward`` and ``cost`` (T,), ``success`` and
+    ``invalid`` at the end, and ``pixels`` (T + 1, H, W, 3) when the env renders them."""
+    from embodied import collect, specs
+
+    steps, summary = collect.record_episode(env, policy, seed)
+    ep = {"instruction": summary[specs.INSTRUCTION], "success": summary["success"], "invalid": not summary[specs.VALID]}
+    ep.update({k: steps[k] for k in (specs.STATE, specs.ACTION, specs.REWARD, specs.COST, specs.PIXELS) if k in steps})
+    return ep
+
+
+# ---------------------------------------------------------------------------- scoring and metrics
+def score_episodes(reward_model: Any, episodes: list[dict[str, Any]], batch: int = 64) -> None:
+    """Add the model's ``learned_reward``, ``learned_success`` and ``learned_cost`` (each (T,)) to each episode, in place."""
+    for i in range(0, len(episodes), batch):
+        chunk = episodes[i : i + batch]
+        trajs = [({"state": e["state"], **({"pixels": e["pixels"]} if "pixels" in e else {})}, e["action"], e["instruction"]) for e in chunk]
+        for e, s in zip(chunk, reward_model.score_batch(trajs)):
+            e["learned_reward"], e["learned_success"], e["learned_cost"] = s.reward, s.success, s.cost
+
+
+def success_reward_level(episodes: list[dict[str, Any]]) -> float | None:
+    """The median over truly successful episodes of their mean learned reward per step (None without one)."""
+    levels = [float(e["learned_reward"].mean()) for e in episodes if e["success"] and not e["invalid"]]
+    return float(np.median(levels)) if levels else None
+
+
+def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, max_listed: int = 10,
+                   reward_level: float | None = None) -> dict[str, Any]:
+    """Success AUC (max and final probability), Spearman of step rewards and of returns, and reward-hacking episodes.
+
+    An episode counts as reward hacking when its true success is zero but the model rates it
+    as solved: its highest success probability reaches ``hack_threshold``, or its mean learned
+    reward per step reaches ``reward_level`` (default: :func:`success_reward_level` of these episodes).
+    """
+    eps = [e for e in episodes if not e["invalid"]]
+    truth = np.array([e["success"] for e in eps], dtype=bool)
+    p_max = np.array([float(e["learned_success"].max()) for e in eps])
+    p_final = np.array([float(e["learned_success"][-1]) for e in eps])
+    level = success_reward_level(eps) if reward_level is None else reward_level
+    hacks = [e for e, p, y in zip(eps, p_max, truth)
+             if not y and (p >= hack_threshold or (level is not None and float(e["learned_reward"].mean()) >= level))]
+    hacks.sort(key=lambda e: -float(e["learned_reward"].mean()))
+    by_noise = {}
+    for noise in sorted({e["noise"] for e in eps}):
+        sel = [e for e in eps if e["noise"] == noise]
+        by_noise[f"{noise:g}"] = {"episodes": len(sel), "true_success": float(np.mean([e["success"] for e in sel])),
+                                  "mean_max_success_prob": float(np.mean([e["learned_success"].max() for e in sel]))}
+    return {
+        "episodes": len(eps),
+        "invalid": len(episodes) - len(eps),
+        "true_successes": int(truth.sum()),
+        "success_auc_max": roc_auc(p_max, truth),
+        "success_auc_final": roc_auc(p_final, truth),
+        "reward_spearman_step": spearman(np.concatenate([e["learned_reward"] for e in eps]), np.concatenate([e["reward"] for e in eps])) if eps else None,
+        "return_spearman": spearman(np.array([e["learned_reward"].sum() for e in eps]), np.array([e["reward"].sum() for e in eps])),
+        "by_noise": by_noise,
+        "hack_threshold": hack_threshold,
+        "hack_reward_level": level,
+        "hacking_episodes": len(hacks),
+        "hacking_examples": [
+            {"env_id": e["env_id"], "instructions": e["instructions"], "noise": e["noise"], "seed": e["seed"], "instruction": e["instruction"],
+             "max_success_prob": float(e["learned_success"].max()), "mean_learned_reward": float(e["learned_reward"].mean()),
+             "true_return": float(e["reward"].sum()),
+             "learned_return": float(e["learned_reward"].sum()), "length": len(e["action"])}
+            for e in hacks[:max_listed]
+        ],
+    }
+
+
+def bench_reward(ckpt: str | Any, env_ids: Sequence[str], episodes: int = 20, noises: Sequence[float] = DEFAULT_NOISES,
+                 device: str | None = None, hack_threshold: float = 0.5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Roll out held-out episodes, score them with the reward heads, and measure (see the module doc).
+
+    ``ckpt`` is a checkpoint or run folder, or a loaded :class:`~embodied.policies.RewardModel`.
+    """
+    import time
+
+    from embodied.policies import RewardModel
+
+    rm = ckpt if isinstance(ckpt, RewardModel) else RewardModel.load(ckpt, device=device)
+    ckpt = "a loaded RewardModel" if isinstance(ckpt, RewardModel) else str(ckpt)
+    kwargs = {"pixels": rm.model.cfg.pixels} if rm.model.cfg.pixels else {}
+    t0 = time.perf_counter()
+    eps = rollout_episodes(env_ids, episodes, noises, env_kwargs=kwargs)
+    t1 = time.perf_counter()
+    if progress:
+        progress(f"rolled out {len(eps)} episodes in {t1 - t0:.1f} s; scoring")
+    score_episodes(rm, eps)
+    t2 = time.perf_counter()
+    steps = sum(len(e["action"]) for e in eps)
+    out: dict[str, Any] = {"ckpt": ckpt, "env_ids": list(env_ids), "episodes_per_cell": episodes, "noises": [float(n) for n in noises],
+                           "device": str(rm.device), "scored_steps": steps, "score_ms_per_step": 1e3 * (t2 - t1) / max(steps, 1)}
+    out["all"] = reward_metrics(eps, hack_threshold)
+    for instr in INSTRUCTIONS:
+        out[instr] = reward_metrics([e for e in eps if e["instructions"] == instr], hack_threshold)
+    out["per_env"] = {env_id: reward_metrics([e for e in eps if e["env_id"] == env_id], hack_threshold) for env_id in env_ids}
+    out["missed_targets"] = missed_targets(out)
+    return out
+
+
+def missed_targets(r: dict[str, Any]) -> list[str]:
+    """One line per missed target (success AUC >= 0.95 on seen and on paraphrased instructions)."""
+    missed = []
+    for instr in INSTRUCTIONS:
+        auc = r[instr]["success_auc_max"]
+        if auc is None or auc < AUC_TARGET:
+            missed.append(f"{instr} instructions: success AUC {auc if auc is None else round(auc, 3)} < {AUC_TARGET}")
+    return missed
+
+
+def format_result(r: dict[str, Any]) -> str:
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [f"{r['ckpt']} on {', '.join(r['env_ids'])}: {r['episodes_per_cell']} eval seeds x noise {r['noises']} x (seen, paraphrase); "
+             f"scoring {r['score_ms_per_step']:.2f} ms/step on {r['device']}",
+             f"{'':<12}{'episodes':>9}{'successes':>10}{'AUC max':>9}{'AUC final':>10}{'rho step':>9}{'rho return':>11}{'hacking':>8}"]
+    for key in ("seen", "paraphrase", "all"):
+        m = r[key]
+        lines.append(f"{key:<12}{m['episodes']:>9}{m['true_successes']:>10}{f(m['success_auc_max']):>9}{f(m['success_auc_final']):>10}"
+                     f"{f(m['reward_spearman_step']):>9}{f(m['return_spearman']):>11}{m['hacking_episodes']:>8}")
+    for ex in r["all"]["hacking_examples"][:5]:
+        lines.append(f"  hacking: {ex['env_id']} seed {ex['seed']} noise {ex['noise']:g} {ex['instruction']!r}: "
+                     f"max success prob {ex['max_success_prob']:.2f}, learned reward {ex['mean_learned_reward']:.2f}/step, not solved (true return {ex['true_return']:.1f})")
+    return "\n".join(lines)

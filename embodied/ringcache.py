@@ -1,0 +1,169 @@
+"""Fast closed-loop acting: :meth:`TrajectoryModel.step` over a preallocated ring-buffer key/value cache.
+
+``TrajectoryModel.step`` keeps its cache as a list of growing tensors: every step concatenates
+the new keys and values onto each block's cache, and once ``context`` timesteps are held it
+copies the cache without its oldest timestep. Both cost a dozen small allocations a step, on
+top of the per-module call overhead, which is most of a step's time for a small model on a CPU.
+
+:class:`RingCache` computes the same thing with the same weights, differently stored:
+
+- keys and values of every block live in one buffer allocated once,
+  ``(n_layer, 2, B, n_head, G + 2 * context, head_dim)``: the goal tokens' slots first, then
+  ``context`` pairs of slots. Step ``t`` writes its two new tokens (the previous action
+  ``a_{t-1}``, then the observation ``o_t``) in place into pair ``t % context``, overwriting
+  the oldest timestep's observation and the action before it;
+- attention reads the whole buffer under an additive mask that hides empty slots, the one
+  dropped action still stored (``a_{t-context}``), and ``o_t`` from ``a_{t-1}``. Tokens carry
+  their timestep in their embedding and attention is order-free, so the slot order does not
+  matter. The ``2 * context`` masks this needs are built once;
+- blocks run as plain functional ops on the modules' own weights (no module calls, no
+  dropout: acting is inference; keys and values written with one copy per block), the state
+  normalisation (and the ``state_input`` mask) is folded into the state MLP's first layer
+  (without pixels), and only the policy head runs.
+
+The cache therefore holds exactly the tokens ``step``'s cache holds, and the two agree up to
+float rounding at every step (tests/test_ringcache.py). A cache belongs to one episode of one
+model: it reads the weights as they are when the episode starts. ``torch.compile`` of the step
+(static shapes) was tried on the 2-core CPU VM and was slower than this eager path (guards and
+wrapper overhead outweigh the fused kernels at two tokens a step).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from embodied.model import ACT, OBS, TrajectoryModel
+
+
+class _Weights(NamedTuple):
+    """One block's tensors, read once per episode: attribute look-ups on modules cost more than the ops here."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc_w: torch.Tensor
+    fc_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, blk: torch.nn.Module) -> "_Weights":
+        a, fc, out = blk.attn, blk.mlp[0], blk.mlp[2]
+        return cls(blk.ln1.weight, blk.ln1.bias, a.qkv.weight, a.qkv.bias, a.proj.weight, a.proj.bias,
+                   blk.ln2.weight, blk.ln2.bias, fc.weight, fc.bias, out.weight, out.bias, blk.ln1.eps)
+
+
+class RingCache:
+    """A running episode's key/value cache for ``B`` rows that share their timestep.
+
+    ``step(state, t, prev_action, pixels)`` appends ``a_{t-1}`` (when ``prev_action`` is
+    given) and ``o_t`` and returns the action logits (B, action_dim, action_bins) at ``o_t``.
+    ``t`` counts the episode's steps from 0 and must grow by one per call.
+    """
+
+    def __init__(self, model: TrajectoryModel, goal: torch.Tensor) -> None:
+        """``goal`` (B, lang_dim): the instruction embeddings; the model should be in eval mode."""
+        cfg = model.cfg
+        self.model, self.cfg = model, cfg
+        self.G, self.C, self.n_head = cfg.n_goal_tokens, cfg.context, cfg.n_head
+        B, dev = goal.shape[0], goal.device
+        self.blocks = [_Weights.of(blk) for blk in model.blocks]
+        with torch.inference_mode():
+            self.kv = torch.zeros(cfg.n_layer, 2, B, self.n_head, self.G + 2 * self.C, cfg.d_model // cfg.n_head, device=dev)
+            self.masks = _masks(self.G, self.C, dev)
+            self.slots = (self.G + torch.arange(2 * self.C, device=dev)).view(self.C, 2)  # pair p: its two slots
+            g = model.goal_tokens(goal)
+            for i, w in enumerate(self.blocks):  # the goal tokens attend to each other causally
+                g = _block(w, g, self.kv[i], torch.arange(self.G, device=dev), None, self.n_head)
+            fc1, fc2 = model.state_enc[0], model.state_enc[2]
+            # obs_tokens: W ((s - mean) / std * mask) + b = (W * mask / std) s + (b - (W * mask / std) mean)
+            self.state_w = fc1.weight * (model.state_input_mask / model.state_std)
+            self.state_b = fc1.bias - self.state_w @ model.state_mean
+            self.state_w2, self.state_b2 = fc2.weight, fc2.bias
+        self.act_w, self.act_b = model.action_enc.weight, model.action_enc.bias
+        self.obs_emb, self.act_emb = model.modality.weight[OBS], model.modality.weight[ACT]
+        self.time_emb = model.timestep.weight
+        self.lnf = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+        self.head_w, self.head_b = model.action_head.weight, model.action_head.bias
+        self.t = -1
+
+    def step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None = None,
+             pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``a_{t-1}`` (B, action_dim) and ``o_t`` (state (B, state_dim), pixels (B, H, W, 3)); action logits (B, A, bins)."""
+        if t != self.t + 1:
+            raise ValueError(f"RingCache steps one timestep at a time: expected t={self.t + 1}, got {t}")
+        if (prev_action is None) != (t == 0):
+            raise ValueError("give prev_action at every step but the first (t=0)")
+        if torch.is_inference_mode_enabled():  # the policy's predict already is; entering it again costs more than a block
+            return self._step(state, t, prev_action, pixels)
+        with torch.inference_mode():
+            return self._step(state, t, prev_action, pixels)
+
+    def _step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
+        last = self.time_emb.shape[0] - 1
+        if pixels is None:  # the state MLP with the normalisation folded into its first layer
+            obs = F.linear(F.gelu(F.linear(state, self.state_w, self.state_b)), self.state_w2, self.state_b2)
+            obs = (obs + self.obs_emb + self.time_emb[min(t, last)])[:, None]
+        else:
+            obs = self.model.obs_tokens(state[:, None], torch.full((state.shape[0], 1), t, device=state.device), pixels[:, None])
+        if prev_action is not None:
+            act = F.linear(prev_action.float(), self.act_w, self.act_b) + self.act_emb + self.time_emb[min(t - 1, last)]
+            x = torch.cat([act[:, None], obs], dim=1)
+        else:
+            x = obs
+        L, p = x.shape[1], t % self.C
+        mask = self.masks[t if t < self.C else self.C + p, 2 - L:]  # (L, G + 2C): rows a_{t-1}, o_t
+        slots = self.slots[p, 2 - L:]
+        self.t = t
+        for i, w in enumerate(self.blocks):
+            x = _block(w, x, self.kv[i], slots, mask, self.n_head)
+        h = F.layer_norm(x[:, -1], (x.shape[-1],), *self.lnf)
+        return F.linear(h, self.head_w, self.head_b).unflatten(-1, (self.cfg.action_dim, self.cfg.action_bins))
+
+
+def _block(w: _Weights, x: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None, n_head: int) -> torch.Tensor:
+    """One pre-norm block (``Block.forward``) on the new tokens x (B, L, d): their keys and values go into ``kv``
+    (2, B, H, N, hd) at ``slots`` (L,); with ``mask`` (L, N) they attend over the whole buffer, without it causally
+    over themselves."""
+    B, L, d = x.shape
+    h = F.layer_norm(x, (d,), w.ln1_w, w.ln1_b, w.eps)
+    qkv = F.linear(h, w.qkv_w, w.qkv_b).view(B, L, 3, n_head, d // n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+    kv.index_copy_(3, slots, qkv[1:])  # keys and values in one write
+    if mask is None:
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+    else:
+        y = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask)
+    x = x + F.linear(y.transpose(1, 2).reshape(B, L, d), w.proj_w, w.proj_b)
+    h = F.layer_norm(x, (d,), w.ln2_w, w.ln2_b, w.eps)
+    return x + F.linear(F.gelu(F.linear(h, w.fc_w, w.fc_b)), w.out_w, w.out_b)
+
+
+@functools.lru_cache(maxsize=8)
+def _masks(G: int, C: int, device: torch.device) -> torch.Tensor:
+    """(2C, 2, G + 2C) additive masks (0 or -inf); row 0 is the query ``a_{t-1}``, row 1 ``o_t``.
+
+    Entry ``t < C`` is step t while the ring fills; entry ``C + p`` is every step t >= C with
+    t % C == p. Pair j holds (a_{s-1}, o_s) of the latest timestep s with s % C == j.
+    """
+    e = torch.arange(2 * C)[:, None]  # entry
+    j = torch.arange(C)[None, :]  # pair
+    filling = e < C
+    p = torch.where(filling, e, e - C)  # the pair this step writes
+    obs_ok = ~filling | (j <= e)  # written already
+    dropped = (j == (p + 1) % C) & (C > 1)  # a_{t-C}, still stored beside o_{t-C+1}
+    act_ok = torch.where(filling, (j >= 1) & (j <= e), ~dropped)  # a_{-1} does not exist
+    ok = torch.ones(2 * C, 2, G + 2 * C, dtype=torch.bool)
+    ok[:, :, G::2] = act_ok[:, None]
+    ok[:, :, G + 1::2] = obs_ok[:, None]
+    ok[torch.arange(2 * C), 0, G + 2 * p[:, 0] + 1] = False  # a_{t-1} comes before o_t
+    return torch.zeros(ok.shape).masked_fill(~ok, float("-inf")).to(device)

@@ -1,0 +1,303 @@
+"""Reinforcement learning on a language-specified reward (``embodied rl``).
+
+One instruction fixes the task of a run (:class:`embodied.envs.FixedTask`: every episode's
+scene contains what it names). The reward is either the env's own (``true``) or the
+foundation model's score of each step for that instruction (``learned``:
+:class:`embodied.policies.LearnedReward`); stable-baselines3 trains on it. The policy sees
+the state vector only, normalised by running statistics. Evaluation always uses the true
+success, on the fixed evaluation seeds (never a training seed), with a 95% Wilson interval
+(:mod:`embodied.evaluate`); when a reward model is at hand, the evaluation episodes are also
+scored by it and episodes it believes solved but that are not are listed (reward hacking).
+
+Each env of a run is built as::
+
+    make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source
+        -> algorithm's env wrappers -> StateOnly -> Monitor
+
+Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
+builds its SB3 model and may add env wrappers (after the reward source) and training
+callbacks. A constrained variant (PPO-Lagrangian, ``--cost-limit C``) is one more class: a
+wrapper that subtracts ``multiplier x info["cost"]`` from the reward and a callback that
+raises or lowers the multiplier from the episode costs it sees; the command stays the same.
+Reward sources are functions in :data:`REWARDS` (``@register_reward``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from embodied.envs.registry import Registry
+from embodied.errors import ConfigError
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import VecEnv
+
+
+@dataclass(frozen=True)
+class RLSpec:
+    """Everything one RL run needs (the CLI's ``RLConfig`` less its output options)."""
+
+    env_id: str
+    instruction: str
+    reward: str = "learned"
+    algo: str = "ppo"
+    steps: int = 100_000
+    reward_ckpt: str | None = None
+    n_envs: int = 8
+    episodes: int = 50
+    seed: int = 0
+    terminate_on_success: bool = False
+    device: str | None = None
+
+
+# ---------------------------------------------------------------------------- reward sources
+RewardSource = Callable[["gym.Env", RLSpec, Any], "gym.Env"]
+REWARDS: Registry[RewardSource] = Registry("reward")
+register_reward = REWARDS.register
+"""Function decorator: ``@register_reward("name")`` adds ``source(env, spec, reward_model) -> env``."""
+
+
+@register_reward("true")
+def true_reward(env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+    """The env's own reward."""
+    return env
+
+
+@register_reward("learned")
+def learned_reward(env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+    """The model's score of each step for the run's instruction (true reward in ``info``)."""
+    from embodied.policies import LearnedReward
+
+    if reward_model is None:
+        raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
+    return LearnedReward(env, reward_model, spec.instruction)
+
+
+# ---------------------------------------------------------------------------- algorithms
+class Algorithm:
+    """An RL algorithm of stable-baselines3, its defaults, env wrappers and callbacks."""
+
+    name: str
+    default_envs: int = 8
+
+    def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
+        """The SB3 model that will learn on ``venv``."""
+        raise NotImplementedError
+
+    def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
+        """Wrappers applied after the reward source (e.g. a cost penalty); none by default."""
+        return []
+
+    def callbacks(self, spec: RLSpec) -> list["BaseCallback"]:
+        """Extra SB3 callbacks (e.g. a Lagrange multiplier update); none by default."""
+        return []
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+register_algorithm = ALGORITHMS.register
+"""Class decorator: ``@register_algorithm("name")`` adds an :class:`Algorithm`."""
+
+
+@register_algorithm("ppo")
+class PPOAlgorithm(Algorithm):
+    """PPO: 8 envs x 256 steps per rollout, 10 epochs of minibatches of 256, clipped surrogate."""
+
+    def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
+        from stable_baselines3 import PPO
+
+        return PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99,
+                   gae_lambda=0.95, seed=spec.seed, device=device, verbose=0)
+
+
+@register_algorithm("sac")
+class SACAlgorithm(Algorithm):
+    """SAC: one env, a gradient step every 2 env steps after 1000 random ones."""
+
+    default_envs = 1
+
+    def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
+        from stable_baselines3 import SAC
+
+        return SAC("MlpPolicy", venv, learning_starts=1000, train_freq=2, gradient_steps=1, gamma=0.99,
+                   seed=spec.seed, device=device, verbose=0)
+
+
+# ---------------------------------------------------------------------------- the run
+def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
+    """Every user-input error of a run, before anything heavy loads (one line each, exit code 2)."""
+    from embodied.envs import FixedTask, entry, make
+
+    entry(spec.env_id)
+    REWARDS[spec.reward]
+    ALGORITHMS[spec.algo]
+    if not spec.instruction.strip():
+        raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
+    if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
+        raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
+    if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
+        raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
+    if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
+        raise ConfigError(f"no checkpoint at {spec.reward_ckpt}; train one with `embodied train --out {spec.reward_ckpt}`")
+    env = make(spec.env_id)
+    try:
+        FixedTask(env, spec.instruction)  # a malformed instruction or the wrong task family fails here
+    finally:
+        env.close()
+
+
+def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: bool = True) -> "gym.Env":
+    """One training env of the run (see the module doc for the order of wrappers)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    from embodied.envs import FixedTask, StateOnly, make
+
+    env = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success), spec.instruction)
+    env = REWARDS[spec.reward](env, spec, reward_model)
+    for wrap in algorithm.env_wrappers(spec):
+        env = wrap(env)
+    env = StateOnly(env)
+    return Monitor(env) if monitor else env
+
+
+class StatePolicy:
+    """A trained SB3 model as a ``predict``-protocol policy on the suite's dict observations (state only)."""
+
+    def __init__(self, model: "BaseAlgorithm", normalize: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.model, self.normalize = model, normalize
+
+    def reset(self) -> None:
+        """The policy keeps no state between steps."""
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        s = np.asarray(observation["state"], dtype=np.float32)
+        batched = s.ndim == 2
+        a, _ = self.model.predict(self.normalize(s if batched else s[None]), deterministic=True)
+        return (a if batched else a[0]), None
+
+
+def _progress_callback(log: list[dict[str, Any]], every: int, progress: Callable[[str], None] | None = None) -> "BaseCallback":
+    """An SB3 callback recording (and passing to ``progress``), every ``every`` env steps, the true success and true return of the episodes finished since."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            n = self.training_env.num_envs
+            self.ret, self.done_ok, self.done_ret, self.last = np.zeros(n), [], [], 0
+
+        def _on_step(self) -> bool:
+            infos, dones = self.locals["infos"], self.locals["dones"]
+            env = self.training_env  # a VecNormalize: its rewards are normalised, the original ones are the env's
+            raw = env.get_original_reward() if hasattr(env, "get_original_reward") else self.locals["rewards"]
+            for i, info in enumerate(infos):
+                self.ret[i] += float(info.get("true_reward", raw[i]))
+                if dones[i]:
+                    self.done_ok.append(bool(info.get("is_success", False)))
+                    self.done_ret.append(self.ret[i])
+                    self.ret[i] = 0.0
+            if self.num_timesteps - self.last >= every and self.done_ok:
+                log.append({"steps": self.num_timesteps, "episodes": len(self.done_ok), "true_success": float(np.mean(self.done_ok)),
+                            "true_return": float(np.mean(self.done_ret))})
+                if progress:
+                    r = log[-1]
+                    progress(f"{r['steps']} steps: {r['episodes']} episodes, true success {r['true_success']:.2f}, true return {r['true_return']:.1f}")
+                self.done_ok, self.done_ret, self.last = [], [], self.num_timesteps
+            return True
+
+    return Progress()
+
+
+def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | None = None, reward_model: Any = None) -> dict[str, Any]:
+    """Train on the spec's reward, evaluate with the true success, write ``rl.json`` and the policy's weights into ``out``.
+
+    ``reward_model`` (a :class:`~embodied.policies.RewardModel`) replaces loading ``spec.reward_ckpt``
+    (e.g. one whose instruction embeddings come from a stored table on a machine without the encoder).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    check_spec(spec, need_ckpt=reward_model is None)
+    algorithm = ALGORITHMS[spec.algo]()
+    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if reward_model is None and spec.reward_ckpt:
+        from embodied.policies import RewardModel
+
+        reward_model = RewardModel.load(spec.reward_ckpt, device=device)
+    if reward_model is not None:
+        if reward_model.model.cfg.pixels:
+            raise ConfigError(f"{spec.reward_ckpt} scores pixels; `embodied rl` runs state-only envs: use a state-only model")
+    venv = DummyVecEnv([lambda: make_env(spec, reward_model, algorithm) for _ in range(spec.n_envs)])
+    venv.seed(spec.seed)
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=0.99)
+    model = algorithm.build(venv, spec, device)
+    curve: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    model.learn(spec.steps, callback=[_progress_callback(curve, max(spec.steps // 20, 1), progress), *algorithm.callbacks(spec)])
+    train_s = time.perf_counter() - t0
+    if progress:
+        progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
+    venv.training = False
+    result = {"spec": asdict(spec), "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
+              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs), reward_model)}
+    venv.close()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}, str(folder / "policy.safetensors"))
+    rms = venv.obs_rms
+    result["obs_normalizer"] = {"mean": rms.mean.tolist(), "var": rms.var.tolist(), "clip": float(venv.clip_obs), "epsilon": float(venv.epsilon)}
+    tmp = folder / "rl.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(folder / "rl.json")
+    result["out"] = str(folder)
+    return result
+
+
+def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:
+    """True success of ``policy`` on the evaluation seeds (registered env, ending on success), with the reward model's view."""
+    from embodied import specs
+    from embodied.bench_reward import record_episode, reward_metrics, score_episodes, success_reward_level
+    from embodied.envs import FixedTask, make
+    from embodied.evaluate import summarize
+
+    from embodied.envs import ScriptedExpert
+
+    seeds = specs.eval_seeds(spec.episodes)
+    env = FixedTask(make(spec.env_id), spec.instruction)
+    try:
+        eps = [{"env_id": spec.env_id, "instructions": "fixed", "noise": 0.0, "seed": s, **record_episode(env, policy, s)} for s in seeds]
+        # the expert on the next seeds: how highly the model rates truly solved episodes of this task
+        experts = [{"env_id": spec.env_id, "instructions": "fixed", "noise": 0.0, "seed": s, **record_episode(env, ScriptedExpert(env), s)}
+                   for s in specs.eval_seeds(10, spec.episodes)] if reward_model is not None else []
+    finally:
+        env.close()
+    runs = [{"success": e["success"] and not e["invalid"], "return": float(e["reward"].sum()), "cost": float(e["cost"].sum()),
+             "length": len(e["action"]), "invalid": e["invalid"]} for e in eps]
+    out: dict[str, Any] = {"eval": summarize(spec.env_id, env.unwrapped.family.name, "fixed", runs, None, seeds)}
+    if reward_model is not None:
+        score_episodes(reward_model, eps + experts)
+        out["reward_check"] = reward_metrics(eps, reward_level=success_reward_level(experts))
+    return out
+
+
+def format_result(r: dict[str, Any]) -> str:
+    s, e = r["spec"], r["eval"]
+    lo, hi = e["success_ci"]
+    lines = [f"{s['algo']} on the {s['reward']} reward, {s['steps']} steps ({r['train_seconds']:.0f} s, {r['env_steps_per_s']:.0f} steps/s on {r['device']}): "
+             f"{s['env_id']} {s['instruction']!r}",
+             f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}"]
+    c = r.get("reward_check")
+    if c:
+        lines.append(f"  learned reward on these episodes: {c['hacking_episodes']} rated as solved (like the expert's) but not solved (reward hacking), "
+                     f"step reward rho {c['reward_spearman_step'] if c['reward_spearman_step'] is None else round(c['reward_spearman_step'], 3)}")
+    if "out" in r:
+        lines.append(f"  wrote {r['out']}/rl.json")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Safety filters wired to environments and models (application layer): ``--shield none|learned|sim``.
+
+:data:`SHIELDS` maps a shield name to a builder ``(env, ShieldSpec) -> SafetyFilter``; the
+builders join the filters of :mod:`embodied.policies.safety` with their cost predictors:
+the model's imagination (``learned``) or a MuJoCo lookahead on a copy of the env's state
+(``sim``, from :mod:`embodied.envs.lookahead`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from embodied.envs.registry import Registry
+from embodied.errors import ConfigError
+
+SIM_CHUNK = 8
+"""The sim filter checks candidates nearest-first in batches of this many (same result, less simulation)."""
+
+
+@dataclass
+class ShieldSpec:
+    """What a shield builder may use: the filter settings and, for ``learned``, a model and its sentence encoder."""
+
+    config: Any = None
+    """A :class:`~embodied.policies.safety.FilterConfig` (default settings when None)."""
+    model: Any = None
+    """The :class:`~embodied.model.TrajectoryModel` whose cost head the learned filter imagines with."""
+    encode: Callable[[Any], Any] | None = None
+    """Instructions -> (N, lang_dim) embeddings, as the model was trained with."""
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[Any, ShieldSpec], Any]
+SHIELDS: Registry[Builder] = Registry("shield")
+register_shield = SHIELDS.register
+"""Decorator: ``@register_shield("name")`` adds a builder ``(env, ShieldSpec) -> SafetyFilter``."""
+
+
+@register_shield("none")
+def _no_shield(env: Any, spec: ShieldSpec) -> Any:
+    from embodied.policies.safety import NoFilter
+
+    return NoFilter()
+
+
+@register_shield("learned")
+def _learned_shield(env: Any, spec: ShieldSpec) -> Any:
+    from embodied.policies.safety import CandidateFilter, FilterConfig, ModelCostPredictor
+
+    if spec.model is None or spec.encode is None:
+        raise ConfigError("the learned shield needs a model: give --ckpt (or --shield-ckpt) of a trained run")
+    return CandidateFilter(ModelCostPredictor(spec.model, spec.encode, spec.device), spec.config or FilterConfig())
+
+
+@register_shield("sim")
+def _sim_shield(env: Any, spec: ShieldSpec) -> Any:
+    from dataclasses import replace
+
+    from embodied.envs.lookahead import SimLookahead
+    from embodied.policies.safety import CandidateFilter, FilterConfig
+
+    cfg = spec.config or FilterConfig()
+    return CandidateFilter(SimLookahead(env), replace(cfg, chunk=cfg.chunk or SIM_CHUNK))
+
+
+def shield_factory(name: str, spec: ShieldSpec | None = None) -> Callable[[Any], Any]:
+    """``env -> SafetyFilter`` for the shield ``name`` (an unknown name is a one-line ConfigError)."""
+    builder = SHIELDS[name]
+    spec = spec or ShieldSpec()
+    return lambda env: builder(env, spec)
+
+
+def load_shield_model(path: str, device: str | None = None) -> ShieldSpec:
+    """A :class:`ShieldSpec` holding the model and encoder of a run or checkpoint folder (for ``learned``)."""
+    from embodied.policies import FoundationPolicy
+
+    p = FoundationPolicy.load(path, device=device)
+    return ShieldSpec(model=p.model, encode=p.encode, device=str(p.device))
+

@@ -1,0 +1,245 @@
+"""The foundation model as a reward function: ``score`` and a learned-reward gymnasium wrapper.
+
+The model's outcome heads read the hidden state at each action token ``a_t`` and predict
+what that action earns: the reward of the step (regressed in normalised units, returned in
+the env's units), the probability that the task is solved after it, and the probability
+that the step costs something (the safety costs are per-step indicators, so this is also
+the expected cost of an indicator constraint).
+
+:class:`RewardModel` scores whole trajectories (:meth:`RewardModel.score`) or one step at a
+time (:meth:`RewardModel.start` / :meth:`RewardModel.step`), both through the same
+key/value-cached recurrence the policy uses: per step, the action's token, then the next
+observation's. At most ``context`` timesteps stay in the cache, so long episodes cost the
+same per step as short ones and a trajectory scored at once gets exactly the numbers its
+steps got online.
+
+:class:`LearnedReward` is a gymnasium wrapper that replaces the env's reward by that score
+for one instruction; the env's own reward stays in ``info["true_reward"]`` beside its
+reward terms and ``is_success``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from embodied import specs
+from embodied.errors import ConfigError
+from embodied.model import KVCache, TrajectoryModel
+
+LEARNED_SUCCESS = "learned_success"
+"""``info`` key of :class:`LearnedReward`: the model's probability that the task is solved after this step."""
+LEARNED_COST = "learned_cost"
+"""``info`` key of :class:`LearnedReward`: the model's probability that this step costs something."""
+TRUE_REWARD = "true_reward"
+"""``info`` key of :class:`LearnedReward`: the env's own reward of this step."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """The model's verdict on each step of one trajectory of T actions."""
+
+    reward: np.ndarray
+    """(T,) float32 predicted reward of each step, in the env's reward units."""
+    success: np.ndarray
+    """(T,) float32 probability that the task is solved after action t."""
+    cost: np.ndarray
+    """(T,) float32 probability that step t costs something (the expected cost of an indicator constraint)."""
+
+
+@dataclass
+class RewardContext:
+    """The running state of B trajectories scored in lockstep: the key/value cache and the next timestep."""
+
+    cache: KVCache
+    t: int
+    batch: int
+
+
+class RewardModel:
+    """Score trajectories with a :class:`~embodied.model.TrajectoryModel`'s reward, success and cost heads."""
+
+    def __init__(self, model: TrajectoryModel, encode: Any, device: str | torch.device | None = None) -> None:
+        """``encode`` maps a list of instructions to (N, lang_dim) sentence embeddings (the encoder the model trained with)."""
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.encode = encode
+        self._goals: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None) -> "RewardModel":
+        """From a checkpoint or run folder, like :meth:`~embodied.policies.FoundationPolicy.load` (same weights, same encoder)."""
+        from .foundation import FoundationPolicy
+
+        policy = FoundationPolicy.load(path, device=device, encoder=encoder)
+        return cls(policy.model, policy.encode, device=policy.device)
+
+    def goal(self, instructions: Sequence[str]) -> torch.Tensor:
+        """(B, lang_dim) embeddings of ``instructions``, each encoded once per model."""
+        missing = [s for s in dict.fromkeys(instructions) if s not in self._goals]
+        if missing:
+            vecs = np.asarray(self.encode(missing), dtype=np.float32)
+            for s, v in zip(missing, vecs):
+                self._goals[s] = torch.as_tensor(v, device=self.device)
+        return torch.stack([self._goals[s] for s in instructions])
+
+    # ------------------------------------------------------------------ one step at a time
+    @torch.inference_mode()
+    def start(self, instructions: Sequence[str], state: np.ndarray, pixels: np.ndarray | None = None) -> RewardContext:
+        """Begin B trajectories: their instructions and first observations (state (B, S) [, pixels (B, H, W, 3)])."""
+        state_t = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+        if state_t.ndim != 2 or state_t.shape[1] != self.model.cfg.state_dim:
+            raise ConfigError(f"states must be (B, {self.model.cfg.state_dim}), got {tuple(state_t.shape)}")
+        if len(instructions) != len(state_t):
+            raise ConfigError(f"one instruction per trajectory: {len(instructions)} instructions, {len(state_t)} states")
+        cache = self.model.start(self.goal(list(instructions)))
+        _, cache = self.model.observe(cache, state_t, self._time(0, len(state_t)), self._pixels(pixels))
+        return RewardContext(cache=cache, t=0, batch=len(state_t))
+
+    @torch.inference_mode()
+    def step(self, ctx: RewardContext, action: np.ndarray, next_state: np.ndarray | None = None,
+             next_pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Score actions (B, A) taken at the context's timestep; then append the observations they led to.
+
+        Returns ``reward``, ``success`` and ``cost``, each (B,) (see :class:`Score`). Leave
+        ``next_state`` out after the last action of a trajectory.
+        """
+        a = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self.device).clamp(-1.0, 1.0)
+        if a.shape != (ctx.batch, self.model.cfg.action_dim):
+            raise ConfigError(f"actions must be ({ctx.batch}, {self.model.cfg.action_dim}), got {tuple(a.shape)}")
+        out, ctx.cache = self.model.act(ctx.cache, a, self._time(ctx.t, ctx.batch))
+        ctx.t += 1
+        if next_state is not None:
+            s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)
+            _, ctx.cache = self.model.observe(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
+        return self._decode(out)
+
+    # ------------------------------------------------------------------ whole trajectories
+    def score(self, observations: Any, actions: np.ndarray, instruction: str) -> Score:
+        """Score one trajectory: observations (T or T + 1 states, or a dict with ``state`` [and ``pixels``]), actions (T, A).
+
+        Observation t is the one action t was taken in; a (T + 1)-th observation (where the
+        trajectory ended) is accepted and not needed.
+        """
+        return self.score_batch([(observations, actions, instruction)])[0]
+
+    @torch.inference_mode()
+    def score_batch(self, trajectories: Sequence[tuple[Any, np.ndarray, str]]) -> list[Score]:
+        """Score several trajectories ``(observations, actions, instruction)`` in lockstep (one batch row each)."""
+        if not trajectories:
+            return []
+        states, pixels, acts = [], [], []
+        for obs, action, _ in trajectories:
+            s, p = _split_observations(obs)
+            a = np.asarray(action, dtype=np.float32)
+            if a.ndim != 2 or len(a) == 0:
+                raise ConfigError(f"actions must be (T, A) with T >= 1, got shape {a.shape}")
+            if len(s) not in (len(a), len(a) + 1):
+                raise ConfigError(f"{len(a)} actions need {len(a)} or {len(a) + 1} observations, got {len(s)}")
+            if self.model.pixel_enc is not None and p is None:
+                raise ConfigError("this model sees pixels: pass observations as a dict with 'state' and 'pixels'")
+            states.append(s[: len(a)])
+            pixels.append(None if p is None or self.model.pixel_enc is None else p[: len(a)])
+            acts.append(a)
+        lengths = [len(a) for a in acts]
+        T = max(lengths)
+        S = _pad(states, T)
+        A = _pad(acts, T)
+        P = _pad(pixels, T) if pixels[0] is not None else None  # type: ignore[arg-type]
+        ctx = self.start([t[2] for t in trajectories], S[:, 0], None if P is None else P[:, 0])
+        outs = []
+        for t in range(T):
+            last = t + 1 == T
+            outs.append(self.step(ctx, A[:, t], None if last else S[:, t + 1], None if last or P is None else P[:, t + 1]))
+        stacked = {k: np.stack([o[k] for o in outs], axis=1) for k in outs[0]}  # (B, T)
+        return [Score(reward=stacked["reward"][i, :n], success=stacked["success"][i, :n], cost=stacked["cost"][i, :n])
+                for i, n in enumerate(lengths)]
+
+    # ------------------------------------------------------------------ helpers
+    def _time(self, t: int, batch: int) -> torch.Tensor:
+        return torch.full((batch,), t, dtype=torch.long, device=self.device)
+
+    def _pixels(self, pixels: np.ndarray | None) -> torch.Tensor | None:
+        if self.model.pixel_enc is None:
+            return None
+        if pixels is None:
+            raise ConfigError("this model sees pixels: make the env with pixels=" + str(self.model.cfg.pixels))
+        return torch.as_tensor(np.asarray(pixels), device=self.device)
+
+    def _decode(self, out: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        mean, std = self.model.reward_stats
+        return {
+            "reward": (out["reward"].float() * std + mean).cpu().numpy().astype(np.float32),
+            "success": torch.sigmoid(out["success_logit"].float()).cpu().numpy().astype(np.float32),
+            "cost": torch.sigmoid(out["cost_logit"].float()).cpu().numpy().astype(np.float32),
+        }
+
+
+def _split_observations(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(T, S) states and (T, H, W, 3) pixels or None, from an array of states or a dict of observation arrays."""
+    if isinstance(obs, Mapping):
+        if specs.STATE not in obs:
+            raise ConfigError("observations given as a dict need a 'state' array (T, S)")
+        s, p = obs[specs.STATE], obs.get(specs.PIXELS)
+    else:
+        s, p = obs, None
+    s = np.asarray(s, dtype=np.float32)
+    if s.ndim != 2:
+        raise ConfigError(f"states must be (T, S), got shape {s.shape}")
+    return s, None if p is None else np.asarray(p)
+
+
+def _pad(rows: list[np.ndarray], T: int) -> np.ndarray:
+    """Stack arrays of different lengths (along axis 0) into (B, T, ...), repeating each one's last row."""
+    out = np.empty((len(rows), T, *rows[0].shape[1:]), dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        out[i, len(r):] = r[-1]
+    return out
+
+
+class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Replace an env's reward by the model's score of each step for one instruction.
+
+    The wrapped env's observations are the suite's dicts (``state``, ``instruction`` [,
+    ``pixels``]). Each episode keeps a key/value-cached context of the model, so scoring a
+    step costs two one-token passes. ``info`` gains ``true_reward`` (the env's reward; its
+    terms ``reward_*`` and ``is_success`` stay as the env wrote them), ``learned_success``
+    and ``learned_cost``. Episodes still end where the env ends them.
+    """
+
+    def __init__(self, env: gym.Env, reward_model: RewardModel, instruction: str | None = None) -> None:
+        """``instruction`` is what the reward asks for (default: each episode's own observation instruction)."""
+        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction)
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Dict) or specs.STATE not in space.spaces:
+            raise ConfigError("LearnedReward needs the suite's dict observations with a 'state' (wrap before StateOnly)")
+        want = (reward_model.model.cfg.action_dim,)
+        if env.action_space.shape != want:
+            raise ConfigError(f"the model scores actions of shape {want}, this env takes {env.action_space.shape}; use control='ee'")
+        self.reward_model = reward_model
+        self.fixed_instruction = instruction
+        self._ctx: RewardContext | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        instruction = self.fixed_instruction or specs.decode_instruction(obs[specs.INSTRUCTION])
+        pixels = obs.get(specs.PIXELS)
+        self._ctx = self.reward_model.start([instruction], obs[specs.STATE][None], None if pixels is None else pixels[None])
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if self._ctx is None:
+            raise RuntimeError("call reset() before step()")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        pixels = obs.get(specs.PIXELS)
+        out = self.reward_model.step(self._ctx, np.asarray(action, dtype=np.float32)[None], obs[specs.STATE][None],
+                                     None if pixels is None else pixels[None])
+        info = {**info, TRUE_REWARD: float(reward), LEARNED_SUCCESS: float(out["success"][0]), LEARNED_COST: float(out["cost"][0])}
+        return obs, float(out["reward"][0]), terminated, truncated, info

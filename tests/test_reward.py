@@ -1,0 +1,214 @@
+"""The model as a reward function: score, the LearnedReward wrapper, the validation metrics and `embodied rl`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from embodied import specs
+from embodied.bench_reward import average_ranks, reward_metrics, roc_auc, spearman
+from embodied.config import preset
+from embodied.envs import FixedTask, ScriptedExpert, StateOnly, make
+from embodied.errors import ConfigError
+from embodied.model import TrajectoryModel
+from embodied.policies import LearnedReward, RewardModel
+
+
+def _fake_encode(texts):
+    """A deterministic stand-in for the sentence encoder (hash -> unit vector)."""
+    out = []
+    for t in texts:
+        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
+        out.append(v / np.linalg.norm(v))
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def reward_model():
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny", context=8))
+    for p in model.outcome_head.parameters():  # large enough outputs that a mismatch would show
+        torch.nn.init.normal_(p, std=0.5)
+    model.set_normalizer(torch.zeros(model.cfg.state_dim), torch.ones(model.cfg.state_dim), reward_mean=-1.5, reward_std=3.0)
+    return RewardModel(model, _fake_encode, device="cpu")
+
+
+def _expert_episode(env_id="embodied/PointPushZone-v0", seed=0, noise=0.5):
+    env = make(env_id)
+    obs, _ = env.reset(seed=seed)
+    expert = ScriptedExpert(env, noise=noise, seed=seed)
+    states, actions, rewards, done = [obs["state"]], [], [], False
+    while not done:
+        a, _ = expert.predict(obs)
+        obs, r, term, trunc, _ = env.step(a)
+        states.append(obs["state"])
+        actions.append(a)
+        rewards.append(r)
+        done = term or trunc
+    instruction = obs["instruction"]
+    env.close()
+    return np.stack(states), np.stack(actions), np.asarray(rewards), instruction
+
+
+def test_score_agrees_with_the_models_outcome_heads(reward_model):
+    states, actions, _, instruction = _expert_episode()
+    T = reward_model.model.cfg.context  # a full forward pass sees at most the context
+    s = reward_model.score(states[: T + 1], actions[:T], instruction)
+    assert s.reward.shape == s.success.shape == s.cost.shape == (T,)
+    batch = {"state": torch.as_tensor(states[None, :T]), "action": torch.as_tensor(actions[None, :T]),
+             "timestep": torch.arange(T)[None], "mask": torch.ones(1, T, dtype=torch.bool)}
+    m = reward_model.model
+    with torch.no_grad():
+        o = m.outcomes(m(batch, reward_model.goal([instruction]))["h_act"])
+    np.testing.assert_allclose(s.reward, (o["reward"][0] * 3.0 - 1.5).numpy(), atol=1e-4)
+    np.testing.assert_allclose(s.success, torch.sigmoid(o["success_logit"][0]).numpy(), atol=1e-5)
+    np.testing.assert_allclose(s.cost, torch.sigmoid(o["cost_logit"][0]).numpy(), atol=1e-5)
+    assert np.all((s.success > 0) & (s.success < 1)) and np.std(s.reward) > 0
+    # the instruction matters: another goal gives other scores
+    other = reward_model.score(states[: T + 1], actions[:T], "push the blue ball to the left")
+    assert not np.allclose(other.reward, s.reward)
+
+
+def test_score_batch_matches_single_trajectories_beyond_the_context(reward_model):
+    a = _expert_episode(seed=1)
+    b = _expert_episode(env_id="embodied/PointPushDir-v0", seed=2)
+    assert len(a[1]) > reward_model.model.cfg.context and len(a[1]) != len(b[1])
+    both = reward_model.score_batch([(a[0], a[1], a[3]), ({"state": b[0][:-1]}, b[1], b[3])])
+    for (states, actions, _, instr), s in zip((a, b), both):
+        single = reward_model.score(states, actions, instr)
+        assert s.reward.shape == (len(actions),)
+        np.testing.assert_allclose(s.reward, single.reward, atol=1e-4)
+        np.testing.assert_allclose(s.success, single.success, atol=1e-5)
+
+
+def test_score_refuses_mismatched_shapes(reward_model):
+    states, actions, _, instr = _expert_episode()
+    with pytest.raises(ConfigError, match="observations"):
+        reward_model.score(states[:3], actions[:10], instr)
+    with pytest.raises(ConfigError, match=r"\(T, A\)"):
+        reward_model.score(states, actions[:, 0], instr)
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")
+def test_learned_reward_wrapper_passes_check_env_and_keeps_the_true_reward(reward_model):
+    instruction = "push the red cube into the green zone"
+    env = LearnedReward(FixedTask(make("embodied/PointPushZone-v0"), instruction), reward_model, instruction)
+    check_env(env, skip_render_check=True)
+    plain = FixedTask(make("embodied/PointPushZone-v0"), instruction)
+    obs, _ = env.reset(seed=3)
+    plain.reset(seed=3)
+    assert obs["instruction"] == instruction
+    expert = ScriptedExpert(env, noise=0.3, seed=0)
+    states, actions, rewards, true = [obs["state"]], [], [], []
+    for _ in range(20):  # longer than the context: the cache drops old timesteps
+        a, _ = expert.predict(obs)
+        obs, r, term, trunc, info = env.step(a)
+        _, r_true, *_, info_true = plain.step(a)
+        assert info["true_reward"] == pytest.approx(r_true)
+        assert info["is_success"] == info_true["is_success"] and info["reward_goal"] == info_true["reward_goal"]
+        assert 0 < info["learned_success"] < 1 and 0 < info["learned_cost"] < 1
+        states.append(obs["state"])
+        actions.append(a)
+        rewards.append(r)
+        true.append(r_true)
+        if term or trunc:
+            break
+    assert not np.allclose(rewards, true)  # the reward is the model's, not the env's
+    offline = reward_model.score(np.stack(states), np.stack(actions), instruction)
+    np.testing.assert_allclose(rewards, offline.reward, atol=1e-4)  # online steps = offline score
+    with pytest.raises(ConfigError, match="dict observations"):
+        LearnedReward(StateOnly(make("embodied/PointPushZone-v0")), reward_model)
+
+
+def test_fixed_task_sets_up_the_named_task_and_refuses_bad_instructions():
+    env = FixedTask(make("embodied/PointPushDir-v0"), "push the blue ball to the left")
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        task = env.unwrapped.task
+        assert (task["colour"], task["shape"], task["direction"]) == ("blue", "ball", "left")
+        assert obs["instruction"] == "push the blue ball to the left"
+    with pytest.raises(ConfigError, match="push_zone task"):
+        FixedTask(make("embodied/PointPushDir-v0"), "push the red cube into the green zone")
+    with pytest.raises(ConfigError, match="no object"):
+        FixedTask(make("embodied/PointPushDir-v0"), "dance a little")
+
+
+def test_auc_and_spearman_on_constructed_cases():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0.2, 0.9, 0.95]), np.array([0, 1, 1])) == 1.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5  # a tie counts half
+    assert roc_auc(np.array([0.1, 0.2]), np.array([1, 1])) is None
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+    x = np.arange(10.0)
+    assert spearman(x, x**3) == pytest.approx(1.0) and spearman(x, -np.exp(x)) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 2, 3, 4, 5]), np.array([5.0, 6, 7, 8, 7])) == pytest.approx(0.8208, abs=1e-4)
+    assert spearman(x, np.ones(10)) is None
+
+
+def test_reward_metrics_find_the_hacking_episodes():
+    def ep(success, p_max, seed):
+        T, sign = 5, 1 if success else -1
+        return {"env_id": "e", "instructions": "seen", "noise": 1.0, "seed": seed, "instruction": "i", "invalid": False,
+                "success": success, "reward": np.linspace(0, 1, T) + sign * seed, "learned_reward": np.linspace(0, 2, T) + sign * seed,
+                "learned_success": np.array([0.0, 0.1, p_max, 0.1, 0.0]), "action": np.zeros((T, 2))}
+
+    eps = [ep(True, 0.9, 0), ep(True, 0.8, 1), ep(False, 0.2, 2), ep(False, 0.85, 3)]
+    m = reward_metrics(eps, hack_threshold=0.5)
+    assert m["success_auc_max"] == pytest.approx(0.75)  # the 0.85 failure outranks one of the two successes
+    assert m["hacking_episodes"] == 1 and m["hacking_examples"][0]["seed"] == 3
+    assert m["reward_spearman_step"] == pytest.approx(spearman(np.concatenate([e["learned_reward"] for e in eps]),
+                                                               np.concatenate([e["reward"] for e in eps])))
+    assert m["return_spearman"] == pytest.approx(1.0)
+    # a failure the model pays like a solved episode counts too, whatever its success probability
+    eps.append({**ep(False, 0.1, 4), "learned_reward": np.full(5, 10.0)})
+    m = reward_metrics(eps, hack_threshold=0.5)
+    assert m["hacking_episodes"] == 2 and m["hacking_examples"][0]["seed"] == 4
+    assert reward_metrics(eps, hack_threshold=0.5, reward_level=100.0)["hacking_episodes"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["rl", "--env", "embodied/PointPushDr-v0", "--instruction", "push the red cube to the left", "--reward", "true"], "closest: embodied/PointPushDir-v0"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "paint the sky", "--reward", "true"], "names no object"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube into the green zone", "--reward", "true"], "pick a push_zone env"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left"], "needs the reward model"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--algo", "dqn"], "unknown algorithm 'dqn'"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "magic"], "unknown reward 'magic'"),
+        (["bench", "reward", "--ckpt", "nowhere/run"], "no checkpoint at nowhere/run"),
+    ],
+)
+def test_rl_and_bench_reward_bad_input_one_line_exit_2(args, needle, capsys):
+    from embodied.cli import main
+
+    assert main(args) == 2  # an unexpected exception would escape main and fail the test with its traceback
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path):
+    from embodied.cli import main
+
+    out = tmp_path / "rl"
+    assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "learned", "--ckpt", str(tiny_run),
+                 "--algo", "ppo", "--steps", "300", "--envs", "2", "--episodes", "3", "--out", str(out), "--device", "cpu"]) == 0
+    r = json.loads((out / "rl.json").read_text())
+    assert r["spec"]["reward"] == "learned" and r["eval"]["episodes"] == 3
+    lo, hi = r["eval"]["success_ci"]
+    assert 0 <= lo <= r["eval"]["success"] <= hi <= 1
+    assert r["reward_check"]["episodes"] == 3 and "hacking_episodes" in r["reward_check"]
+    assert (out / "policy.safetensors").stat().st_size > 1000
+    assert len(r["obs_normalizer"]["mean"]) == specs.STATE_DIM
+
+
+def test_rl_smoke_sac_on_the_true_reward(tmp_path):
+    from embodied.rl import RLSpec, train_rl
+
+    r = train_rl(RLSpec(env_id="embodied/PointReach-v0", instruction="reach the blue ball", reward="true", algo="sac", steps=150,
+                        n_envs=1, episodes=2, device="cpu"), tmp_path / "sac")
+    assert r["eval"]["episodes"] == 2 and "reward_check" not in r
+    assert (tmp_path / "sac" / "rl.json").exists()
