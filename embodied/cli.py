@@ -413,7 +413,7 @@ def cmd_report(cfg: ReportConfig) -> int:
     if not cfg.paths:
         raise ConfigError("give run or evaluation folders, e.g. embodied report runs/R --out report.html")
     r = build_report(list(cfg.paths), cfg.out)
-    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB: {r['runs']} runs, {r['evaluations']} evaluations, {r['rows']} rows)")
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB: {r['runs']} runs, {r['evaluations']} evaluations, {r['rows']} rows, {r['curves']} adaptation curves)")
     return 0
 
 
