@@ -5,7 +5,7 @@
 # sentence encoder).
 #   quality: (retrain: only the two training runs) train `small` on the multi-task state store and on 64x64 pixels + proprioception (two runs side by
 #            side on the one GPU), bring the runs back (evaluated on the CPU VM), `base` policy latency, gpu tests.
-#   mfu:     `embodied bench train` for base and large (two shapes of ~100M) beside the peer plain GPT at the same
+#   mfu:     `embodied bench train` for base and large (and large's size in a deeper shape) beside the peer plain GPT at the same
 #            width, depth, sequence and batch, then a kernel profile of base.
 set -u
 PHASE=${1:-quality}
@@ -39,8 +39,8 @@ else
   }
   peer() { python3 "$REPO/.peer/plain_gpt_mfu.py" --d $2 --layers $3 --heads $4 --seq 130 --batch 256 > "$OUT/peer_$1.json" 2>&1; stamp "peer_$1" $?; }
   bench base base;  peer base 512 8 8
-  bench large large; peer large 768 14 12
-  bench wide large d_model=1024 n_layer=8 n_head=16; peer wide 1024 8 16
+  bench large large; peer large 1024 8 16
+  bench deep large d_model=768 n_layer=14 n_head=12; peer deep 768 14 12  # the same size, narrower and deeper
   python3 "$REPO/benchmarks/profile_train.py" --preset base --data /tmp/d/px.zarr > "$OUT/profile_base.txt" 2>&1; stamp profile $?
   cat "$OUT"/train_*.json "$OUT"/peer_*.json
 fi

@@ -418,11 +418,13 @@ def cmd_report(cfg: ReportConfig) -> int:
 
 
 # ---------------------------------------------------------------------------- demo
-DEMO_DATA_ENVS = ("embodied/PointPushZone-v0", "embodied/Arm2PushZone-v0", "embodied/PointReach-v0", "embodied/Arm2PushDir-v0")
+DEMO_ENVS = ("embodied/PointReach-v0", "embodied/PointPushZone-v0", "embodied/PointPushDir-v0")
+"""The demo's multi-task dataset and evaluation: one embodiment, the three task families."""
 
 
-def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
-    """Demo step 2: record noisy-expert episodes with pixels, verify the store, draw one training batch."""
+def _demo_dataset(path: Path, force: bool, episodes: int = 600, noisy: int = 150) -> str:
+    """Demo step 2: record expert episodes (state observations) and some noisy-expert ones (for the dynamics and
+    reward heads; the policy imitates only the expert), verify the store, draw one training batch."""
     from embodied.collect import CollectSpec, collect
     from embodied.datasets.sampler import SamplerConfig, WindowSampler
     from embodied.datasets.store import EpisodeStore
@@ -435,8 +437,10 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
     if (path / "zarr.json").exists():
         print(f"[2/5] reusing {path} (--force to redo)")
     else:
-        print(f"[2/5] recording {episodes} noisy-expert episodes with 64x64 pixels into {path}")
-        collect(CollectSpec(out=str(path), env_ids=DEMO_DATA_ENVS, episodes=episodes, policy="noisy:0.3", pixels=64, workers=2,
+        print(f"[2/5] recording {episodes} expert and {noisy} noisy-expert episodes (state observations) into {path}")
+        collect(CollectSpec(out=str(path), env_ids=DEMO_ENVS, episodes=episodes, policy="expert", workers=2, command="embodied demo"),
+                progress=True)
+        collect(CollectSpec(out=str(path), env_ids=DEMO_ENVS, episodes=noisy, policy="noisy:0.5", workers=2, append=True, seed=1,
                             command="embodied demo"), progress=True)
     with EpisodeStore.open(str(path)) as store:
         problems = store.verify()
@@ -446,14 +450,14 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 64) -> str:
     batch = WindowSampler(str(path), SamplerConfig(window=8, batch_size=32)).batch(0)
     print(
         f"    {summary['episodes']} episodes, {summary['steps']} frames, {len(summary['instructions'])} instructions, "
-        f"{summary['bytes_total'] / 1e6:.1f} MB on disk ({summary['compression_ratio']:.0f}x smaller than raw); verified; one batch: pixels {tuple(batch['pixels'].shape)}, "
-        f"state {tuple(batch['state'].shape)}"
+        f"{summary['bytes_total'] / 1e6:.1f} MB on disk ({summary['compression_ratio']:.0f}x smaller than raw); verified; one batch: "
+        f"state {tuple(batch['state'].shape)}, action {tuple(batch['action'].shape)}"
     )
     return str(path)
 
 
 def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
-    """Demo step 3: train the small model on the demo dataset (pixels and state) and show its held-out metrics."""
+    """Demo step 3: train the small model on the demo dataset and show its held-out metrics."""
     from embodied.config import TrainConfig, TrainRunConfig
     from embodied.train import run_info
     from embodied.training_data import train_from_stores
@@ -488,7 +492,7 @@ def _demo_report(run: str, out: Path, force: bool, episodes: int = 10) -> str:
     print(f"[5/5] evaluating the model ({episodes} episodes per env and instruction set) and writing the report")
     policy = FoundationPolicy.load(run)
     kwargs = {"pixels": policy.model.cfg.pixels} if policy.model.cfg.pixels else {}
-    ids = ["embodied/PointReach-v0", "embodied/PointPushZone-v0"]
+    ids = list(DEMO_ENVS)
     evals: list[str] = []
     all_rows: list[dict[str, Any]] = []
     for instr in ("seen", "paraphrase"):

@@ -524,7 +524,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(d_model=64, n_layer=2, n_head=2, action_bins=32),  # tests: < 1M parameters
     "small": ModelConfig(d_model=128, n_layer=4, n_head=4),  # the CPU demo
     "base": ModelConfig(d_model=512, n_layer=8, n_head=8),  # ~25M
-    "large": ModelConfig(d_model=768, n_layer=14, n_head=12),  # ~100M
+    "large": ModelConfig(d_model=1024, n_layer=8, n_head=16),  # ~100M; wide and shallow: its matmuls keep an H100 busier (MFU 0.334 vs 0.292 at d=768 x 14)
 }
 
 
@@ -569,6 +569,9 @@ class TrainConfig:
     """Consecutive non-finite losses or gradients after which the run stops (the step is skipped before that)."""
     compile: bool = True
     """torch.compile the model's loss (blocks, CNN and heads; the blocks only under DDP) on CUDA."""
+    action_dropout: float = 0.0
+    """Fraction of input action tokens replaced by the no-action token in training (targets stay), so the policy
+    cannot lean on copying its own previous action instead of reading the goal and the scene."""
     seed: int = 0
     """Seed of the weights and of the sampler."""
 
@@ -576,6 +579,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "window", "log_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.action_dropout < 1:
+            raise ConfigError(f"--action-dropout must be in [0, 1), got {self.action_dropout}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
 

@@ -240,6 +240,7 @@ class TrajectoryModel(nn.Module):
 
         ``batch`` holds ``state`` (B, T, S), ``action`` (B, T, A), ``timestep`` (B, T), the
         masks of the sampler and optionally ``pixels`` (B, T, H, W, 3); ``goal`` is (B, lang_dim).
+        ``action_input_mask`` (B, T), when given, says which actions the model sees (default ``action_mask``).
         Returns ``h_obs`` and ``h_act``, each (B, T, d), and ``pixel_latent`` (B, T, d), the
         CNN's encoding of each image, when the model sees pixels.
         """
@@ -249,7 +250,7 @@ class TrajectoryModel(nn.Module):
         obs = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"))
         if latent is not None:
             obs = obs + latent * batch.get("pixels_mask", batch["mask"])[..., None]
-        act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_mask"))
+        act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_input_mask", batch.get("action_mask")))
         seq = torch.stack([obs, act], dim=2).view(B, 2 * T, -1)  # o_0 a_0 o_1 a_1 ...
         G = self.cfg.n_goal_tokens
         h, _ = self._trunk(torch.cat([self.goal_tokens(goal), seq], dim=1))
@@ -278,12 +279,12 @@ class TrajectoryModel(nn.Module):
             n = m.sum()
             return (x * m).sum() / (n.clamp(min=1.0) if count is None else count(n))
 
-        # policy: the action at each observation
+        # policy: the action at each observation (only in windows it may imitate: ``imitate`` (B,) bool, default all)
         am = batch.get("action_mask", frame) & frame
         logits = self.action_logits(out["h_obs"]).float()  # (B, T, A, bins)
         target = self.action_bin(batch[specs.ACTION])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).mean(-1)
-        terms["action"] = masked_mean(ce, am)
+        terms["action"] = masked_mean(ce, am & batch["imitate"][:, None] if "imitate" in batch else am)
         # dynamics: the normalised change of state from t to t + 1 (also without a known action:
         # the action token is then `no_action`, and the model learns what usually happens)
         pred = self.outcomes(out["h_act"])

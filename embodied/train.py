@@ -111,9 +111,10 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
         target = model.action_bin(b["action"])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).sum(-1)
         pred = model.decode_action(logits)
-        nll += float(ce[am].sum())
-        mse += float((pred - b["action"]).pow(2).mean(-1)[am].sum())
-        n_act += int(am.sum())
+        pm = am & b["imitate"][:, None] if "imitate" in b else am  # the actions the policy is meant to imitate
+        nll += float(ce[pm].sum())
+        mse += float((pred - b["action"]).pow(2).mean(-1)[pm].sum())
+        n_act += int(pm.sum())
         o = model.outcomes(out["h_act"])
         om = b.get("reward_mask", am) & am
         r = o["reward"].float() * model.reward_stats[1] + model.reward_stats[0]
@@ -258,6 +259,8 @@ def train(
             batch = next(it)
             consumed += 1
             b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            if cfg.action_dropout > 0:  # hide some input actions from the model; the targets stay
+                b["action_input_mask"] = b["action_mask"] & (torch.rand(b["action_mask"].shape, device=dev) >= cfg.action_dropout)
             with amp:
                 goal = goals[b["instruction"]]
                 loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal), count=global_count)

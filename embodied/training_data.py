@@ -74,11 +74,10 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         imitate[id(held)] = imitation_mask(held.policies, run.imitate)
 
     def remap(batch: dict[str, torch.Tensor], source: Any) -> dict[str, torch.Tensor]:
-        """Global instruction indices, and the action mask cleared on episodes the policy should not imitate."""
+        """Global instruction indices, and ``imitate`` (B,): may the policy head learn this window's actions?"""
         dev = batch[specs.INSTRUCTION].device
         lookup = torch.tensor([index[s] for s in source.instructions], device=dev)
-        keep = imitate[id(source)].to(dev)[batch["episode"]]
-        return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]], "action_mask": batch["action_mask"] & keep[:, None]}
+        return {**batch, specs.INSTRUCTION: lookup[batch[specs.INSTRUCTION]], "imitate": imitate[id(source)].to(dev)[batch["episode"]]}
 
     resident = device_windows(sampler, pick_device(run.device))
 

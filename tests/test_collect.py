@@ -137,13 +137,14 @@ def test_demo_dataset_step_records_verifies_and_reuses(tmp_path, capsys):
     from embodied.cli import _demo_dataset
 
     path = tmp_path / "episodes.zarr"
-    assert _demo_dataset(path, force=False, episodes=4) == str(path)
+    assert _demo_dataset(path, force=False, episodes=4, noisy=2) == str(path)
     first = capsys.readouterr().out
-    assert "recording 4" in first and "4 episodes" in first and "verified" in first
-    _demo_dataset(path, force=False, episodes=4)
+    assert "recording 4 expert and 2 noisy-expert" in first and "6 episodes" in first and "verified" in first
+    _demo_dataset(path, force=False, episodes=4, noisy=2)
     assert "reusing" in capsys.readouterr().out
     with EpisodeStore.open(str(path)) as s:
-        assert len(s) == 4 and s.features["pixels"].shape == (64, 64, 3)
+        assert len(s) == 6 and "pixels" not in s.features
+        assert [s.record(i)["meta"]["policy"] for i in range(6)] == ["expert"] * 4 + ["noisy:0.5"] * 2
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])

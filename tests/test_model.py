@@ -205,3 +205,16 @@ def test_proprio_state_input_ignores_the_scene_features():
         assert not torch.allclose(model(batch, goal)["h_obs"], model({**batch, "state": proprio}, goal)["h_obs"])
     with pytest.raises(ConfigError, match="state_input"):
         preset("tiny", state_input="objects")
+
+
+def test_imitate_masks_only_the_action_loss():
+    """Windows the policy must not imitate (noisy recorders) still train the dynamics, reward, cost and success heads."""
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny"))
+    batch, goal = _batch(4, 6, model.cfg), torch.randn(4, model.cfg.lang_dim)
+    _, all_terms = model.loss(batch, goal)
+    _, some = model.loss({**batch, "imitate": torch.tensor([True, True, False, False])}, goal)
+    _, none_ = model.loss({**batch, "imitate": torch.zeros(4, dtype=torch.bool)}, goal)
+    assert float(none_["action"]) == 0.0 and float(some["action"]) != float(all_terms["action"])
+    for k in ("state", "reward", "cost", "success"):
+        assert torch.equal(all_terms[k], none_[k])

@@ -228,7 +228,7 @@ def test_cli_eval_with_a_shield_and_a_constraint_and_the_report(tiny_run, tmp_pa
     run, out = str(tiny_run), tmp_path / "eval"
     assert main(["eval", "--ckpt", run, "--env", "embodied/PointReach-v0", "--episodes", "2", "--envs", "2", "--shield", "sim",
                  "--constraint", "move slowly", "--videos", "1", "--json", "--out", str(out)]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
     for key in ("violations_per_episode", "violation_rate", "interventions_per_episode", "success", "violations_per_episode_ci"):
         assert key in row
     assert row["shield"] == "sim" and row["constraints"] == ["move at most 0.2 m/s"] and "interventions" in row["videos"][0]
