@@ -58,9 +58,13 @@ __all__ = [
     "capture_rng",
     "config_hash",
     "load_checkpoint",
+    "load_tensors",
     "model_hash",
+    "read_json",
     "restore_rng",
     "save_checkpoint",
+    "save_tensors",
+    "write_json",
 ]
 
 FORMAT = "embodied-checkpoint"
@@ -764,6 +768,65 @@ def model_hash(folder: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise CheckpointError(f"cannot read {folder / MODEL}: {_one_line(e)}") from None
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- single files
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write one safetensors file atomically (a hidden temporary beside it, then :func:`os.replace`).
+
+    Used for files that live outside a checkpoint folder, such as adapters; the header is
+    deterministic, so the same tensors give the same bytes.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_tensors(tmp, tensors, metadata)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {_one_line(e)}; free disk space or pick another folder") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot save {path}: {_one_line(e)}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_tensors(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read one safetensors file after the checks of a checkpoint load (a pickle or a tampered file is refused)."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path} is a pickle-format file; embodied never loads pickles; if you trust it, convert it to safetensors yourself")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; check the path")
+    return _load_tensors(path, map_location)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file (size-limited, plain :func:`json.loads`); a broken one is a one-line :class:`CheckpointError`."""
+    return _read_json(Path(path))
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> Path:
+    """Write ``value`` as strict JSON atomically (a hidden temporary beside it, then :func:`os.replace`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(tmp, value, strict=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {_one_line(e)}; free disk space or pick another folder") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot save {path}: it is not plain JSON ({_one_line(e)})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 # --------------------------------------------------------------------------- manager

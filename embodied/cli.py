@@ -37,6 +37,7 @@ from .config import (
     from_args,
     parse_kv,
 )
+from .cli_adapt import ADAPT_COMMANDS
 from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
 from .cli_rl import RL_COMMANDS
 from .errors import ConfigError, EmbodiedError
@@ -433,7 +434,7 @@ def cmd_report(cfg: ReportConfig) -> int:
     if not cfg.paths:
         raise ConfigError("give run or evaluation folders, e.g. embodied report runs/R --out report.html")
     r = build_report(list(cfg.paths), cfg.out)
-    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB: {r['runs']} runs, {r['evaluations']} evaluations, {r['rows']} rows)")
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB: {r['runs']} runs, {r['evaluations']} evaluations, {r['rows']} rows, {r['curves']} adaptation curves)")
     return 0
 
 
@@ -593,6 +594,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type | tuple[type, ...], Callable[..., int
     **DATA_COMMANDS,
     **VIDEO_COMMANDS,
     **RL_COMMANDS,
+    **ADAPT_COMMANDS,
 }
 
 

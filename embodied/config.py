@@ -735,3 +735,98 @@ class RLConfig:
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
     json: bool = False
     """Print the result as JSON."""
+
+
+# ---------------------------------------------------------------------------- adaptation
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Optimisation settings of few-shot adaptation (what the method trains is the method's choice)."""
+
+    steps: int = 300
+    """Gradient steps (0 for methods that take none)."""
+    batch_size: int = 32
+    """Windows per step."""
+    window: int = 16
+    """Timesteps per window (at most the base model's context)."""
+    lr: float | None = None
+    """Peak learning rate (default: the method's own, e.g. 3e-4 for full, 1e-3 for head)."""
+    warmup: int = 20
+    """Linear warmup steps; then a cosine decay to a tenth of the peak."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the trained matrices."""
+    grad_clip: float = 1.0
+    """Gradient norm clip (0 = off)."""
+    action_dropout: float = 0.0
+    """Fraction of frames whose action is hidden while fitting (token and policy target masked), so the policy learns to read the state instead of copying the previous action."""
+    seed: int = 0
+    """Seed of the window draw, the action dropout and any new parameters a method adds."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.action_dropout < 1:
+            raise ConfigError(f"--action-dropout must be in [0, 1), got {self.action_dropout}")
+        for name in ("steps", "warmup"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"adapt {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"adapt {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class AdaptRunConfig:
+    """What ``embodied adapt`` adapts, from which demonstrations, and where it writes."""
+
+    ckpt: str = ""
+    """The base model: a run folder (its best checkpoint) or a checkpoint folder."""
+    data: tuple[str, ...] = field(default=(), metadata={"metavar": "STORE"})
+    """Episode store(s) holding the K demonstrations of the new environment."""
+    method: str = "full"
+    """Adaptation method, a name registered in embodied.adapt: full (every weight; saves a whole checkpoint) or head (the output heads only; saves a small adapter tied to the base by hash)."""
+    option: tuple[str, ...] = field(default=(), metadata={"metavar": "KEY=VALUE"})
+    """Method options as KEY=VALUE (JSON values), e.g. rank=8 for a low-rank method."""
+    out: str = "runs/adapted"
+    """Folder for the adapted model (load it like any run: embodied eval --ckpt OUT)."""
+    encoder: str | None = None
+    """Sentence encoder for instructions without stored embeddings (default: the base run's)."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print the adaptation record as JSON."""
+
+
+@dataclass(frozen=True)
+class BenchAdaptConfig:
+    """The K-shot curve: success against the number of demonstrations, per adaptation method."""
+
+    ckpt: str = ""
+    """The base model: a run folder or a checkpoint folder."""
+    env: str = "embodied/PointPushZoneHeavy-v0"
+    """The held-out environment to adapt to (see `embodied envs list --split heldout`)."""
+    ks: tuple[int, ...] = (1, 5, 10, 25)
+    """Numbers of expert demonstrations (each set holds the smaller ones: the same collection seeds)."""
+    methods: tuple[str, ...] = ("full", "head", "scratch")
+    """Adaptation methods to compare; scratch trains the base's architecture from fresh weights on the same demos."""
+    episodes: int = 50
+    """Evaluation episodes per point, on the fixed evaluation seeds."""
+    steps: int = 300
+    """Gradient steps of each adaptation."""
+    scratch_steps: int = 1000
+    """Gradient steps of the from-scratch baseline (full fine-tuning of fresh weights at lr 1e-3; batch, window and action dropout as the adaptation)."""
+    action_dropout: float = 0.0
+    """Fraction of frames whose action is hidden while fitting (see `embodied adapt --help`)."""
+    batch_size: int = 32
+    """Windows per gradient step."""
+    window: int = 16
+    """Timesteps per window."""
+    demo_seed: int = 7
+    """Collection seed of the demonstrations (collection seeds never meet evaluation seeds)."""
+    out: str = "out/adapt_curve"
+    """Folder for the demonstrations, the adapted runs and adapt_curve.json (`embodied report OUT` plots it)."""
+    envs: int = 4
+    """Environments stepped in lockstep during evaluation."""
+    device: str | None = None
+    """Torch device (default: the GPU if any, else cpu)."""
+    json: bool = False
+    """Print the curve as JSON."""

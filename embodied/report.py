@@ -8,6 +8,8 @@ and the quality targets (:func:`embodied.evaluate.evaluation_summary` over all r
 the rollout videos playing inline with their instructions. Plots are SVG from
 matplotlib and videos are data URIs, so the file needs nothing beside it. Every string that
 comes from a user or a file (instructions, env ids, paths) is HTML-escaped.
+An ``adapt_curve.json`` of ``embodied bench adapt`` (or a folder holding one) adds a
+section: success against K demonstrations per adaptation method, and what each point spent.
 """
 
 from __future__ import annotations
@@ -190,8 +192,12 @@ def safety_section(rows: list[dict[str, Any]]) -> str:
 
 def build_report(paths: list[str], out: str) -> dict[str, Any]:
     """Write the HTML report of ``paths`` (run folders, evaluation folders or eval.json files) to ``out``."""
-    runs, evals = [], []
+    runs, evals, curves = [], [], []
     for p in paths:
+        curve = _adapt_curve_file(Path(p))
+        if curve is not None:
+            curves.append(curve)
+            continue
         r, e = _find(Path(p))
         runs += r
         evals += e
@@ -231,10 +237,71 @@ def build_report(paths: list[str], out: str) -> dict[str, Any]:
                             if "interventions" in v else "")
                 parts.append(f"<figure>{_video(v['video'])}<figcaption>{_e(r['env_id'])}, seed {int(v['seed'])}{said}, "
                              f"success {bool(v['success'])}{shielded}</figcaption></figure>")
+    for curve in curves:
+        parts.append(_adapt_section(curve))
     parts.append("</body></html>")
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_p.with_name(f".{out_p.name}.tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(out_p)
-    return {"out": str(out_p), "runs": len(runs), "evaluations": len(evals), "rows": len(rows), "bytes": out_p.stat().st_size}
+    return {"out": str(out_p), "runs": len(runs), "evaluations": len(evals), "rows": len(rows), "curves": len(curves), "bytes": out_p.stat().st_size}
+
+
+# ---------------------------------------------------------------------------- few-shot adaptation
+ADAPT_CURVE = "adapt_curve.json"
+"""The file ``embodied bench adapt`` writes (``kind`` embodied-adapt-curve)."""
+
+
+def _adapt_curve_file(path: Path) -> Path | None:
+    """``path`` itself or ``path/adapt_curve.json`` when it is an adaptation curve, else None."""
+    candidate = path / ADAPT_CURVE if path.is_dir() else path
+    return candidate if candidate.name == ADAPT_CURVE and candidate.is_file() else None
+
+
+def _adapt_plot(curve: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for method in dict.fromkeys(p["method"] for p in curve["points"]):
+        pts = sorted((p["k"], p["success"], *p["success_ci"]) for p in curve["points"] if p["method"] == method)
+        ks, s, lo, hi = (list(c) for c in zip(*pts))
+        ax.errorbar(ks, s, yerr=[[a - b for a, b in zip(s, lo)], [b - a for a, b in zip(s, hi)]], marker="o", capsize=3, label=method)
+    ax.axhline(curve["zero_shot"]["success"], color="grey", linestyle="--", label="zero-shot")
+    if curve.get("expert"):
+        ax.axhline(curve["expert"]["success"], color="black", linestyle=":", label="expert")
+    ax.set_xscale("log")
+    ax.set_xlabel("K demonstrations")
+    ax.set_ylabel("success (95% CI)")
+    ax.set_ylim(-0.02, 1.05)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _adapt_section(path: Path) -> str:
+    """Success against K per method (95% Wilson intervals), zero-shot and expert lines, and what each point spent."""
+    try:
+        curve = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EmbodiedError(f"cannot read {path} ({e}); rerun `embodied bench adapt`") from None
+    if not isinstance(curve, dict) or curve.get("kind") != "embodied-adapt-curve":
+        raise EmbodiedError(f"{path} is not an adaptation curve of `embodied bench adapt`")
+    z = curve["zero_shot"]
+    parts = [f"<h2>Few-shot adaptation: {_e(curve['env_id'])}</h2>",
+             f"<p>base {_e(curve['base'])}; zero-shot success {z['success']:.2f} [{z['success_ci'][0]:.2f}, {z['success_ci'][1]:.2f}]; "
+             f"scratch: {_e(curve.get('scratch', ''))}; {int(z['episodes'])} evaluation episodes per point; {_e(curve.get('date', ''))}, {_e(curve.get('machine', ''))}</p>"]
+    if curve["points"]:
+        parts.append(_adapt_plot(curve))
+    parts.append("<table><tr><th>K</th><th>method</th><th>success [95% CI]</th><th>demos</th><th>gradient steps</th>"
+                 "<th>trainable parameters</th><th>fitting s</th></tr>")
+    for p in sorted(curve["points"], key=lambda p: (p["k"], p["method"])):
+        sp = p["spend"]
+        parts.append(f"<tr><td>{int(p['k'])}</td><td>{_e(p['method'])}</td><td>{p['success']:.2f} [{p['success_ci'][0]:.2f}, {p['success_ci'][1]:.2f}]</td>"
+                     f"<td>{int(sp['demos'])}</td><td>{int(sp['gradient_steps'])}</td><td>{int(sp['trainable_params']):,}</td><td>{float(sp['wall_s']):.1f}</td></tr>")
+    parts.append("</table>")
+    for m in curve.get("missed_targets", []):
+        parts.append(f"<p>target missed: {_e(m)}</p>")
+    return "\n".join(parts)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -54,26 +53,14 @@ class _Episode:
 
 
 def load_run(path: str | os.PathLike[str], device: str | None = None) -> tuple[TrajectoryModel, dict[str, Any]]:
-    """The model of a checkpoint folder, or of a run folder (its best checkpoint, else its latest), in eval mode
-    on ``device`` (default: the GPU if any, else cpu), and the checkpoint's config (model, train, data, encoder...)."""
-    from embodied.checkpoint import CheckpointManager, load_checkpoint
-    from embodied.config import ModelConfig
-    from embodied.errors import EmbodiedError
+    """The model of a checkpoint folder, a run folder (its best checkpoint, else its latest) or an adapted folder
+    (see :func:`embodied.adapt.load_model`), in eval mode on ``device`` (default: the GPU if any, else cpu), and the
+    checkpoint's config (model, train, data, encoder...)."""
+    from embodied.adapt import load_model as load_checkpoint_or_adapted
 
-    folder = Path(path)
-    if (folder / "checkpoints").is_dir():
-        manager = CheckpointManager(folder)
-        best = manager.best() or manager.latest()
-        if best is None:
-            raise EmbodiedError(f"no checkpoint in {folder}; train one with `embodied train --out {folder}`")
-        folder = best
-    elif not (folder / "config.json").is_file():
-        raise EmbodiedError(f"{folder} is neither a run folder nor a checkpoint folder; pass the --out of `embodied train`")
-    ck = load_checkpoint(folder)
-    model = TrajectoryModel(ModelConfig.from_json(ck.config["model"]))
-    model.load_state_dict(ck.model)
+    model, config = load_checkpoint_or_adapted(path)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(dev).eval(), ck.config
+    return model.to(dev).eval(), config
 
 
 def load_model(path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None
@@ -101,7 +88,8 @@ class FoundationPolicy:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None, **kwargs: Any) -> "FoundationPolicy":
-        """From a checkpoint folder, or a run folder (its best checkpoint, else its latest); the encoder the run used by default."""
+        """From a checkpoint folder, a run folder (its best checkpoint, else its latest) or an adapted folder
+        (``embodied adapt --out``; an adapter is put on its base, checked by hash); the encoder the run used by default."""
         model, encode, dev = load_model(path, device, encoder)
         return cls(model, encode, device=dev, **kwargs)
 

@@ -20,7 +20,8 @@ FOLDERS = {"embodied": "embodied", "envs": "embodied.envs", "datasets": "embodie
 SHARED = {"embodied.specs", "embodied.errors", "embodied"}
 APP = {"embodied.evaluate", "embodied.bench_reward", "embodied.rl", "embodied.cli_rl", "embodied.collect", "embodied.training_data",
        "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.bench_dynamics",
-       "embodied.shielding", "embodied.cli", "embodied.cli_data", "embodied.__main__"}
+       "embodied.shielding", "embodied.cli", "embodied.cli_data", "embodied.cli_adapt", "embodied.adapt_data", "embodied.bench_adapt",
+       "embodied.__main__"}
 HEAVY = {"torch", "mujoco", "gymnasium", "zarr", "cv2", "av", "sentence_transformers", "matplotlib", "stable_baselines3", "numpy"}
 
 
