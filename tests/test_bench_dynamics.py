@@ -53,7 +53,7 @@ def test_bench_dynamics_json_and_the_baselines(tiny_run, unseen_store, capsys):
 @pytest.mark.parametrize("extra, needle", [
     ([], "--ckpt"),
     (["--ckpt", "{run}"], "held-out part"),
-    (["--ckpt", "{tmp}/nothing"], "neither a run folder"),
+    (["--ckpt", "{tmp}/nothing"], "pass a run folder"),
     (["--ckpt", "{run}", "--data", "{store}", "--horizons", "0"], "--horizons"),
 ])
 def test_bench_dynamics_errors_are_one_line(tiny_run, unseen_store, tmp_path, capsys, extra, needle):

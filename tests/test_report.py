@@ -77,7 +77,9 @@ def test_demo_report_step_evaluates_and_reports_then_reuses(report_inputs, tmp_p
 
     report = _demo_report(str(report_inputs / "run"), tmp_path, force=False, episodes=1)
     text = open(report).read()
-    assert "paraphrase" in text and text.count("<video") == 2  # one rollout per env, seen instructions
+    from embodied.cli import DEMO_ENVS
+
+    assert "paraphrase" in text and text.count("<video") == len(DEMO_ENVS)  # one rollout per env, seen instructions
     assert "[5/5] evaluating" in capsys.readouterr().out
     _demo_report(str(report_inputs / "run"), tmp_path, force=False, episodes=1)
     assert "reusing" in capsys.readouterr().out
