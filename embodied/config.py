@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .specs import ACTION_DIM, STATE_DIM
+from .specs import ACTION_DIM, STATE_DIM, STATE_INPUTS
 
 T = TypeVar("T")
 
@@ -557,16 +557,17 @@ class ModelConfig:
     context: int = 32
     """Timesteps a training window holds, and the most the cache keeps when acting."""
     state_input: str = "full"
-    """What the observation token sees of the state: "full" (proprioception, objects, zones, hazards) or
-    "proprio" (only the embodiment's own features; objects and zones must come from the pixels)."""
+    """What the observation token sees of the state: "full" (proprioception, objects, zones, hazards), "proprio"
+    (only the embodiment's own features; objects and zones must come from the pixels) or "no_velocity" (all but the
+    embodiment's velocities, see :func:`embodied.specs.state_input_mask`)."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model={self.d_model} must be a multiple of n_head={self.n_head}")
         if self.pixels and self.pixels < 16:
             raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
-        if self.state_input not in ("full", "proprio"):
-            raise ConfigError(f"state_input={self.state_input!r}: use 'full' or 'proprio'")
+        if self.state_input not in STATE_INPUTS:
+            raise ConfigError(f"state_input={self.state_input!r}: use one of {', '.join(STATE_INPUTS)}")
         for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
@@ -664,8 +665,9 @@ class TrainRunConfig:
     """Whose actions the policy head learns: "clean" skips episodes recorded by noisy or random policies (they still
     train the dynamics, reward, cost and success heads; their clipped noise would otherwise pile up in the end bins);
     "all" imitates every episode."""
-    state: str = field(default="full", metadata={"choices": ("full", "proprio")})
-    """What the model sees of the state vector: everything, or only proprioception (objects then come from the pixels)."""
+    state: str = field(default="full", metadata={"choices": STATE_INPUTS})
+    """What the model sees of the state vector: everything, only proprioception (objects then come from the pixels),
+    or everything but the embodiment's velocities (no_velocity)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint."""
     encoder: str | None = None

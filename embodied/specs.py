@@ -105,14 +105,23 @@ PROPRIO_FEATURES: Final = ("ee_pos", "ee_vel", "joint_cos", "joint_sin", "joint_
 """The parts of the state an embodiment senses about itself (the rest describes the scene)."""
 
 
+VELOCITY_FEATURES: Final = ("ee_vel", "joint_vel")
+"""The embodiment's own velocities: with velocity commands they echo the previous action."""
+
+STATE_INPUTS: Final = ("full", "proprio", "no_velocity")
+"""What a model's observation token may see of the state (ModelConfig.state_input)."""
+
+
 def state_input_mask(kind: str, dim: int = STATE_DIM) -> list[float]:
-    """Per state dimension, 1.0 where a model with ``state_input=kind`` ("full" or "proprio") sees it, else 0.0."""
+    """Per state dimension, 1.0 where a model with ``state_input=kind`` sees it, else 0.0: "full" sees everything,
+    "proprio" only the embodiment itself (the scene must come from pixels), "no_velocity" everything but the
+    embodiment's velocities (which let a policy copy its previous action instead of reading the goal)."""
     if kind == "full":
         return [1.0] * dim
-    keep = [0.0] * dim
+    keep = [0.0 if kind == "proprio" else 1.0] * dim
     for name, sl in state_slices().items():
-        if name in PROPRIO_FEATURES:
-            keep[sl] = [1.0] * (sl.stop - sl.start)
+        if (kind == "proprio" and name in PROPRIO_FEATURES) or (kind == "no_velocity" and name in VELOCITY_FEATURES):
+            keep[sl] = [1.0 if kind == "proprio" else 0.0] * (sl.stop - sl.start)
     return keep
 
 

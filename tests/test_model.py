@@ -205,6 +205,10 @@ def test_proprio_state_input_ignores_the_scene_features():
         assert not torch.allclose(model(batch, goal)["h_obs"], model({**batch, "state": proprio}, goal)["h_obs"])
     with pytest.raises(ConfigError, match="state_input"):
         preset("tiny", state_input="objects")
+    keep = specs.state_input_mask("no_velocity")
+    sl = specs.state_slices()
+    assert sum(keep) == specs.STATE_DIM - 2 - specs.MAX_JOINTS
+    assert all(keep[i] == 0.0 for name in specs.VELOCITY_FEATURES for i in range(sl[name].start, sl[name].stop))
 
 
 def test_imitate_masks_only_the_action_loss():
