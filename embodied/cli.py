@@ -477,7 +477,7 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 600, noisy: int = 150
     return str(path)
 
 
-def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
+def _demo_train(data: str, run: Path, force: bool, steps: int = 1500) -> str:
     """Demo step 3: train the small model on the demo dataset and show its held-out metrics."""
     from embodied.config import TrainConfig, TrainRunConfig
     from embodied.train import run_info
@@ -492,7 +492,7 @@ def _demo_train(data: str, run: Path, force: bool, steps: int = 300) -> str:
     else:
         print(f"[3/5] training the small model for {steps} steps on {data}")
         train_from_stores(TrainRunConfig(data=(data,), out=str(run), preset="small", holdout=0.1, workers=2),
-                          TrainConfig(steps=steps, batch_size=32, window=16, warmup=30, eval_every=0, save_every=steps, lr=1e-3))
+                          TrainConfig(steps=steps, batch_size=64, window=16, warmup=50, eval_every=0, save_every=steps, lr=1e-3))
     m = run_info(run)["metrics"] or {}
     shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, (int, float)))
     print(f"    held-out: {shown or 'none (no episode held out)'}")
