@@ -38,7 +38,7 @@ from .config import (
     parse_kv,
 )
 from .cli_adapt import ADAPT_COMMANDS
-from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_json
+from .cli_data import DATA_COMMANDS, VIDEO_COMMANDS, print_bench, print_json
 from .cli_rl import RL_COMMANDS
 from .errors import ConfigError, EmbodiedError
 
@@ -170,12 +170,7 @@ def cmd_bench_data(cfg: BenchDataConfig) -> int:
         collect_workers=cfg.collect_workers, device=cfg.device, progress=lambda s: print(s, file=sys.stderr),
     )
     r["missed_targets"] = missed_targets(r)
-    if cfg.json:
-        print_json(r)
-    else:
-        print(format_result(r))
-        for m in r["missed_targets"]:
-            print("target missed:", m)
+    print_bench(r, cfg.json, format_result)
     return 0
 
 
@@ -208,12 +203,7 @@ def cmd_bench_dynamics(cfg: BenchDynamicsConfig) -> int:
         raise ConfigError("name the model with --ckpt runs/R (a run folder or a checkpoint folder)")
     r = bench_dynamics(cfg.ckpt, cfg.data, cfg.horizons, cfg.history, cfg.stride, cfg.candidates, cfg.steps, cfg.device, cfg.threads)
     r["missed_targets"] = missed_targets(r)
-    if cfg.json:
-        print_json(r)
-    else:
-        print(format_result(r))
-        for m in r["missed_targets"]:
-            print("target missed:", m)
+    print_bench(r, cfg.json, format_result)
     return 0
 
 

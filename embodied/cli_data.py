@@ -34,6 +34,16 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def print_bench(r: dict[str, Any], as_json: bool, format_result: Any) -> None:
+    """A benchmark's result: JSON, or its formatted text followed by one line per missed target."""
+    if as_json:
+        print_json(r)
+        return
+    print(format_result(r))
+    for m in r.get("missed_targets", []):
+        print("target missed:", m)
+
+
 # ---------------------------------------------------------------------------- data
 def _open_store(url: str, mode: str = "r") -> Any:
     """Open an episode store; any failure is the store's one-line error, never a traceback."""

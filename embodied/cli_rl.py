@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli_data import print_json
+from .cli_data import print_bench, print_json
 from .config import BenchRewardConfig, RLConfig
 from .errors import ConfigError
 
@@ -36,12 +36,7 @@ def cmd_bench_reward(cfg: BenchRewardConfig) -> int:
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(r, indent=2))
-    if cfg.json:
-        print_json(r)
-    else:
-        print(format_result(r))
-        for m in r["missed_targets"]:
-            print("target missed:", m)
+    print_bench(r, cfg.json, format_result)
     return 0
 
 
