@@ -159,7 +159,11 @@ class EpisodeStore:
         self.files = files
         self.url = files.url
         self.mode = mode
-        self._group = zarr.open_group(files.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+")
+        try:
+            self._group = zarr.open_group(files.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+")
+        except (ValueError, TypeError, KeyError) as e:  # a damaged zarr.json (JSONDecodeError is a ValueError) or metadata
+            raise StoreError(f"{self.url}: its zarr.json is damaged ({type(e).__name__}: {str(e)[:80]}); restore it from a copy "
+                             "or re-collect the data") from e
         attrs = dict(self._group.attrs).get(ATTRS_KEY)
         if not attrs:
             raise StoreError(f"{self.url} is a Zarr group but not an embodied episode store (no '{ATTRS_KEY}' attributes)")

@@ -298,6 +298,17 @@ def test_bad_episodes_raise_store_error(mem_url, bad, words):
         assert w.add_episode(good, {}) == 0
 
 
+@pytest.mark.parametrize("damage", [b"{not json", b'{"zarr_format": 3}'])
+def test_a_damaged_zarr_json_is_one_clear_error(tmp_path, damage):
+    url = tmp_path / "D.zarr"
+    with EpisodeStore.create(url, FEATURES, chunk_len=CHUNK) as w:
+        w.add_episode(*gen(0))
+    (url / "zarr.json").write_bytes(damage)
+    for mode in ("r", "a"):
+        with pytest.raises(StoreError, match="zarr.json is damaged|not an embodied episode store"):
+            EpisodeStore.open(url, mode)
+
+
 def test_open_missing_and_create_existing(tmp_path, mem_url):
     for missing in (tmp_path / "nothing.zarr", f"{mem_url}-missing"):
         with pytest.raises(StoreError, match="no episode store"):
