@@ -208,14 +208,10 @@ class CandidateFilter:
 class ModelCostPredictor:
     """The learned cost predictor: the model imagines each candidate H steps ahead; cost = P(any violation).
 
-    ADAPTER, kept minimal on purpose: it runs its own closed-loop key/value cache over the
-    episode (the observations, and the actions the filter let through) with the
-    :class:`~embodied.model.TrajectoryModel` API (``start``/``step``/``act``/``observe``), and
-    imagines by expanding that cache over the N candidates: each step appends the candidate's
-    action token (cost logit from the cost head, state change from the dynamics head), then
-    the imagined next observation. At merge time ``predict`` is to be rewired to the batched
-    ``imagine(...)`` of ``policies/dynamics.py``; ``observe``/``commit`` stay.
-    Pixel models imagine from the state alone (no imagined images).
+    It keeps a closed-loop key/value cache of the episode (the observations, and the actions the
+    filter let through) with :meth:`~embodied.model.TrajectoryModel.step`, and imagines all N
+    candidates at once from that cache with :meth:`~embodied.model.TrajectoryModel.imagine`
+    (the cache is shared, expanded without a copy): P(any violation) = 1 - prod_h (1 - cost_h).
     """
 
     def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None) -> None:
@@ -248,19 +244,9 @@ class ModelCostPredictor:
     def predict(self, candidates: np.ndarray) -> np.ndarray:
         if self._cache is None or self._state is None:
             raise RuntimeError("observe() the current observation before predict()")
-        seqs = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=self.device)
-        N, H = seqs.shape[:2]
-        cache = [(k.expand(N, -1, -1, -1), v.expand(N, -1, -1, -1)) for k, v in self._cache]
-        state = self._state.expand(N, -1)
-        safe = torch.ones(N, device=self.device)
-        for h in range(H):
-            t = torch.full((N,), self._t + h, device=self.device, dtype=torch.long)
-            out, cache = self.model.act(cache, seqs[:, h], t)
-            safe = safe * (1.0 - torch.sigmoid(out["cost_logit"].float()))
-            if h + 1 < H:
-                state = self.model.next_state(state, out["delta"])
-                _, cache = self.model.observe(cache, state, t + 1)
-        return (1.0 - safe).cpu().numpy().astype(np.float64)
+        seqs = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=self.device)  # (N, H, A)
+        out = self.model.imagine(self._cache, self._state, torch.tensor([self._t], device=self.device), seqs, observed=True)
+        return (1.0 - torch.prod(1.0 - out["cost"].float(), dim=1)).cpu().numpy().astype(np.float64)
 
     def commit(self, action: np.ndarray) -> None:
         self._last = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(1, -1), device=self.device)
