@@ -735,6 +735,11 @@ class RLConfig:
     """End training episodes when the task is truly solved (off: the learned reward gets no true signal through episode ends)."""
     device: str | None = None
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
+    cost_limit: float | None = None
+    """Constrain the mean episode cost to this (PPO-Lagrangian for ppo): the reward is penalised by a multiplier
+    times the cost, and the multiplier follows the episode costs."""
+    lagrange_lr: float = 0.05
+    """Step size of the Lagrange multiplier's update (per rollout, in units of episode cost)."""
     json: bool = False
     """Print the result as JSON."""
 

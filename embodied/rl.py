@@ -16,9 +16,9 @@ Each env of a run is built as::
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
-callbacks. A constrained variant (PPO-Lagrangian, ``--cost-limit C``) is one more class: a
-wrapper that subtracts ``multiplier x info["cost"]`` from the reward and a callback that
-raises or lowers the multiplier from the episode costs it sees; the command stays the same.
+callbacks. With ``--cost-limit C`` an algorithm runs as its Lagrangian variant (PPO-Lagrangian for
+``ppo``): a wrapper subtracts ``multiplier x info["cost"]`` from the reward and a callback raises or
+lowers the multiplier from the episode costs at each rollout's end (:class:`LagrangeMultiplier`).
 Reward sources are functions in :data:`REWARDS` (``@register_reward``).
 """
 
@@ -57,6 +57,60 @@ class RLSpec:
     seed: int = 0
     terminate_on_success: bool = False
     device: str | None = None
+    cost_limit: float | None = None
+    lagrange_lr: float = 0.05
+
+
+# ---------------------------------------------------------------------------- the Lagrange multiplier
+class LagrangeMultiplier:
+    """PPO-Lagrangian's multiplier: gradient ascent on ``lambda * (mean episode cost - limit)``, kept >= 0.
+
+    The :class:`CostPenalty` wrappers of a run's envs report each finished episode's total cost
+    here; :meth:`update` (at the end of every rollout) moves ``value`` by ``lr`` times the mean
+    of those costs minus the limit, so the penalty grows while episodes cost too much and fades
+    once they do not.
+    """
+
+    def __init__(self, limit: float, lr: float = 0.05, value: float = 0.0) -> None:
+        if limit < 0 or lr <= 0:
+            raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {limit} and {lr}")
+        self.limit, self.lr, self.value = float(limit), float(lr), float(value)
+        self._costs: list[float] = []
+        self.history: list[dict[str, float]] = []
+
+    def record(self, episode_cost: float) -> None:
+        self._costs.append(float(episode_cost))
+
+    def update(self) -> None:
+        """One ascent step from the episodes finished since the last one (none finished: no step)."""
+        if not self._costs:
+            return
+        mean = float(np.mean(self._costs))
+        self.value = max(0.0, self.value + self.lr * (mean - self.limit))
+        self.history.append({"episodes": len(self._costs), "mean_episode_cost": mean, "multiplier": self.value})
+        self._costs = []
+
+
+def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
+    """``env`` with reward ``(r - lambda * cost) / (1 + lambda)`` (OmniSafe's scaling); the raw reward stays in
+    ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier``."""
+    import gymnasium as gym
+
+    class CostPenalty(gym.Wrapper):
+        def reset(self, **kwargs: Any) -> Any:
+            self.episode_cost = 0.0
+            return self.env.reset(**kwargs)
+
+        def step(self, action: Any) -> Any:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            cost = float(info.get("cost", 0.0))
+            self.episode_cost += cost
+            if terminated or truncated:
+                multiplier.record(self.episode_cost)
+            lam = multiplier.value
+            return obs, (float(reward) - lam * cost) / (1.0 + lam), terminated, truncated, {**info, "unpenalized_reward": reward}
+
+    return CostPenalty(env)
 
 
 # ---------------------------------------------------------------------------- reward sources
@@ -84,22 +138,48 @@ def learned_reward(env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env"
 
 # ---------------------------------------------------------------------------- algorithms
 class Algorithm:
-    """An RL algorithm of stable-baselines3, its defaults, env wrappers and callbacks."""
+    """An RL algorithm of stable-baselines3, its defaults, env wrappers and callbacks.
+
+    With ``spec.cost_limit`` set it becomes its Lagrangian variant (PPO-Lagrangian for ``ppo``):
+    every env's reward is penalised by the run's :class:`LagrangeMultiplier` times the step's
+    cost, and the multiplier is updated from the episode costs at the end of every rollout.
+    """
 
     name: str
     default_envs: int = 8
+
+    def __init__(self) -> None:
+        self.multiplier: LagrangeMultiplier | None = None
+
+    def constrain(self, spec: RLSpec) -> None:
+        """Set up the run's multiplier when the spec has a cost limit."""
+        self.multiplier = None if spec.cost_limit is None else LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr)
 
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         """The SB3 model that will learn on ``venv``."""
         raise NotImplementedError
 
     def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
-        """Wrappers applied after the reward source (e.g. a cost penalty); none by default."""
-        return []
+        """Wrappers applied after the reward source: the cost penalty under a cost limit, else none."""
+        m = self.multiplier
+        return [] if m is None else [lambda env: cost_penalty(env, m)]
 
     def callbacks(self, spec: RLSpec) -> list["BaseCallback"]:
-        """Extra SB3 callbacks (e.g. a Lagrange multiplier update); none by default."""
-        return []
+        """Extra SB3 callbacks: the multiplier's update at each rollout's end under a cost limit, else none."""
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        m = self.multiplier
+        if m is None:
+            return []
+
+        class LagrangeUpdate(BaseCallback):
+            def _on_step(self) -> bool:
+                return True
+
+            def _on_rollout_end(self) -> None:
+                m.update()
+
+        return [LagrangeUpdate()]
 
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
@@ -141,6 +221,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     ALGORITHMS[spec.algo]
     if not spec.instruction.strip():
         raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
+    if spec.cost_limit is not None and (spec.cost_limit < 0 or spec.lagrange_lr <= 0):
+        raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {spec.cost_limit} and {spec.lagrange_lr}")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
@@ -227,6 +309,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
 
     check_spec(spec, need_ckpt=reward_model is None)
     algorithm = ALGORITHMS[spec.algo]()
+    algorithm.constrain(spec)
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if reward_model is None and spec.reward_ckpt:
         from embodied.policies import RewardModel
@@ -248,6 +331,9 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     venv.training = False
     result = {"spec": asdict(spec), "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs), reward_model)}
+    if algorithm.multiplier is not None:
+        m = algorithm.multiplier
+        result["lagrange"] = {"cost_limit": m.limit, "lr": m.lr, "final_multiplier": m.value, "updates": m.history}
     venv.close()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,7 +379,11 @@ def format_result(r: dict[str, Any]) -> str:
     lo, hi = e["success_ci"]
     lines = [f"{s['algo']} on the {s['reward']} reward, {s['steps']} steps ({r['train_seconds']:.0f} s, {r['env_steps_per_s']:.0f} steps/s on {r['device']}): "
              f"{s['env_id']} {s['instruction']!r}",
-             f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}"]
+             f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}, "
+             f"mean episode cost {e['mean_cost']:.2f}"]
+    if "lagrange" in r:
+        g = r["lagrange"]
+        lines.append(f"  Lagrangian: cost limit {g['cost_limit']:g}, final multiplier {g['final_multiplier']:.3f} after {len(g['updates'])} updates")
     c = r.get("reward_check")
     if c:
         lines.append(f"  learned reward on these episodes: {c['hacking_episodes']} rated as solved (like the expert's) but not solved (reward hacking), "

@@ -1,0 +1,64 @@
+"""PPO-Lagrangian (`embodied rl --cost-limit C`): the multiplier follows the episode costs, the penalty shapes the reward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embodied.errors import ConfigError
+from embodied.rl import LagrangeMultiplier, cost_penalty
+
+
+def test_multiplier_rises_above_the_limit_and_falls_to_zero_below():
+    m = LagrangeMultiplier(limit=2.0, lr=0.5)
+    m.update()  # no finished episode: no step
+    assert m.value == 0.0 and m.history == []
+    for c in (4.0, 6.0):
+        m.record(c)
+    m.update()  # mean 5 > limit 2: + 0.5 * 3
+    assert m.value == pytest.approx(1.5)
+    m.record(0.0)
+    m.update()  # 0 < 2: - 0.5 * 2
+    assert m.value == pytest.approx(0.5)
+    m.record(0.0)
+    m.update()
+    assert m.value == 0.0 and [h["episodes"] for h in m.history] == [2, 1, 1]
+    with pytest.raises(ConfigError, match="cost-limit"):
+        LagrangeMultiplier(limit=-1.0)
+
+
+def test_cost_penalty_scales_the_reward_and_reports_episode_costs():
+    from embodied.envs import make
+
+    m = LagrangeMultiplier(limit=0.0, value=1.0)
+    env = cost_penalty(make("embodied/PointReachHazard-v0", max_episode_steps=40), m)
+    env.reset(seed=3)
+    total, done, saw_cost = 0.0, False, False
+    rng = np.random.default_rng(0)
+    while not done:
+        _, r, term, trunc, info = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        assert r == pytest.approx((info["unpenalized_reward"] - 1.0 * info["cost"]) / 2.0)
+        total += info["cost"]
+        saw_cost |= info["cost"] > 0
+        done = term or trunc
+    m.update()
+    assert m.history[-1]["mean_episode_cost"] == pytest.approx(total) and saw_cost  # random actions break the speed limit
+    env.close()
+
+
+def test_cli_rl_with_a_cost_limit_runs_ppo_lagrangian(tmp_path, capsys):
+    from embodied.cli import main
+
+    out = tmp_path / "lag"
+    assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true", "--algo", "ppo",
+                 "--steps", "600", "--envs", "2", "--episodes", "2", "--cost-limit", "0", "--out", str(out), "--device", "cpu"]) == 0
+    r = json.loads((out / "rl.json").read_text())
+    g = r["lagrange"]
+    assert g["cost_limit"] == 0.0 and g["updates"] and g["final_multiplier"] > 0  # episodes cost something, the limit is 0
+    assert "mean_cost" in r["eval"] and "Lagrangian" in capsys.readouterr().out
+    assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true",
+                 "--cost-limit", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cost-limit >= 0" in err[0]
