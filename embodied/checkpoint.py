@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -773,27 +773,33 @@ def model_hash(folder: str | os.PathLike[str]) -> str:
 # --------------------------------------------------------------------------- single files
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None], not_saveable: str) -> Path:
+    """``write(tmp)`` to a hidden temporary beside ``path``, then :func:`os.replace` it into place and fsync the
+    folder; any failure is a one-line :class:`CheckpointError` (``not_saveable`` says why the value cannot be saved)
+    and leaves no temporary behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {_one_line(e)}; free disk space or pick another folder") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(not_saveable.format(path=path, why=_one_line(e))) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Write one safetensors file atomically (a hidden temporary beside it, then :func:`os.replace`).
 
     Used for files that live outside a checkpoint folder, such as adapters; the header is
     deterministic, so the same tensors give the same bytes.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_tensors(tmp, tensors, metadata)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        raise CheckpointError(f"could not write {path}: {_one_line(e)}; free disk space or pick another folder") from None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot save {path}: {_one_line(e)}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _write_atomically(Path(path), lambda tmp: _write_tensors(tmp, tensors, metadata), "cannot save {path}: {why}")
 
 
 def load_tensors(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -813,20 +819,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def write_json(path: str | os.PathLike[str], value: Any) -> Path:
     """Write ``value`` as strict JSON atomically (a hidden temporary beside it, then :func:`os.replace`)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(tmp, value, strict=True)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"could not write {path}: {_one_line(e)}; free disk space or pick another folder") from None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot save {path}: it is not plain JSON ({_one_line(e)})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _write_atomically(Path(path), lambda tmp: _write_json(tmp, value, strict=True),
+                             "cannot save {path}: it is not plain JSON ({why})")
 
 
 # --------------------------------------------------------------------------- manager

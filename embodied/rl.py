@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from embodied.envs.registry import Registry
+from embodied.registry import Registry
 from embodied.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from embodied.envs.registry import Registry
+from embodied.registry import Registry
 from embodied.errors import ConfigError
 
 SIM_CHUNK = 8

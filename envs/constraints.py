@@ -31,7 +31,7 @@ from embodied.errors import ConfigError
 from embodied.specs import SHAPES
 
 from .instructions import COLOURS, TRAIN_COLOURS, InstructionError
-from .registry import Registry
+from embodied.registry import Registry
 
 COST_TERMS: Final = ("cost_hazard", "cost_fragile", "cost_speed", "cost_workspace")
 """Every cost term an env reports in ``info`` (0.0 while its constraint is off)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from embodied.specs import MAX_JOINTS
 
-from .registry import Registry
+from embodied.registry import Registry
 
 OBJECT_Z = 0.025
 """Height (m) of object centres and of the fingertip centre above the table."""

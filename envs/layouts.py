@@ -15,7 +15,7 @@ import numpy as np
 
 from embodied.specs import N_HAZARDS, N_OBJECTS, N_ZONES
 
-from .registry import Registry
+from embodied.registry import Registry
 from .scene import HALF_EXTENT, HAZARD_RADIUS, ZONE_RADIUS
 
 Sampler = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]

@@ -13,7 +13,6 @@ from gymnasium import spaces
 from embodied.errors import ConfigError
 from embodied.specs import (
     ACTION_DIM,
-    COST_PREFIX,
     INFO_COST,
     INFO_INVALID,
     INFO_SUCCESS,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .embodiments import TIP_RADIUS
 from .instructions import DIRECTIONS
-from .registry import Registry
+from embodied.registry import Registry
 from .scene import OBJECT_HALF, ZONE_RADIUS
 
 FAMILY_REGISTRY: Registry[type["TaskFamily"]] = Registry("task family")

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from embodied.config import PlanConfig
 from embodied.errors import ConfigError
+from embodied.registry import Registry
 
 from .dynamics import Context, DynamicsModel, Imagined, policy_context, stack_contexts
 from .foundation import FoundationPolicy
@@ -49,28 +50,15 @@ class Search(ABC):
         """New (mean, std), each (B, H, A), from B searches' candidates ``samples`` (B, N, H, A) and their ``scores`` (B, N)."""
 
 
-PLANNERS: dict[str, type[Search]] = {}
-"""Search methods by name (filled by :func:`register_planner`)."""
-
-
-def register_planner(name: str) -> Callable[[type[Search]], type[Search]]:
-    """Class decorator: ``@register_planner("name")`` adds a :class:`Search`."""
-
-    def deco(cls: type[Search]) -> type[Search]:
-        if name in PLANNERS:
-            raise ValueError(f"planner {name!r} is already registered")
-        cls.name = name
-        PLANNERS[name] = cls
-        return cls
-
-    return deco
+PLANNERS: Registry[type[Search]] = Registry("planner")
+"""Search methods by name."""
+register_planner = PLANNERS.register
+"""Class decorator: ``@register_planner("name")`` adds a :class:`Search`."""
 
 
 def make_search(cfg: PlanConfig) -> Search:
     """The registered search method ``cfg.planner``."""
-    if cfg.planner not in PLANNERS:
-        raise ConfigError(f"unknown planner {cfg.planner!r}; use one of: {', '.join(PLANNERS)}")
-    return PLANNERS[cfg.planner](cfg)
+    return PLANNERS[cfg.planner](cfg)  # an unknown name is a one-line ConfigError
 
 
 MIN_STD = 0.05

@@ -1,6 +1,6 @@
 """The direction of imports in ../shared/DESIGN.md, read from the source with ``ast``.
 
-- ``embodied.specs`` and ``embodied.errors`` (leaf vocabulary) may be imported by all.
+- ``embodied.specs``, ``embodied.errors`` and ``embodied.registry`` (leaf vocabulary) may be imported by all.
 - The core of ``embodied`` (language, tokens, model, train, checkpoint, adapt, config)
   never imports envs, datasets, policies or the application layer.
 - ``envs`` and ``datasets`` never import each other, ``policies`` or anything of
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"embodied": "embodied", "envs": "embodied.envs", "datasets": "embodied.datasets", "policies": "embodied.policies"}
-SHARED = {"embodied.specs", "embodied.errors", "embodied"}
+SHARED = {"embodied.specs", "embodied.errors", "embodied.registry", "embodied"}
 APP = {"embodied.evaluate", "embodied.bench_reward", "embodied.rl", "embodied.cli_rl", "embodied.collect", "embodied.training_data",
        "embodied.report", "embodied.bench", "embodied.bench_data", "embodied.bench_train", "embodied.bench_policy", "embodied.bench_dynamics",
        "embodied.shielding", "embodied.cli", "embodied.cli_data", "embodied.cli_adapt", "embodied.adapt_data", "embodied.bench_adapt",

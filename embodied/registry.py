@@ -1,4 +1,6 @@
-"""A name -> entry registry filled by a decorator (embodiments, task families, layouts)."""
+"""A name -> entry registry filled by a decorator: embodiments, task families, layouts and constraints (envs),
+planners (policies), RL algorithms, reward sources and shields (the application). A leaf like
+:mod:`embodied.errors`, so every folder may use it."""
 
 from __future__ import annotations
 
