@@ -528,6 +528,10 @@ class DataEmbedConfig:
 
 
 # ---------------------------------------------------------------------------- the model and its training
+OBS_ENCODERS = ("flat", "entities")
+"""The observation encoders a model can have (ModelConfig.obs_encoder)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of the model. Named presets in :data:`PRESETS`; any field can be overridden."""
@@ -560,6 +564,18 @@ class ModelConfig:
     """What the observation token sees of the state: "full" (proprioception, objects, zones, hazards), "proprio"
     (only the embodiment's own features; objects and zones must come from the pixels) or "no_velocity" (all but the
     embodiment's velocities, see :func:`embodied.specs.state_input_mask`)."""
+    obs_encoder: str = "entities"
+    """How the state becomes the observation token: "flat" (one MLP over the whole vector) or "entities" (that MLP
+    plus attention over the scene's objects, zones and hazards with queries from the instruction, so that the token
+    carries the features of the things the instruction names; see :class:`embodied.model.EntityEncoder`)."""
+    n_entity_queries: int = 4
+    """Attention heads of the "entities" encoder, each one instruction query (what to attend to: the object to move,
+    the zone, ...); d_model must divide by it."""
+    policy_history: bool = False
+    """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
+    (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
+    repeat their previous action almost every step, so a policy that sees its past actions (or the velocities they
+    cause) learns to copy them instead of reading the scene and the instruction: the copycat problem."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -568,7 +584,14 @@ class ModelConfig:
             raise ConfigError(f"pixels={self.pixels} must be 0 (no images) or >= 16")
         if self.state_input not in STATE_INPUTS:
             raise ConfigError(f"state_input={self.state_input!r}: use one of {', '.join(STATE_INPUTS)}")
-        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "action_bins", "max_timestep", "context"):
+        if self.d_model % self.n_entity_queries:
+            raise ConfigError(f"d_model={self.d_model} must be a multiple of n_entity_queries={self.n_entity_queries}")
+        if self.obs_encoder not in OBS_ENCODERS:
+            raise ConfigError(f"obs_encoder={self.obs_encoder!r}: use one of {', '.join(OBS_ENCODERS)}")
+        if self.obs_encoder == "entities" and self.state_input == "proprio":
+            raise ConfigError('obs_encoder="entities" attends over the objects of the state, which state_input="proprio" hides; '
+                              'use obs_encoder="flat" with it')
+        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "n_entity_queries", "action_bins", "max_timestep", "context"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
 
@@ -581,6 +604,8 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
+        if "obs_encoder" not in d:  # written before these fields existed: one MLP, a policy over the whole context
+            d = {**d, "obs_encoder": "flat", "policy_history": True}
         return cls(**d)
 
 

@@ -4,17 +4,25 @@ A window of T timesteps becomes one sequence of G + 2T tokens::
 
     [g_1 .. g_G] [o_0 a_0] [o_1 a_1] ... [o_{T-1} a_{T-1}]
 
-``g`` are goal tokens (a projection of a frozen sentence embedding of the instruction),
-``o_t`` an observation token (an MLP over the normalised state, plus a small CNN over the
-pixels when the model has them) and ``a_t`` an action token (a projection of the action,
-or a learned "no action" vector where the episode has none). Every token gets a modality
-embedding; observation and action tokens also get the embedding of their episode timestep,
-so attention needs no positional encoding and a key/value cache can drop old timesteps.
+``g`` are goal tokens (a projection of a frozen, whitened sentence embedding of the
+instruction), ``o_t`` an observation token (an MLP over the normalised state; with
+``obs_encoder="entities"`` plus attention over the scene's objects, zones and hazards with
+queries from the instruction, :class:`EntityEncoder`; plus a small CNN over the pixels when the
+model has them) and ``a_t`` an action token (a projection of the action, or a learned "no
+action" vector where the episode has none). Every token gets a modality embedding;
+observation and action tokens also get the embedding of their episode timestep, so attention
+needs no positional encoding and a key/value cache can drop old timesteps.
 
 Heads read the hidden states (the three signatures of ../shared/DESIGN.md):
 
-- at ``o_t``: the action ``a_t`` (per-dimension categorical over ``action_bins`` bins in
-  [-1, 1], so multimodal demonstrations do not average out) -> the policy;
+- the action ``a_t`` (per-dimension categorical over ``action_bins`` bins in [-1, 1], so
+  multimodal demonstrations do not average out) -> the policy. With ``policy_history=True``
+  it reads ``o_t`` in the sequence above; by default (``False``) it reads a second view of
+  ``o_t`` that attends to the goal tokens and itself only, and whose state MLP sees the
+  embodiment's pose but not its velocities (:meth:`TrajectoryModel.present`). Demonstrations
+  repeat their last action nearly every step, and a policy that can see it copies it instead
+  of reading the scene (on 2,000 reach demonstrations: closed-loop success 0.17 with the
+  whole context, 0.95-1.0 with the present and the entity attention);
 - at ``a_t``: the change of the state to ``t + 1``, per dimension in units of its typical one-step
   change (``delta_scale``; dimensions that never change are predicted not to) (and, with pixels, the CNN
   encoding of the next image) -> the dynamics model; the reward, the probability that the
@@ -27,7 +35,7 @@ without actions still trains the observation objectives.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -38,8 +46,35 @@ from embodied import specs
 from embodied.config import PRESETS, ModelConfig, preset  # noqa: F401  (re-exported: the model's sizes live with the other configs)
 
 # ---------------------------------------------------------------------------- blocks
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
-"""Per block: keys and values, each (B, n_head, L, head_dim)."""
+class KVCache(list):
+    """A closed-loop key/value cache: per block, keys and values, each (B, n_head, L, head_dim).
+
+    ``goal`` (B, lang_dim) holds the instruction embeddings the cache was started from: an
+    ``obs_encoder="entities"`` model needs them for every new observation token. A plain list of
+    (keys, values) still works as a cache for a ``flat`` model.
+    """
+
+    def __init__(self, layers: Iterable[tuple[torch.Tensor, torch.Tensor]] = (), goal: torch.Tensor | None = None) -> None:
+        super().__init__(layers)
+        self.goal = goal
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: bool = False) -> "KVCache":
+        """``fn`` applied to every key and value tensor; with ``rows`` (``fn`` selects, repeats or expands the batch
+        dimension, dim 0) to ``goal`` as well."""
+        goal = self.goal if not rows or self.goal is None else fn(self.goal)
+        return KVCache([(fn(k), fn(v)) for k, v in self], goal)
+
+    @classmethod
+    def cat(cls, caches: list["KVCache"]) -> "KVCache":
+        """Caches of equal length stacked along the batch."""
+        goals = [getattr(c, "goal", None) for c in caches]
+        goal = None if any(g is None for g in goals) else torch.cat(goals)  # type: ignore[arg-type]
+        return cls([(torch.cat([c[i][0] for c in caches]), torch.cat([c[i][1] for c in caches])) for i in range(len(caches[0]))], goal)
+
+
+def cache_goal(cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+    """The instruction embeddings a cache started from (None for a plain list)."""
+    return getattr(cache, "goal", None)
 
 
 class SelfAttention(nn.Module):
@@ -114,6 +149,57 @@ class PixelEncoder(nn.Module):
         return self.net(x)
 
 
+class EntityEncoder(nn.Module):
+    """Attention over the scene with queries from the instruction: the features of the things it names.
+
+    Each object, zone and hazard slot of the state becomes one entity embedding: an MLP per kind over the
+    slot's normalised features and its position relative to the end effector (in units of the
+    end effector's spread), plus a kind embedding. ``n_entity_queries`` queries, projected from the
+    (whitened) instruction embedding, each attend over the entities of every frame; their results,
+    concatenated and projected, join the observation token. Picking "the red cube" out of three objects
+    is then a dot product between a query and each object's colour and shape, instead of a gate the
+    transformer's MLPs would have to learn from one vector that packs every object.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, sl = cfg.d_model, specs.state_slices()
+        self.n_query, self.ee = cfg.n_entity_queries, sl["ee_pos"]
+        self.kinds = ((sl["objects"], specs.N_OBJECTS, specs.OBJECT_FEATURES), (sl["zones"], specs.N_ZONES, specs.ZONE_FEATURES),
+                      (sl["hazards"], specs.N_HAZARDS, specs.HAZARD_FEATURES))
+        self.enc = nn.ModuleList(nn.Linear(f + 2, d) for _, _, f in self.kinds)  # then GELU and one shared layer
+        for i, (_, _, f) in enumerate(self.kinds):  # where each entity is enters only relative to the end effector
+            keep = torch.ones(f)
+            keep[:2] = 0.0  # the absolute position
+            if f == specs.OBJECT_FEATURES:
+                keep[12:14] = 0.0  # an object's start position
+            self.register_buffer(f"keep{i}", keep, persistent=False)
+        self.shared = nn.Linear(d, d)
+        self.kind = nn.Embedding(len(self.kinds), d)
+        self.query = nn.Linear(cfg.lang_dim, d)  # n_query heads of d / n_query each
+        self.key = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, s: torch.Tensor, raw: torch.Tensor, goal: torch.Tensor, pos_scale: torch.Tensor) -> torch.Tensor:
+        """``s`` (B, T, S) normalised (masked) states, ``raw`` (B, T, S) the same in raw units, ``goal`` (B, lang_dim)
+        whitened instruction embeddings, ``pos_scale`` () metres per unit of relative position -> (B, T, d)."""
+        B, T, _ = s.shape
+        ee = raw[..., self.ee][..., None, :]  # (B, T, 1, 2)
+        ents = []
+        for k, ((sl, n, f), enc) in enumerate(zip(self.kinds, self.enc)):
+            rel = (raw[..., sl].unflatten(-1, (n, f))[..., :2] - ee) / pos_scale  # (B, T, n, 2)
+            own = s[..., sl].unflatten(-1, (n, f)) * getattr(self, f"keep{k}")
+            ents.append(enc(torch.cat([own, rel], dim=-1)) + self.kind.weight[k])
+        e = self.shared(F.gelu(torch.cat(ents, dim=2)))  # (B, T, E, d)
+        Q, E = self.n_query, e.shape[2]
+        q = self.query(goal.to(e.dtype)).view(B, 1, Q, 1, -1)  # (B, 1, Q, 1, dh)
+        k = self.key(e).view(B, T, E, Q, -1).transpose(2, 3)  # (B, T, Q, E, dh)
+        v = self.value(e).view(B, T, E, Q, -1).transpose(2, 3)
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]), dim=-1)  # (B, T, Q, 1, E)
+        return self.out((w @ v).flatten(2))  # (B, T, Q * dh) -> (B, T, d)
+
+
 # ---------------------------------------------------------------------------- the model
 OBS, ACT, GOAL = 0, 1, 2  # modality ids
 
@@ -127,6 +213,7 @@ class TrajectoryModel(nn.Module):
         d = cfg.d_model
         self.goal_proj = nn.Linear(cfg.lang_dim, cfg.n_goal_tokens * d)
         self.state_enc = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.entity_enc = EntityEncoder(cfg) if cfg.obs_encoder == "entities" else None
         self.pixel_enc = PixelEncoder(d) if cfg.pixels else None
         self.action_enc = nn.Linear(cfg.action_dim, d)
         self.no_action = nn.Parameter(torch.zeros(d))
@@ -144,10 +231,17 @@ class TrajectoryModel(nn.Module):
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.register_buffer("delta_scale", torch.ones(cfg.state_dim))  # raw units of one unit of the state-change head
         self.register_buffer("reward_stats", torch.tensor([0.0, 1.0]))  # mean, std
+        self.register_buffer("goal_mean", torch.zeros(cfg.lang_dim))  # instruction embeddings are whitened:
+        self.register_buffer("goal_scale", torch.ones(()))  # (goal - goal_mean) * goal_scale
         self.register_buffer("bin_centers", torch.linspace(-1, 1, cfg.action_bins))
         self.register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self.register_buffer("state_input_mask", torch.tensor(specs.state_input_mask(cfg.state_input, cfg.state_dim)), persistent=False)
+        self.register_buffer("policy_state_mask", torch.tensor(specs.state_input_mask("policy", cfg.state_dim)), persistent=False)
         self.apply(self._init_weights)
+        if self.entity_enc is not None:  # fan-in init: at N(0, 0.02) a few small layers in a row pass almost nothing on
+            for m in self.entity_enc.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
@@ -166,15 +260,23 @@ class TrajectoryModel(nn.Module):
         """Checkpoints written before ``delta_scale`` existed measured state changes in units of ``state_std``."""
         if prefix + "delta_scale" not in state_dict and prefix + "state_std" in state_dict:
             state_dict[prefix + "delta_scale"] = state_dict[prefix + "state_std"].clone()
+        if prefix + "goal_mean" not in state_dict and prefix + "state_std" in state_dict:  # nor goal whitening
+            state_dict[prefix + "goal_mean"] = torch.zeros_like(module.goal_mean)  # type: ignore[arg-type]
+            state_dict[prefix + "goal_scale"] = torch.ones_like(module.goal_scale)  # type: ignore[arg-type]
 
     def set_normalizer(self, state_mean: torch.Tensor, state_std: torch.Tensor, reward_mean: float = 0.0, reward_std: float = 1.0,
-                       delta_std: torch.Tensor | None = None) -> None:
+                       delta_std: torch.Tensor | None = None, goals: torch.Tensor | None = None) -> None:
         """Set the normalisation statistics (stored with the weights); state stds below 1e-3 count as 1.
 
         ``delta_std`` (S,) is the spread of one step's state change per dimension, in raw units: the
         dynamics head predicts changes in these units, and a dimension whose change is 0 in the data
         (below 1e-6: colours, zones, padded joints) is predicted never to change and left out of the
         loss. Without it, changes are measured in units of the state's spread (``state_std``).
+
+        ``goals`` (N, lang_dim), the embeddings of the training instructions, set the whitening of every
+        instruction: minus their mean, over their root-mean-square spread. Sentence embeddings of "touch the
+        red cube" and "touch the blue ball" share most of their direction; whitened, what tells them apart
+        is what is left.
         """
         std = torch.as_tensor(state_std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(state_mean, dtype=torch.float32))
@@ -185,6 +287,10 @@ class TrajectoryModel(nn.Module):
         else:
             d = torch.as_tensor(delta_std, dtype=torch.float32)
             self.delta_scale.copy_(torch.where(d < 1e-6, torch.zeros_like(d), d))
+        if goals is not None and len(goals) > 1:
+            g = torch.as_tensor(goals, dtype=torch.float32)
+            self.goal_mean.copy_(g.mean(0))
+            self.goal_scale.fill_(1.0 / max(float((g - g.mean(0)).pow(2).sum(-1).mean().sqrt()), 1e-3))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -195,14 +301,30 @@ class TrajectoryModel(nn.Module):
 
     def goal_tokens(self, goal: torch.Tensor) -> torch.Tensor:
         """(B, lang_dim) sentence embeddings -> (B, G, d) goal tokens."""
-        g = self.goal_proj(goal.float()).view(goal.shape[0], self.cfg.n_goal_tokens, self.cfg.d_model)
+        g = self.goal_proj(self.whiten(goal)).view(goal.shape[0], self.cfg.n_goal_tokens, self.cfg.d_model)
         return g + self.modality.weight[GOAL]
 
+    def whiten(self, goal: torch.Tensor) -> torch.Tensor:
+        """(B, lang_dim) sentence embeddings -> whitened (see :meth:`set_normalizer`)."""
+        return (goal.float() - self.goal_mean) * self.goal_scale
+
     def obs_tokens(self, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None,
-                   state_mask: torch.Tensor | None = None, pixels_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, state_dim) states [+ (B, T, H, W, 3) pixels] -> (B, T, d) observation tokens."""
+                   state_mask: torch.Tensor | None = None, pixels_mask: torch.Tensor | None = None,
+                   goal: torch.Tensor | None = None, policy: bool = False) -> torch.Tensor:
+        """(B, T, state_dim) states [+ (B, T, H, W, 3) pixels] -> (B, T, d) observation tokens.
+
+        ``goal`` (B, lang_dim), the instruction embeddings, is needed by an ``obs_encoder="entities"`` model.
+        ``policy`` gives the tokens a ``policy_history=False`` policy acts on: with entities, the state MLP then
+        sees only the embodiment and the scene comes through the instruction's attention alone. (An MLP over
+        every object's colour, shape and position at once memorises the demonstrations' scenes instead of
+        learning to find the named object: held-out action error 0.05 against 0.0001 on 2,000 reach demos.)"""
         s = (state.float() - self.state_mean) / self.state_std * self.state_input_mask
-        x = self.state_enc(s)
+        x = self.state_enc(s * self.policy_state_mask if policy and self.entity_enc is not None else s)
+        if self.entity_enc is not None:
+            if goal is None:
+                raise ValueError('a model with obs_encoder="entities" needs the goal for its observation tokens '
+                                 "(start closed-loop caches with TrajectoryModel.start)")
+            x = x + self.entity_enc(s, state.float(), self.whiten(goal), self.state_std[self.entity_enc.ee].mean())
         if state_mask is not None:
             x = torch.where(state_mask[..., None], x, self.no_state)
         if self.pixel_enc is not None and pixels is not None:
@@ -224,7 +346,7 @@ class TrajectoryModel(nn.Module):
 
     def _trunk(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.drop(x)
-        new: KVCache = []
+        new = KVCache(goal=None if cache is None else cache_goal(cache))
         mask = None if cache is None else cache_mask(x.shape[1], cache[0][0].shape[2], x.device)  # one mask for every block
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if cache is None else cache[i], mask)
@@ -262,13 +384,15 @@ class TrajectoryModel(nn.Module):
         ``batch`` holds ``state`` (B, T, S), ``action`` (B, T, A), ``timestep`` (B, T), the
         masks of the sampler and optionally ``pixels`` (B, T, H, W, 3); ``goal`` is (B, lang_dim).
         ``action_input_mask`` (B, T), when given, says which actions the model sees (default ``action_mask``).
-        Returns ``h_obs`` and ``h_act``, each (B, T, d), and ``pixel_latent`` (B, T, d), the
-        CNN's encoding of each image, when the model sees pixels.
+        Returns ``h_obs`` and ``h_act``, each (B, T, d); ``h_pol`` (B, T, d), what the policy head reads
+        (``h_obs``, or with ``policy_history=False`` each observation seen with the goal alone, see
+        :meth:`present`); and ``pixel_latent`` (B, T, d), the CNN's encoding of each image, when the model
+        sees pixels.
         """
         B, T = batch[specs.STATE].shape[:2]
         ts = batch["timestep"]
         latent = self.pixel_latent(batch[specs.PIXELS]) if self.pixel_enc is not None and specs.PIXELS in batch else None
-        obs = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"))
+        obs = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"), goal=goal)
         if latent is not None:
             obs = obs + latent * batch.get("pixels_mask", batch["mask"])[..., None]
         act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_input_mask", batch.get("action_mask")))
@@ -277,9 +401,32 @@ class TrajectoryModel(nn.Module):
         h, _ = self._trunk(torch.cat([self.goal_tokens(goal), seq], dim=1))
         h = h[:, G:].view(B, T, 2, -1)
         out = {"h_obs": h[:, :, 0], "h_act": h[:, :, 1]}
+        if self.cfg.policy_history:
+            out["h_pol"] = out["h_obs"]
+        else:
+            pol = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"), goal=goal, policy=True)
+            if latent is not None:
+                pol = pol + latent * batch.get("pixels_mask", batch["mask"])[..., None]
+            out["h_pol"] = self.present(self.start(goal), pol)
         if latent is not None:
             out["pixel_latent"] = latent
         return out
+
+    def present(self, goal_cache: KVCache, obs: torch.Tensor) -> torch.Tensor:
+        """Hidden states of observation tokens (B, T, d) that each see the goal tokens and themselves, nothing
+        of the past: what a ``policy_history=False`` policy acts on. ``goal_cache`` is :meth:`start`'s (B rows)."""
+        B, T, d = obs.shape
+        cache = KVCache(goal_cache).map(lambda t: t.repeat_interleave(T, 0))  # (B * T, H, G, hd) per block
+        h, _ = self._trunk(obs.reshape(B * T, 1, d), cache)
+        return h.view(B, T, d)
+
+    def policy_logits(self, goal_cache: KVCache, state: torch.Tensor, timestep: torch.Tensor,
+                      pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Action logits (B, A, bins) of a ``policy_history=False`` model for state (B, S) [and pixels (B, H, W, 3)]
+        at ``timestep`` (B,), from the goal alone (:meth:`start`'s cache, unchanged)."""
+        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None],
+                            goal=cache_goal(goal_cache), policy=True)
+        return self.action_logits(self.present(goal_cache, x)[:, 0])
 
     def loss(self, batch: dict[str, torch.Tensor], goal: torch.Tensor, weights: dict[str, float] | None = None,
              out: dict[str, torch.Tensor] | None = None, count: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -302,7 +449,7 @@ class TrajectoryModel(nn.Module):
 
         # policy: the action at each observation (only in windows it may imitate: ``imitate`` (B,) bool, default all)
         am = batch.get("action_mask", frame) & frame
-        logits = self.action_logits(out["h_obs"]).float()  # (B, T, A, bins)
+        logits = self.action_logits(out["h_pol"]).float()  # (B, T, A, bins)
         target = self.action_bin(batch[specs.ACTION])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).mean(-1)
         terms["action"] = masked_mean(ce, am & batch["imitate"][:, None] if "imitate" in batch else am)
@@ -344,11 +491,11 @@ class TrajectoryModel(nn.Module):
     def start(self, goal: torch.Tensor) -> KVCache:
         """A cache holding the goal tokens of (B, lang_dim) instruction embeddings."""
         _, cache = self._trunk(self.goal_tokens(goal))
-        return cache
+        return KVCache(cache, goal)
 
     def observe(self, cache: KVCache, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
         """Append observation tokens (state (B, S), timestep (B,)); returns action logits (B, A, bins) and the cache."""
-        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None])
+        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None], goal=cache_goal(cache))
         h, cache = self._trunk(x, self._fit(cache))
         return self.action_logits(h[:, -1]), cache
 
@@ -365,7 +512,7 @@ class TrajectoryModel(nn.Module):
         The cache holds whole timesteps except the last, whose action is not known yet; at most
         ``context`` timesteps stay. Returns the action logits (B, A, bins) and the cache.
         """
-        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None])
+        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None], goal=cache_goal(cache))
         if prev_action is not None:
             x = torch.cat([self.action_tokens(prev_action[:, None], (timestep - 1)[:, None]), x], dim=1)
         G, L = self.cfg.n_goal_tokens, cache[0][0].shape[2]
@@ -382,7 +529,7 @@ class TrajectoryModel(nn.Module):
     def _drop_oldest(self, cache: KVCache) -> KVCache:
         """The cache without its oldest timestep (the two tokens after the goal tokens)."""
         G = self.cfg.n_goal_tokens
-        return [(torch.cat([k[:, :, :G], k[:, :, G + 2:]], dim=2), torch.cat([v[:, :, :G], v[:, :, G + 2:]], dim=2)) for k, v in cache]
+        return KVCache(cache, cache_goal(cache)).map(lambda t: torch.cat([t[:, :, :G], t[:, :, G + 2:]], dim=2))
 
     def next_state(self, state: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The predicted next state (raw units) from a state and the state-change head's output (units of ``delta_scale``)."""
@@ -394,7 +541,7 @@ class TrajectoryModel(nn.Module):
         """Append T whole past timesteps to a cache: states (B, T, S), actions (B, T, A), timesteps (B, T)
         [+ pixels (B, T, H, W, 3)]. The caller keeps the cache within ``context`` timesteps."""
         B, T = state.shape[:2]
-        obs = self.obs_tokens(state, timestep, pixels)
+        obs = self.obs_tokens(state, timestep, pixels, goal=cache_goal(cache))
         act = self.action_tokens(action, timestep)
         _, cache = self._trunk(torch.stack([obs, act], dim=2).view(B, 2 * T, -1), cache)
         return cache
@@ -423,10 +570,11 @@ class TrajectoryModel(nn.Module):
         if excess > 0:  # drop the oldest on the (small) shared cache, before it is expanded
             keep = list(range(G)) + list(range(G + 2 * min(excess, past), cache[0][0].shape[2]))
             idx = torch.tensor(keep, device=actions.device)
-            cache = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in cache]
+            cache = KVCache(cache, cache_goal(cache)).map(lambda t: t.index_select(2, idx))
             past -= min(excess, past)
         if cache[0][0].shape[0] != N:
-            cache = [(k.expand(N, -1, -1, -1), v.expand(N, -1, -1, -1)) for k, v in cache]
+            cache = KVCache(cache, cache_goal(cache)).map(lambda t: t.expand(N, *t.shape[1:]), rows=True)
+        goal = cache_goal(cache)
         s = state.float().expand(N, -1)
         t = torch.as_tensor(timestep, device=actions.device).reshape(-1, 1).expand(N, 1)
         steps = t + torch.arange(H, device=actions.device)  # (N, H) episode timesteps of the actions
@@ -438,9 +586,9 @@ class TrajectoryModel(nn.Module):
             if h > 0 or not observed:
                 if h == 0:
                     p = None if pixels is None else pixels.expand(N, *pixels.shape[1:])[:, None]
-                    obs = self.obs_tokens(s[:, None], steps[:, :1], p)
+                    obs = self.obs_tokens(s[:, None], steps[:, :1], p, goal=goal)
                 else:
-                    obs = self.obs_tokens(s[:, None], steps[:, h : h + 1])
+                    obs = self.obs_tokens(s[:, None], steps[:, h : h + 1], goal=goal)
                     if latent is not None:
                         obs = obs + latent[:, None]
                 x = torch.cat([obs, x], dim=1)

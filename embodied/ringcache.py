@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from embodied.model import ACT, OBS, TrajectoryModel
+from embodied.model import ACT, OBS, KVCache, TrajectoryModel
 
 
 class _Weights(NamedTuple):
@@ -77,6 +77,7 @@ class RingCache:
         self.model, self.cfg = model, cfg
         self.G, self.C, self.n_head = cfg.n_goal_tokens, cfg.context, cfg.n_head
         B, dev = goal.shape[0], goal.device
+        self.goal = goal
         self.blocks = [_Weights.of(blk) for blk in model.blocks]
         with torch.inference_mode():
             self.kv = torch.zeros(cfg.n_layer, 2, B, self.n_head, self.G + 2 * self.C, cfg.d_model // cfg.n_head, device=dev)
@@ -111,11 +112,12 @@ class RingCache:
 
     def _step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
         last = self.time_emb.shape[0] - 1
-        if pixels is None:  # the state MLP with the normalisation folded into its first layer
+        if pixels is None and self.model.entity_enc is None:  # the state MLP with the normalisation folded into its first layer
             obs = F.linear(F.gelu(F.linear(state, self.state_w, self.state_b)), self.state_w2, self.state_b2)
             obs = (obs + self.obs_emb + self.time_emb[min(t, last)])[:, None]
         else:
-            obs = self.model.obs_tokens(state[:, None], torch.full((state.shape[0], 1), t, device=state.device), pixels[:, None])
+            obs = self.model.obs_tokens(state[:, None], torch.full((state.shape[0], 1), t, device=state.device),
+                                        None if pixels is None else pixels[:, None], goal=self.goal)
         if prev_action is not None:
             act = F.linear(prev_action.float(), self.act_w, self.act_b) + self.act_emb + self.time_emb[min(t - 1, last)]
             x = torch.cat([act[:, None], obs], dim=1)
@@ -144,7 +146,7 @@ class RingCache:
                 order.append(self.G + 2 * ((s + 1) % self.C))  # a_s, stored beside o_{s+1}
         idx = torch.tensor(order, device=self.kv.device)
         kv = self.kv.index_select(4, idx)
-        return [(kv[i, 0], kv[i, 1]) for i in range(self.cfg.n_layer)]
+        return KVCache([(kv[i, 0], kv[i, 1]) for i in range(self.cfg.n_layer)], self.goal)
 
 
 def _block(w: _Weights, x: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None, n_head: int) -> torch.Tensor:

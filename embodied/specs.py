@@ -47,6 +47,13 @@ N_ZONES: Final = 3
 N_HAZARDS: Final = 2
 SHAPES: Final = ("cube", "ball", "cylinder")
 
+OBJECT_FEATURES: Final = 14
+"""Per object slot: pos 2 (m), yaw cos/sin 2, vel 2 (m/s), rgb 3, shape one-hot 3, start pos 2 (m)."""
+ZONE_FEATURES: Final = 6
+"""Per goal zone: pos 2 (m), radius 1 (m), rgb 3."""
+HAZARD_FEATURES: Final = 7
+"""Per hazard zone: pos 2 (m), radius 1 (m), rgb 3, active 1."""
+
 STATE_LAYOUT: Final[tuple[tuple[str, int], ...]] = (
     ("ee_pos", 2),  # end-effector (x, y), metres, table frame
     ("ee_vel", 2),  # end-effector velocity, m/s
@@ -54,12 +61,9 @@ STATE_LAYOUT: Final[tuple[tuple[str, int], ...]] = (
     ("joint_sin", MAX_JOINTS),
     ("joint_vel", MAX_JOINTS),  # rad/s, zero-padded
     ("joint_mask", MAX_JOINTS),  # 1 where the embodiment has that joint
-    # per object slot: pos 2, yaw cos/sin 2, vel 2, rgb 3, shape one-hot 3, start pos 2
-    ("objects", N_OBJECTS * 14),
-    # per goal zone: pos 2, radius 1, rgb 3
-    ("zones", N_ZONES * 6),
-    # per hazard zone: pos 2, radius 1, rgb 3, active 1
-    ("hazards", N_HAZARDS * 7),
+    ("objects", N_OBJECTS * OBJECT_FEATURES),
+    ("zones", N_ZONES * ZONE_FEATURES),
+    ("hazards", N_HAZARDS * HAZARD_FEATURES),
 )
 STATE_DIM: Final = sum(n for _, n in STATE_LAYOUT)
 
@@ -108,16 +112,29 @@ PROPRIO_FEATURES: Final = ("ee_pos", "ee_vel", "joint_cos", "joint_sin", "joint_
 VELOCITY_FEATURES: Final = ("ee_vel", "joint_vel")
 """The embodiment's own velocities: with velocity commands they echo the previous action."""
 
+POLICY_FEATURES: Final = ("joint_cos", "joint_sin", "joint_mask")
+"""What an entity model's present-only policy sees of its own state besides the scene (ModelConfig.policy_history):
+its posture, not where it is on the table (entities come relative to the end effector, so the policy is the same
+anywhere on the table and cannot memorise demonstrations by their positions) nor its velocities (which echo the
+previous action)."""
+
 STATE_INPUTS: Final = ("full", "proprio", "no_velocity")
 """What a model's observation token may see of the state (ModelConfig.state_input)."""
 
 
 def state_input_mask(kind: str, dim: int = STATE_DIM) -> list[float]:
-    """Per state dimension, 1.0 where a model with ``state_input=kind`` sees it, else 0.0: "full" sees everything,
+    """Per state dimension, 1.0 where a model with ``state_input=kind`` sees it, else 0.0 ("policy": what a
+    present-only policy sees of the state vector itself, POLICY_FEATURES): "full" sees everything,
     "proprio" only the embodiment itself (the scene must come from pixels), "no_velocity" everything but the
     embodiment's velocities (which let a policy copy its previous action instead of reading the goal)."""
     if kind == "full":
         return [1.0] * dim
+    if kind == "policy":  # the embodiment's posture alone (see POLICY_FEATURES)
+        keep = [0.0] * dim
+        for name, sl in state_slices().items():
+            if name in POLICY_FEATURES:
+                keep[sl] = [1.0] * (sl.stop - sl.start)
+        return keep
     keep = [0.0 if kind == "proprio" else 1.0] * dim
     for name, sl in state_slices().items():
         if (kind == "proprio" and name in PROPRIO_FEATURES) or (kind == "no_velocity" and name in VELOCITY_FEATURES):

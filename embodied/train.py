@@ -108,7 +108,7 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
         goal = goals[b["instruction"]].to(device)
         out = model(b, goal)
         am = b["action_mask"] & b["mask"]
-        logits = model.action_logits(out["h_obs"]).float()
+        logits = model.action_logits(out["h_pol"]).float()
         target = model.action_bin(b["action"])
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).sum(-1)
         pred = model.decode_action(logits)

@@ -96,7 +96,9 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         for k in range(cfg.eval_batches):
             yield remap(held.batch(k), held)
 
-    model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, preset(run.preset).context))
+    base = preset(run.preset)
+    model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
+                       obs_encoder="flat" if run.state == "proprio" else base.obs_encoder)  # "proprio" hides the entities
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),
@@ -104,6 +106,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         "state_std": torch.as_tensor(std, dtype=torch.float32),
         "reward_mean": float(reward_stats.mean) if reward_stats.count else 0.0,
         "reward_std": float(reward_stats.std) if reward_stats.count else 1.0,
+        "goals": goals[[index[s] for s in sampler.instructions]],  # whitening: from the training instructions only
     }
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from embodied import specs
-from embodied.model import KVCache, TrajectoryModel
+from embodied.model import KVCache, TrajectoryModel, cache_goal
 
 from .foundation import FoundationPolicy, load_model
 
@@ -138,7 +138,7 @@ class DynamicsModel:
             if k * len(state) != len(a):
                 raise ValueError(f"{len(state)} stacked contexts need {len(state)} x per_context candidates, got {len(a)}")
             if k > 1:
-                cache = [(kk.repeat_interleave(k, 0), v.repeat_interleave(k, 0)) for kk, v in cache]
+                cache = KVCache(cache, cache_goal(cache)).map(lambda x: x.repeat_interleave(k, 0), rows=True)
                 state, t = state.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
                 pixels = None if pixels is None else pixels.repeat_interleave(k, 0)
         out = self.model.imagine(cache, state, t, a.clamp(-1, 1), pixels=pixels, observed=ctx.observed)
@@ -163,7 +163,7 @@ def stack_contexts(contexts: Sequence[Context]) -> Context:
         return contexts[0]
     if len({c.cache[0][0].shape[2] for c in contexts}) != 1 or len({c.observed for c in contexts}) != 1:
         raise ValueError("stacked contexts need caches of one length and the same observed flag")
-    cache = [(torch.cat([c.cache[i][0] for c in contexts]), torch.cat([c.cache[i][1] for c in contexts])) for i in range(len(contexts[0].cache))]
+    cache = KVCache.cat([c.cache for c in contexts])
     pixels = None if contexts[0].pixels is None else torch.cat([c.pixels for c in contexts])  # type: ignore[misc]
     t = torch.tensor([int(c.timestep) for c in contexts], device=contexts[0].state.device)
     return Context(cache, torch.cat([c.state for c in contexts]), t, contexts[0].observed, pixels)

@@ -43,6 +43,8 @@ class _Episode:
     instruction: str
     goal: torch.Tensor
     cache: RingCache | None = None
+    goal_cache: Any = None
+    """The goal tokens' :class:`~embodied.model.KVCache` (policies without history act from it)."""
     t: int = 0
     last_action: torch.Tensor | None = None
     state: torch.Tensor | None = None
@@ -143,7 +145,12 @@ class FoundationPolicy:
         if ep.cache is None:
             ep.cache = RingCache(self.model, ep.goal)
         # one pass appends the previous action's token, then this observation's
-        return ep.cache.step(s, ep.t, ep.last_action, p)
+        logits = ep.cache.step(s, ep.t, ep.last_action, p)
+        if self.model.cfg.policy_history:
+            return logits
+        if ep.goal_cache is None:  # the policy sees the goal and this observation only; the ring keeps the episode
+            ep.goal_cache = self.model.start(ep.goal)  # for imagination (policy_context)
+        return self.model.policy_logits(ep.goal_cache, s, torch.tensor([ep.t], device=self.device), p)
 
     def _step_full(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
         """The same action from a full forward pass over the last ``context`` timesteps (no cache)."""
@@ -163,5 +170,5 @@ class FoundationPolicy:
         }
         if p is not None:
             batch[specs.PIXELS] = torch.cat(ep.pixels[-T:])[None]
-        h = self.model(batch, ep.goal)["h_obs"][:, -1]
+        h = self.model(batch, ep.goal)["h_pol"][:, -1]
         return self.model.action_logits(h)

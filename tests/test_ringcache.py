@@ -12,9 +12,9 @@ from embodied.model import TrajectoryModel
 from embodied.ringcache import RingCache, _masks
 
 
-def _model(context: int, pixels: int = 0, state_input: str = "full") -> TrajectoryModel:
+def _model(context: int, pixels: int = 0, state_input: str = "full", obs_encoder: str = "flat") -> TrajectoryModel:
     torch.manual_seed(context)
-    m = TrajectoryModel(preset("tiny", context=context, pixels=pixels, state_input=state_input)).eval()
+    m = TrajectoryModel(preset("tiny", context=context, pixels=pixels, state_input=state_input, obs_encoder=obs_encoder)).eval()
     S = m.cfg.state_dim
     m.set_normalizer(torch.randn(S), torch.rand(S) + 0.5)  # a normaliser that is not the identity
     return m
@@ -29,9 +29,11 @@ def _rollout(m: TrajectoryModel, steps: int, rows: int = 2, pixels: int = 0, see
     return states, actions, images
 
 
-@pytest.mark.parametrize("context,pixels,state_input", [(1, 0, "full"), (2, 0, "full"), (5, 0, "full"), (4, 0, "proprio"), (3, 32, "proprio")])
-def test_ring_cache_equals_the_list_cache_at_every_step(context, pixels, state_input):
-    m = _model(context, pixels, state_input)
+@pytest.mark.parametrize("context,pixels,state_input,obs_encoder", [
+    (1, 0, "full", "flat"), (2, 0, "full", "flat"), (5, 0, "full", "flat"), (4, 0, "proprio", "flat"), (3, 32, "proprio", "flat"),
+    (3, 0, "full", "entities"), (2, 16, "no_velocity", "entities")])
+def test_ring_cache_equals_the_list_cache_at_every_step(context, pixels, state_input, obs_encoder):
+    m = _model(context, pixels, state_input, obs_encoder)
     goal = torch.randn(2, m.cfg.lang_dim)
     states, actions, images = _rollout(m, 3 * context + 4, pixels=pixels)
     ring = RingCache(m, goal)
