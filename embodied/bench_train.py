@@ -13,7 +13,8 @@ Instruction embeddings are random vectors: speed does not depend on them.
 * ``mfu``: model FLOPs per second over the card's bf16 dense peak, with the FLOPs counted as
   the peer script ../shared/bench/plain_gpt_mfu.py counts them (6 x transformer-block
   parameters + 12 x layers x width x sequence, per token), so the two compare; ``mfu_all``
-  also counts the pixel CNN and the token encoders and heads. ``None`` on CPU.
+  also counts the pixel CNN, the token encoders and heads, and the policy's present-only pass
+  (one more token per frame through the blocks, see :meth:`TrajectoryModel.present`). ``None`` on CPU.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def bench_train(
     flops_tok = 6 * n_block + 12 * cfg.n_layer * cfg.d_model * seq
     other = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("blocks.") and not n.startswith("pixel_enc."))
     flops_all_tok = flops_tok + 6 * other + 3 * _cnn_flops(model) * window / seq  # CNN: fwd + bwd = 3 x fwd, once per frame
+    if not cfg.policy_history:  # the present-only policy pass: one more token per frame, attending to G + 1 keys
+        flops_all_tok += (6 * n_block + 12 * cfg.n_layer * cfg.d_model * (cfg.n_goal_tokens + 1)) * window / seq
     card, peak = card_peak(dev)
     return {
         "preset": preset_name, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "params": model.num_params(), "block_params": n_block, "pixels": pixels, "window": window, "batch": batch,

@@ -433,7 +433,7 @@ DEMO_ENVS = ("embodied/PointReach-v0", "embodied/PointPushZone-v0", "embodied/Po
 """The demo's multi-task dataset and evaluation: one embodiment, the three task families."""
 
 
-def _demo_dataset(path: Path, force: bool, episodes: int = 600, noisy: int = 150) -> str:
+def _demo_dataset(path: Path, force: bool, episodes: int = 1800, noisy: int = 300) -> str:
     """Demo step 2: record expert episodes (state observations) and some noisy-expert ones (for the dynamics and
     reward heads; the policy imitates only the expert), verify the store, draw one training batch."""
     from embodied.collect import CollectSpec, collect
@@ -467,7 +467,7 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 600, noisy: int = 150
     return str(path)
 
 
-def _demo_train(data: str, run: Path, force: bool, steps: int = 1500) -> str:
+def _demo_train(data: str, run: Path, force: bool, steps: int = 2000) -> str:
     """Demo step 3: train the small model on the demo dataset and show its held-out metrics."""
     from embodied.config import TrainConfig, TrainRunConfig
     from embodied.train import run_info

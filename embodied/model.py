@@ -154,7 +154,10 @@ class EntityEncoder(nn.Module):
 
     Each object, zone and hazard slot of the state becomes one entity embedding: an MLP per kind over the
     slot's normalised features and its position relative to the end effector (in units of the
-    end effector's spread), plus a kind embedding. ``n_entity_queries`` queries, projected from the
+    end effector's spread), plus a kind embedding. No absolute position enters, so the policy is the same
+    anywhere on the table and cannot tell demonstrations apart by where things were; nor does an object's
+    start position (how far an object has moved from it echoes the pushes so far, the shortcut the
+    velocities offer: with it, push_dir success in the demo fell from 0.30 to 0.00). ``n_entity_queries`` queries, projected from the
     (whitened) instruction embedding, each attend over the entities of every frame; their results,
     concatenated and projected, join the observation token. Picking "the red cube" out of three objects
     is then a dot product between a query and each object's colour and shape, instead of a gate the
@@ -314,23 +317,41 @@ class TrajectoryModel(nn.Module):
         """(B, T, state_dim) states [+ (B, T, H, W, 3) pixels] -> (B, T, d) observation tokens.
 
         ``goal`` (B, lang_dim), the instruction embeddings, is needed by an ``obs_encoder="entities"`` model.
-        ``policy`` gives the tokens a ``policy_history=False`` policy acts on: with entities, the state MLP then
-        sees only the embodiment and the scene comes through the instruction's attention alone. (An MLP over
-        every object's colour, shape and position at once memorises the demonstrations' scenes instead of
-        learning to find the named object: held-out action error 0.05 against 0.0001 on 2,000 reach demos.)"""
+        ``policy`` gives the tokens a ``policy_history=False`` policy acts on (see :meth:`obs_views`)."""
+        return self.obs_views(state, timestep, pixels, state_mask, pixels_mask, goal, policy=policy)[int(policy)]
+
+    def obs_views(self, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None,
+                  state_mask: torch.Tensor | None = None, pixels_mask: torch.Tensor | None = None,
+                  goal: torch.Tensor | None = None, policy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trajectory's observation tokens and (with ``policy``, else the same tensor) the present-only policy's,
+        (B, T, d) each; they share the entity attention and the CNN.
+
+        With entities, the policy's state MLP sees only the embodiment's posture and the scene comes through the
+        instruction's attention alone. (An MLP over every object's colour, shape and position at once memorises
+        the demonstrations' scenes instead of learning to find the named object: held-out action error 0.05
+        against 0.0001 on 2,000 reach demos.)"""
         s = (state.float() - self.state_mean) / self.state_std * self.state_input_mask
-        x = self.state_enc(s * self.policy_state_mask if policy and self.entity_enc is not None else s)
+        scene = torch.zeros((), device=s.device)  # the entity attention's share of the state's part
         if self.entity_enc is not None:
             if goal is None:
                 raise ValueError('a model with obs_encoder="entities" needs the goal for its observation tokens '
                                  "(start closed-loop caches with TrajectoryModel.start)")
-            x = x + self.entity_enc(s, state.float(), self.whiten(goal), self.state_std[self.entity_enc.ee].mean())
-        if state_mask is not None:
-            x = torch.where(state_mask[..., None], x, self.no_state)
+            scene = self.entity_enc(s, state.float(), self.whiten(goal), self.state_std[self.entity_enc.ee].mean())
+        extra = self.modality.weight[OBS] + self._time(timestep)
         if self.pixel_enc is not None and pixels is not None:
             p = self.pixel_latent(pixels)
-            x = x + (p if pixels_mask is None else p * pixels_mask[..., None])
-        return x + self.modality.weight[OBS] + self._time(timestep)
+            extra = extra + (p if pixels_mask is None else p * pixels_mask[..., None])
+
+        def view(x: torch.Tensor) -> torch.Tensor:
+            x = x + scene
+            if state_mask is not None:
+                x = torch.where(state_mask[..., None], x, self.no_state)
+            return x + extra
+
+        obs = view(self.state_enc(s))
+        if not policy:
+            return obs, obs
+        return obs, view(self.state_enc(s * self.policy_state_mask) if self.entity_enc is not None else self.state_enc(s))
 
     def pixel_latent(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, 3) uint8 images -> (B, T, d) CNN encodings."""
@@ -392,22 +413,17 @@ class TrajectoryModel(nn.Module):
         B, T = batch[specs.STATE].shape[:2]
         ts = batch["timestep"]
         latent = self.pixel_latent(batch[specs.PIXELS]) if self.pixel_enc is not None and specs.PIXELS in batch else None
-        obs = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"), goal=goal)
+        obs, pol = self.obs_views(batch[specs.STATE], ts, None, batch.get("state_mask"), goal=goal, policy=not self.cfg.policy_history)
         if latent is not None:
             obs = obs + latent * batch.get("pixels_mask", batch["mask"])[..., None]
+            pol = pol + latent * batch.get("pixels_mask", batch["mask"])[..., None]
         act = self.action_tokens(batch[specs.ACTION], ts, batch.get("action_input_mask", batch.get("action_mask")))
         seq = torch.stack([obs, act], dim=2).view(B, 2 * T, -1)  # o_0 a_0 o_1 a_1 ...
         G = self.cfg.n_goal_tokens
         h, _ = self._trunk(torch.cat([self.goal_tokens(goal), seq], dim=1))
         h = h[:, G:].view(B, T, 2, -1)
         out = {"h_obs": h[:, :, 0], "h_act": h[:, :, 1]}
-        if self.cfg.policy_history:
-            out["h_pol"] = out["h_obs"]
-        else:
-            pol = self.obs_tokens(batch[specs.STATE], ts, None, batch.get("state_mask"), goal=goal, policy=True)
-            if latent is not None:
-                pol = pol + latent * batch.get("pixels_mask", batch["mask"])[..., None]
-            out["h_pol"] = self.present(self.start(goal), pol)
+        out["h_pol"] = out["h_obs"] if self.cfg.policy_history else self.present(self.start(goal), pol)
         if latent is not None:
             out["pixel_latent"] = latent
         return out

@@ -320,3 +320,33 @@ def test_the_policy_learns_to_find_the_named_object():
     with torch.no_grad():
         pred = m.decode_action(m.action_logits(m(batch(s, a), gl)["h_pol"][:, 0]))
     assert (pred - a).pow(2).mean() < 0.1 * a.var(0).mean()
+
+
+def test_the_policy_is_the_same_anywhere_on_the_table():
+    """Shifting the end effector and every object (and its start), zone and hazard by one offset leaves the policy's
+    view unchanged: entities enter relative to the end effector."""
+    from embodied import specs
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    m = TrajectoryModel(cfg).eval()
+    b, goal = _batch(2, 4, cfg), torch.randn(2, cfg.lang_dim)
+    shifted = b["state"].clone()
+    sl, off = specs.state_slices(), torch.tensor([0.07, -0.05])
+    shifted[..., sl["ee_pos"]] += off
+    for name, n, f, cols in (("objects", specs.N_OBJECTS, specs.OBJECT_FEATURES, (0, 12)), ("zones", specs.N_ZONES, specs.ZONE_FEATURES, (0,)),
+                             ("hazards", specs.N_HAZARDS, specs.HAZARD_FEATURES, (0,))):
+        block = shifted[..., sl[name]].unflatten(-1, (n, f))
+        for c in cols:
+            block[..., c : c + 2] += off
+        shifted[..., sl[name]] = block.flatten(-2)
+    moved = {**b, "state": shifted}
+    with torch.no_grad():
+        base, other = m(b, goal), m(moved, goal)
+    torch.testing.assert_close(other["h_pol"], base["h_pol"], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(other["h_obs"], base["h_obs"])  # the dynamics view knows where things are
+    started = b["state"].clone()  # nor where an object started (its progress echoes the pushes so far)
+    started[..., sl["objects"]] = started[..., sl["objects"]].unflatten(-1, (specs.N_OBJECTS, specs.OBJECT_FEATURES)).index_add(
+        -1, torch.tensor([12]), torch.full((2, 4, specs.N_OBJECTS, 1), 0.1)).flatten(-2)
+    with torch.no_grad():
+        torch.testing.assert_close(m({**b, "state": started}, goal)["h_pol"], base["h_pol"], atol=1e-5, rtol=1e-4)
