@@ -65,6 +65,11 @@ class KVCache(list):
         return KVCache([(fn(k), fn(v)) for k, v in self], goal)
 
     @classmethod
+    def of(cls, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> "KVCache":
+        """``cache`` itself when it is a KVCache, else a plain list of (keys, values) as one without a goal."""
+        return cache if isinstance(cache, KVCache) else cls(cache)
+
+    @classmethod
     def cat(cls, caches: list["KVCache"]) -> "KVCache":
         """Caches of equal length stacked along the batch."""
         goals = [getattr(c, "goal", None) for c in caches]
@@ -545,7 +550,7 @@ class TrajectoryModel(nn.Module):
     def _drop_oldest(self, cache: KVCache) -> KVCache:
         """The cache without its oldest timestep (the two tokens after the goal tokens)."""
         G = self.cfg.n_goal_tokens
-        return KVCache(cache, cache_goal(cache)).map(lambda t: torch.cat([t[:, :, :G], t[:, :, G + 2:]], dim=2))
+        return KVCache.of(cache).map(lambda t: torch.cat([t[:, :, :G], t[:, :, G + 2:]], dim=2))
 
     def next_state(self, state: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The predicted next state (raw units) from a state and the state-change head's output (units of ``delta_scale``)."""
@@ -586,10 +591,10 @@ class TrajectoryModel(nn.Module):
         if excess > 0:  # drop the oldest on the (small) shared cache, before it is expanded
             keep = list(range(G)) + list(range(G + 2 * min(excess, past), cache[0][0].shape[2]))
             idx = torch.tensor(keep, device=actions.device)
-            cache = KVCache(cache, cache_goal(cache)).map(lambda t: t.index_select(2, idx))
+            cache = KVCache.of(cache).map(lambda t: t.index_select(2, idx))
             past -= min(excess, past)
         if cache[0][0].shape[0] != N:
-            cache = KVCache(cache, cache_goal(cache)).map(lambda t: t.expand(N, *t.shape[1:]), rows=True)
+            cache = KVCache.of(cache).map(lambda t: t.expand(N, *t.shape[1:]), rows=True)
         goal = cache_goal(cache)
         s = state.float().expand(N, -1)
         t = torch.as_tensor(timestep, device=actions.device).reshape(-1, 1).expand(N, 1)

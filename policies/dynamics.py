@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from embodied import specs
-from embodied.model import KVCache, TrajectoryModel, cache_goal
+from embodied.model import KVCache, TrajectoryModel
 
 from .foundation import FoundationPolicy, load_model
 
@@ -138,7 +138,7 @@ class DynamicsModel:
             if k * len(state) != len(a):
                 raise ValueError(f"{len(state)} stacked contexts need {len(state)} x per_context candidates, got {len(a)}")
             if k > 1:
-                cache = KVCache(cache, cache_goal(cache)).map(lambda x: x.repeat_interleave(k, 0), rows=True)
+                cache = KVCache.of(cache).map(lambda x: x.repeat_interleave(k, 0), rows=True)
                 state, t = state.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
                 pixels = None if pixels is None else pixels.repeat_interleave(k, 0)
         out = self.model.imagine(cache, state, t, a.clamp(-1, 1), pixels=pixels, observed=ctx.observed)

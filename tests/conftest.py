@@ -6,7 +6,17 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def fake_encode(texts):
+    """A deterministic stand-in for the sentence encoder (hash -> unit vector of 384)."""
+    out = []
+    for t in texts:
+        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
+        out.append(v / np.linalg.norm(v))
+    return np.asarray(out, dtype=np.float32)
 
 
 def train_tiny(folder, episodes: int = 10, holdout: float = 0.0, **train):

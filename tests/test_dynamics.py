@@ -12,15 +12,7 @@ from embodied.envs import ScriptedExpert, make
 from embodied.model import TrajectoryModel
 from embodied.policies import FoundationPolicy
 from embodied.policies.dynamics import Context, DynamicsModel, policy_context, stack_contexts
-
-
-def _encode(texts):
-    """A deterministic stand-in for the sentence encoder (hash -> unit vector)."""
-    out = []
-    for t in texts:
-        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
-        out.append(v / np.linalg.norm(v))
-    return np.asarray(out, dtype=np.float32)
+from conftest import fake_encode as _encode
 
 
 def _model(pixels: int = 0, context: int = 16) -> TrajectoryModel:

@@ -12,15 +12,7 @@ from embodied.config import preset
 from embodied.envs import InstructionAsBytes, ScriptedExpert, make
 from embodied.model import TrajectoryModel
 from embodied.policies import FoundationPolicy
-
-
-def _fake_encode(texts):
-    """A deterministic stand-in for the sentence encoder (hash -> unit vector)."""
-    out = []
-    for t in texts:
-        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
-        out.append(v / np.linalg.norm(v))
-    return np.asarray(out, dtype=np.float32)
+from conftest import fake_encode as _fake_encode
 
 
 @pytest.mark.parametrize("pixels", [0, 64])

@@ -16,15 +16,7 @@ from embodied.envs import FixedTask, ScriptedExpert, StateOnly, make
 from embodied.errors import ConfigError
 from embodied.model import TrajectoryModel
 from embodied.policies import LearnedReward, RewardModel
-
-
-def _fake_encode(texts):
-    """A deterministic stand-in for the sentence encoder (hash -> unit vector)."""
-    out = []
-    for t in texts:
-        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
-        out.append(v / np.linalg.norm(v))
-    return np.asarray(out, dtype=np.float32)
+from conftest import fake_encode as _fake_encode
 
 
 @pytest.fixture(scope="module")
