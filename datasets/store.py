@@ -98,8 +98,9 @@ class Feature:
         return float("nan") if self.is_float else 0
 
 
-def default_features(pixels: int | None = None, state: bool = True, actions: bool = True) -> dict[str, Feature]:
-    """The features of a tabletop-suite store: state, optional pixels (size x size RGB), actions and outcomes."""
+def default_features(pixels: int | None = None, state: bool = True, actions: bool = True, labels: bool = False) -> dict[str, Feature]:
+    """The features of a tabletop-suite store: state, optional pixels (size x size RGB), actions and outcomes, and with
+    ``labels`` the expert's action at each step (``expert_action``, see :data:`embodied.specs.EXPERT_ACTION`)."""
     out: dict[str, Feature] = {}
     if state:
         out[specs.STATE] = Feature((specs.STATE_DIM,), "float32", observation=True)
@@ -107,6 +108,8 @@ def default_features(pixels: int | None = None, state: bool = True, actions: boo
         out[specs.PIXELS] = Feature((int(pixels), int(pixels), 3), "uint8", observation=True)
     if actions:
         out[specs.ACTION] = Feature((specs.ACTION_DIM,), "float32")
+        if labels:
+            out[specs.EXPERT_ACTION] = Feature((specs.ACTION_DIM,), "float32")
         out[specs.REWARD] = Feature((), "float32")
         out[specs.COST] = Feature((), "float32")
         out[specs.SUCCESS] = Feature((), "bool")

@@ -251,7 +251,7 @@ def adapt(model: TrajectoryModel, method: AdaptMethod, batches: Iterable[Batch],
           eval_batches: list[Batch] | None = None, device: str | None = None) -> AdaptResult:
     """Adapt ``model`` in place with ``method`` on the demonstrations' ``batches``.
 
-    ``goals`` is (n_instructions, lang_dim), indexed by each batch's ``instruction``;
+    ``goals`` is (n_instructions, goal_dim), indexed by each batch's ``instruction``;
     ``eval_batches`` (optional) measure the mean loss before and after.
     """
     if cfg.window > model.cfg.context:

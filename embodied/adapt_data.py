@@ -31,6 +31,7 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
     from embodied.adapt import adapt, is_adapted, load_model, make_method, resolve_checkpoint, save_adapted
     from embodied.cli_data import ensure_embeddings
     from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler
+    from embodied.language import with_tokens
     from embodied.training_data import MODEL_KEYS
 
     t0 = time.perf_counter()
@@ -53,7 +54,8 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
                     raise ConfigError(f"the base model sees {model.cfg.pixels}x{model.cfg.pixels} pixels but {url} has none; "
                                       f"record the demos with --pixels {model.cfg.pixels}")
                 envs |= {str(m.get("env_id", "")) for m in store.metas()}
-        key, vectors = ensure_embeddings(list(run.data), run.encoder or config.get("encoder"), compute=True)
+        encoder = with_tokens(run.encoder, model.cfg.lang_tokens) if run.encoder else config.get("encoder")
+        key, vectors = ensure_embeddings(list(run.data), encoder, compute=True)
         sampler = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed, in_ram=True))
         probe = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed + 10_000, in_ram=True))
     except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged store the data layer did not name (EmbodiedErrors pass through)
@@ -63,8 +65,8 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
         raise ConfigError(f"cannot read the demonstrations in {', '.join(run.data)} ({type(e).__name__}: {detail}); "
                           f"check them with `embodied data verify` or record them again") from None
     goals = torch.from_numpy(np.stack([np.asarray(vectors[s], dtype=np.float32) for s in sampler.instructions]))
-    if goals.shape[1] != model.cfg.lang_dim:
-        raise ConfigError(f"the instruction embeddings have {goals.shape[1]} dimensions, the base model takes {model.cfg.lang_dim}; "
+    if goals.shape[1] != model.cfg.goal_dim:
+        raise ConfigError(f"the instruction embeddings have {goals.shape[1]} dimensions, the base model takes {model.cfg.goal_dim}; "
                           "pass the base run's --encoder")
 
     def batches() -> Iterator[dict[str, torch.Tensor]]:

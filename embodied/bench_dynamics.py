@@ -127,7 +127,7 @@ def time_imagine(model: Any, candidates: int = 16, steps: int = 10, history: int
     from embodied import specs
 
     dev = next(model.parameters()).device
-    g = torch.ones(1, model.cfg.lang_dim, device=dev) / model.cfg.lang_dim ** 0.5
+    g = torch.ones(1, model.cfg.goal_dim, device=dev) / model.cfg.goal_dim ** 0.5
     times = []
     with torch.inference_mode():
         cache = model.start(g)

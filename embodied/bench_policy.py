@@ -35,7 +35,7 @@ def bench_policy(preset_name: str = "small", context: int = 32, steps: int = 200
         torch.set_num_threads(threads)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = TrajectoryModel(preset(preset_name, context=context))
-    goal = np.ones((1, model.cfg.lang_dim), dtype=np.float32) / np.sqrt(model.cfg.lang_dim)
+    goal = np.ones((1, model.cfg.goal_dim), dtype=np.float32) / np.sqrt(model.cfg.goal_dim)
     env = make("embodied/PointPushZone-v0")
     stream, seed = [], 0
     while len(stream) < context + steps:  # observations of expert episodes, back to back

@@ -98,7 +98,7 @@ def bench_train(
     torch.manual_seed(0)
     cfg = preset(preset_name, pixels=pixels, context=max(window, preset(preset_name).context), **overrides)
     model = TrajectoryModel(cfg).to(dev)
-    goals = torch.randn(len(sampler.instructions), cfg.lang_dim, device=dev)
+    goals = torch.randn(len(sampler.instructions), cfg.goal_dim, device=dev)
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95), fused=dev.type == "cuda")
     loss_fn = torch.compile(model.loss) if dev.type == "cuda" and compile_blocks else model.loss  # as the training loop does
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()

@@ -41,6 +41,8 @@ class EpisodeJob:
     policy: str
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     source: str = ""
+    labels: bool = True
+    """Also record the expert's action at every step (``expert_action``)."""
 
 
 def parse_policy(spec: str) -> tuple[str, float]:
@@ -70,11 +72,12 @@ def _make_policy(env: Any, spec: str, seed: int) -> Any:
     return ScriptedExpert(env, noise=sigma, seed=seed)
 
 
-def record_episode(env: Any, policy: Any, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def record_episode(env: Any, policy: Any, seed: int, labels: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Roll out one episode; returns its frames (store features) and a summary for its metadata.
 
     Frames: the observation at each step, the action taken and its reward, cost and success;
-    the final observation is kept as a last frame without an action.
+    the final observation is kept as a last frame without an action. With ``labels`` (an env
+    with a scripted expert), also what that expert would have done at each step, whoever acted.
     """
     obs, info = env.reset(seed=seed)
     if hasattr(policy, "reset"):
@@ -84,7 +87,11 @@ def record_episode(env: Any, policy: Any, seed: int) -> tuple[dict[str, np.ndarr
     instruction = str(obs.get(specs.INSTRUCTION, ""))
     done = terminated = truncated = invalid = False
     warnings: list[str] = []
+    expert = getattr(getattr(env, "unwrapped", env), "expert_action", None) if labels else None
+    experts: list[np.ndarray] = []
     while not done:
+        if expert is not None:
+            experts.append(np.asarray(expert(), dtype=np.float32))
         action, _ = policy.predict(obs, deterministic=False)
         action = np.asarray(action, dtype=np.float32)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -107,6 +114,8 @@ def record_episode(env: Any, policy: Any, seed: int) -> tuple[dict[str, np.ndarr
     }
     if pixels:
         steps[specs.PIXELS] = np.asarray(frames, dtype=np.uint8)
+    if expert is not None:
+        steps[specs.EXPERT_ACTION] = np.asarray(experts, dtype=np.float32).reshape(-1, specs.ACTION_DIM)
     summary = {
         specs.INSTRUCTION: instruction,
         specs.VALID: not invalid,
@@ -139,7 +148,7 @@ def run_job(job: EpisodeJob) -> tuple[EpisodeJob, dict[str, np.ndarray], dict[st
     from embodied import __version__
 
     env = _env(job.env_id, job.env_kwargs)
-    steps, summary = record_episode(env, _make_policy(env, job.policy, job.seed), job.seed)
+    steps, summary = record_episode(env, _make_policy(env, job.policy, job.seed), job.seed, labels=job.labels)
     meta = {
         **summary,
         "env_id": job.env_id,
@@ -161,13 +170,14 @@ def _close_envs() -> None:
     _ENVS.clear()
 
 
-def regenerate(meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Re-run a recorded episode from its metadata (env, kwargs, seed, policy): the same frames, bit for bit."""
+def regenerate(meta: dict[str, Any], labels: bool = True) -> dict[str, np.ndarray]:
+    """Re-run a recorded episode from its metadata (env, kwargs, seed, policy): the same frames, bit for bit (and the
+    expert's labels with ``labels``)."""
     from embodied.envs import make
 
     env = make(meta["env_id"], **meta.get("env_kwargs", {}))
     try:
-        steps, _ = record_episode(env, _make_policy(env, meta["policy"], int(meta["seed"])), int(meta["seed"]))
+        steps, _ = record_episode(env, _make_policy(env, meta["policy"], int(meta["seed"])), int(meta["seed"]), labels=labels)
     finally:
         env.close()
     return steps
@@ -241,12 +251,14 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
     kwargs = dict(spec.env_kwargs)
     if spec.pixels:
         kwargs["pixels"] = spec.pixels
-    features = default_features(pixels=spec.pixels)
+    features = default_features(pixels=spec.pixels, labels=True)
     files_exist = _store_exists(spec.out)
     if files_exist and not spec.append:
         raise StoreError(f"{spec.out} already exists; pass --append to add episodes to it, or choose a new --out")
     if files_exist:
         store = EpisodeStore.open(spec.out, mode="a")
+        if specs.EXPERT_ACTION not in store.features:  # a store from before the labels: append as it was recorded
+            features.pop(specs.EXPERT_ACTION)
         if store.features != features:
             have = store.features.get(specs.PIXELS)
             store.close()
@@ -264,7 +276,8 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
         env_kwargs = tuple(sorted(kwargs.items()))
         source = spec.source or f"collect:{spec.policy}"
         jobs = [
-            EpisodeJob(n, spec.env_ids[n % len(spec.env_ids)], specs.collection_seed(spec.seed, n), spec.policy, env_kwargs, source)
+            EpisodeJob(n, spec.env_ids[n % len(spec.env_ids)], specs.collection_seed(spec.seed, n), spec.policy, env_kwargs, source,
+                       labels=specs.EXPERT_ACTION in features)
             for n in range(first, first + spec.episodes)
         ]
         from tqdm import tqdm

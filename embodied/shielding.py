@@ -27,7 +27,7 @@ class ShieldSpec:
     model: Any = None
     """The :class:`~embodied.model.TrajectoryModel` whose cost head the learned filter imagines with."""
     encode: Callable[[Any], Any] | None = None
-    """Instructions -> (N, lang_dim) embeddings, as the model was trained with."""
+    """Instructions -> (N, goal_dim) embeddings, as the model was trained with."""
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -21,6 +21,9 @@ INSTRUCTION: Final = "instruction"
 
 # Transition keys (datasets and model batches).
 ACTION: Final = "action"
+EXPERT_ACTION: Final = "expert_action"
+"""(A,) what the scripted expert would have done at this step, whoever acted: the policy head's label where a store
+has it (DART, Laskey et al. 2017: episodes of a noisy expert then show how to recover from the drift they cause)."""
 REWARD: Final = "reward"
 COST: Final = "cost"
 SUCCESS: Final = "success"

@@ -179,7 +179,7 @@ def train(
     """Train (or resume) a run in ``out``; returns a summary with the latest metrics.
 
     ``batches(start)`` yields this rank's batches from batch number ``start`` on (the caller
-    interleaves ranks); ``goals`` is (n_instructions, lang_dim); ``normalizer`` holds
+    interleaves ranks); ``goals`` is (n_instructions, goal_dim); ``normalizer`` holds
     ``state_mean``, ``state_std``, ``reward_mean``, ``reward_std``; ``meta`` (JSON) is saved in
     each checkpoint's config. ``fault(step, loss)`` may replace the loss (tests inject NaN).
     """

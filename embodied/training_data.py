@@ -27,6 +27,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     from embodied.cli_data import ensure_embeddings
     from embodied.datasets import EpisodeStore, SamplerConfig, StoreError, WindowSampler, make_loader
     from embodied.datasets.stats import RunningStats
+    from embodied.language import split_tokens, with_tokens
     from embodied.train import pick_device, train
 
     if not run.data:
@@ -36,6 +37,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     stores = [EpisodeStore.open(u) for u in run.data]
     try:
         sizes = {s.features[specs.PIXELS].shape[0] if specs.PIXELS in s.features else 0 for s in stores}
+        labels = any(specs.EXPERT_ACTION in s.features for s in stores)  # the expert's actions, the policy's labels
         state_stats, reward_stats = RunningStats.empty((specs.STATE_DIM,)), RunningStats.empty(())
         for s in stores:
             st = s.stats()
@@ -51,8 +53,15 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         if len(sizes) != 1:
             raise ConfigError(f"the stores have different pixel sizes {sorted(sizes)}; train on one size or pass --no-pixels")
         pixels = sizes.pop()
-    keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ())
-    key, vectors = ensure_embeddings(list(run.data), run.encoder, compute=True)
+    keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ()) + ((specs.EXPERT_ACTION,) if labels else ())
+    base = preset(run.preset)
+    entities = base.obs_encoder == "entities" and run.state != "proprio"  # "proprio" hides the entities
+    encoder = with_tokens(run.encoder, base.lang_tokens if entities else 0)  # only entity queries read the tokens
+    key, vectors = ensure_embeddings(list(run.data), encoder, compute=True)
+    tokens = split_tokens(encoder)[1]
+    width = len(next(iter(vectors.values()))) if vectors else base.goal_dim
+    if width % (1 + tokens):
+        raise ConfigError(f"the {key} embeddings are {width} wide, which is not {1 + tokens} equal parts; run `embodied data embed` again")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, holdout=run.holdout, seed=cfg.seed, shard=(rank, world))
     sampler = WindowSampler(list(run.data), scfg)
@@ -96,9 +105,8 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         for k in range(cfg.eval_batches):
             yield remap(held.batch(k), held)
 
-    base = preset(run.preset)
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
-                       obs_encoder="flat" if run.state == "proprio" else base.obs_encoder)  # "proprio" hides the entities
+                       obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens)
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),

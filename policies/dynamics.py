@@ -88,7 +88,7 @@ class DynamicsModel:
         return cls(policy.model, policy.encode, policy.device)
 
     def goal(self, instruction: str) -> torch.Tensor:
-        """(1, lang_dim) embedding of an instruction, encoded once."""
+        """(1, goal_dim) embedding of an instruction, encoded once."""
         if instruction not in self._goals:
             self._goals[instruction] = torch.as_tensor(np.asarray(self.encode([instruction]), dtype=np.float32), device=self.device)
         return self._goals[instruction]

@@ -67,12 +67,13 @@ def load_run(path: str | os.PathLike[str], device: str | None = None) -> tuple[T
 
 def load_model(path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None
                ) -> tuple[TrajectoryModel, Callable[[Sequence[str]], np.ndarray], str]:
-    """:func:`load_run`'s model with the sentence encoder the run used (or ``encoder``), and the device."""
-    from embodied.language import LanguageEncoder
+    """:func:`load_run`'s model with the sentence encoder the run used (or ``encoder``, asked for the model's
+    ``lang_tokens`` token outputs), and the device."""
+    from embodied.language import LanguageEncoder, with_tokens
 
     model, config = load_run(path, device)
     dev = str(next(model.parameters()).device)
-    enc = LanguageEncoder(encoder or config.get("encoder"), device=dev)
+    enc = LanguageEncoder(with_tokens(encoder, model.cfg.lang_tokens) if encoder else config.get("encoder"), device=dev)
     return model, enc.encode, dev
 
 

@@ -65,7 +65,7 @@ class RewardModel:
     """Score trajectories with a :class:`~embodied.model.TrajectoryModel`'s reward, success and cost heads."""
 
     def __init__(self, model: TrajectoryModel, encode: Any, device: str | torch.device | None = None) -> None:
-        """``encode`` maps a list of instructions to (N, lang_dim) sentence embeddings (the encoder the model trained with)."""
+        """``encode`` maps a list of instructions to (N, goal_dim) embeddings (the encoder the model trained with)."""
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.encode = encode
@@ -80,7 +80,7 @@ class RewardModel:
         return cls(policy.model, policy.encode, device=policy.device)
 
     def goal(self, instructions: Sequence[str]) -> torch.Tensor:
-        """(B, lang_dim) embeddings of ``instructions``, each encoded once per model."""
+        """(B, goal_dim) embeddings of ``instructions``, each encoded once per model."""
         missing = [s for s in dict.fromkeys(instructions) if s not in self._goals]
         if missing:
             vecs = np.asarray(self.encode(missing), dtype=np.float32)

@@ -6,17 +6,31 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+import hashlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-def fake_encode(texts):
-    """A deterministic stand-in for the sentence encoder (hash -> unit vector of 384)."""
+def fake_encode(texts, cfg=None):
+    """A deterministic stand-in for the sentence encoder, laid out as the model reads it (``cfg``, default the
+    tiny preset): a unit vector per sentence (hash of the text), then one vector per word (hash of the word)
+    for the first ``lang_tokens`` words, zero rows after the last."""
+    from embodied.config import preset
+
+    cfg = cfg or preset("tiny")
+
+    def vec(s):
+        v = np.random.default_rng(int(hashlib.sha1(s.encode()).hexdigest()[:12], 16)).normal(size=cfg.lang_dim)
+        return v / np.linalg.norm(v)
+
     out = []
     for t in texts:
-        v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384)
-        out.append(v / np.linalg.norm(v))
-    return np.asarray(out, dtype=np.float32)
+        words = np.zeros((cfg.lang_tokens, cfg.lang_dim))
+        for i, w in enumerate(t.split()[: cfg.lang_tokens]):
+            words[i] = vec(w) * 4.0
+        out.append(np.concatenate([vec(t), words.ravel()]))
+    return np.asarray(out, dtype=np.float32).reshape(len(texts), cfg.goal_dim)
 
 
 def train_tiny(folder, episodes: int = 10, holdout: float = 0.0, **train):

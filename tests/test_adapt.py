@@ -57,11 +57,13 @@ def head_run(tiny_run, demos, tmp_path_factory) -> Path:
 
 def _demo_batches(demos: str, n: int, seed: int = 0) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
     from embodied.cli_data import ensure_embeddings
+    from embodied.config import preset
     from embodied.datasets import SamplerConfig, WindowSampler
+    from embodied.language import with_tokens
     from embodied.training_data import MODEL_KEYS
 
     sampler = WindowSampler(demos, SamplerConfig(window=4, batch_size=8, keys=MODEL_KEYS, seed=seed))
-    _, vectors = ensure_embeddings([demos])
+    _, vectors = ensure_embeddings([demos], with_tokens(None, preset("tiny").lang_tokens))  # as the tiny run reads them
     goals = torch.stack([torch.as_tensor(vectors[s]) for s in sampler.instructions]).float()
     return [sampler.batch(k) for k in range(n)], goals
 

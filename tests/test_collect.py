@@ -36,6 +36,10 @@ def test_collect_records_frames_and_provenance_and_regenerates(tmp_path):
             again = regenerate(m)  # the recorded seed and policy give the same episode, bit for bit
             for k, x in again.items():
                 assert np.array_equal(ep[k][: len(x)], x), k
+            # the noisy expert's own actions, and what the expert would have done at each of those states
+            acted, label = ep["action"][: n - 1], ep["expert_action"][: n - 1]
+            assert np.abs(acted - label).max() > 0.05 and np.abs(label).max() <= 1.0
+            assert set(again) >= {"expert_action", "action"}
 
 
 def test_append_resumes_numbering_with_new_seeds(tmp_path):
@@ -186,3 +190,18 @@ def test_interrupted_collection_keeps_its_episodes_and_resumes_with_append(tmp_p
     assert r["first_index"] == before and r["total_episodes"] == before + 2
     with EpisodeStore.open(out) as s:
         assert [m["collect_index"] for m in s.metas()] == list(range(before + 2)) and s.verify() == []
+
+
+def test_an_experts_labels_are_its_actions_and_old_stores_append_without_labels(tmp_path):
+    from embodied.datasets.store import EpisodeStore, default_features
+
+    out = str(tmp_path / "e.zarr")
+    collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=2), progress=False)
+    with EpisodeStore.open(out) as s:
+        ep = s.episode(0)
+        assert np.array_equal(ep["expert_action"][ep["action_mask"]], ep["action"][ep["action_mask"]])
+    old = str(tmp_path / "old.zarr")  # a store written before the labels existed
+    EpisodeStore.create(old, default_features(), control_hz=20.0).close()
+    collect(CollectSpec(out=old, env_ids=ENVS[:1], episodes=2, append=True), progress=False)
+    with EpisodeStore.open(old) as s:
+        assert len(s) == 2 and "expert_action" not in s.features

@@ -197,7 +197,7 @@ def test_state_changes_in_units_of_their_spread_and_static_dims_frozen():
     T = 3
     batch = {specs.STATE: torch.randn(2, T, specs.STATE_DIM), specs.ACTION: torch.rand(2, T, 2) * 2 - 1, "timestep": torch.arange(T).expand(2, T),
              "mask": torch.ones(2, T, dtype=torch.bool), specs.REWARD: torch.zeros(2, T), specs.COST: torch.zeros(2, T), specs.SUCCESS: torch.zeros(2, T)}
-    goal = torch.randn(2, 384)
+    goal = torch.randn(2, model.cfg.goal_dim)
     _, terms = model.loss(batch, goal)
     batch[specs.STATE][:, :, joints] += torch.randn(2, T, len(joints))
     _, moved = model.loss(batch, goal)

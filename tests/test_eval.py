@@ -15,10 +15,7 @@ from embodied.envs import make
 from embodied.evaluate import evaluate_policy_on, evaluation_summary, run_episodes, summary_lines, wilson_interval
 from embodied.model import TrajectoryModel
 from embodied.policies import FoundationPolicy
-
-
-def _encode(texts):
-    return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384) for t in texts]).astype(np.float32)
+from conftest import fake_encode as _encode
 
 
 def test_lockstep_rollouts_equal_one_env_at_a_time():

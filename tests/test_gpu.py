@@ -29,16 +29,20 @@ def test_train_compiled_bf16_on_cuda_and_resume(tmp_path):
     assert r2["step"] == 40
 
 
-def _store_embeddings(store: str) -> None:
+def _store_embeddings(store: str, preset_name: str = "tiny") -> None:
+    """A random table under the key `embodied train` reads for ``preset_name`` (the GPU machine has no encoder)."""
     import numpy as np
 
+    from embodied.config import preset
     from embodied.datasets import EpisodeStore
-    from embodied.language import DEFAULT_ENCODER, encoder_key
+    from embodied.language import encoder_key, with_tokens
 
+    cfg = preset(preset_name)
+    name = with_tokens(None, cfg.lang_tokens)
     with EpisodeStore.open(store, "a") as s:
         names = s.instructions()
-        v = np.random.default_rng(0).normal(size=(len(names), 384)).astype(np.float32)
-        s.set_embeddings(encoder_key(DEFAULT_ENCODER), names, v / np.linalg.norm(v, axis=1, keepdims=True), {"encoder": DEFAULT_ENCODER})
+        v = np.random.default_rng(0).normal(size=(len(names), cfg.goal_dim)).astype(np.float32)
+        s.set_embeddings(encoder_key(name), names, v, {"encoder": name})
 
 
 def test_bench_train_reports_mfu_on_cuda(tmp_path):

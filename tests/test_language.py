@@ -24,6 +24,8 @@ from embodied.language import (
     LanguageEncoder,
     encoder_key,
     resolve_encoder,
+    split_tokens,
+    with_tokens,
 )
 
 PUSH = "push the red cube into the green zone"
@@ -79,6 +81,26 @@ def test_default_encoder_gives_unit_384_vectors(encoder):
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(TypeError):
         encoder.encode(PUSH)
+
+
+def test_a_tokens_name_adds_the_first_token_outputs(encoder):
+    """``<name>.tokens<L>``: the same sentence embedding, then the first L token outputs ([CLS] and [SEP]
+    included), zero rows after the last; the name is its own table key and survives resolving."""
+    assert split_tokens("all-MiniLM-L6-v2.tokens16") == ("all-MiniLM-L6-v2", 16) and split_tokens("org/m") == ("org/m", 0)
+    assert with_tokens(None, 16) == "all-MiniLM-L6-v2.tokens16" and with_tokens("org/m", 0) == "org/m"
+    assert with_tokens("org/m.tokens8", 16) == "org/m.tokens8"  # a name that says how many keeps its own
+    tok = LanguageEncoder(with_tokens(None, 4), device="cpu")
+    assert tok.key == tok.name == "all-MiniLM-L6-v2.tokens4" and (tok.tokens, tok.width, tok.dim) == (4, 384, 5 * 384)
+    assert resolve_encoder(tok.key)[0] == tok.key
+    long_, short = "push the red cube into the green zone", "go"
+    x = tok.encode([long_, short])
+    assert x.shape == (2, 5 * 384)
+    np.testing.assert_allclose(x[:, :384], encoder.encode([long_, short]), atol=1e-5)
+    words = x[:, 384:].reshape(2, 4, 384)
+    assert (np.abs(words[0]).sum(-1) > 0).all()  # 10 word pieces, cut to the first 4
+    assert (np.abs(words[1]).sum(-1) > 0).tolist() == [True, True, True, False]  # [CLS] go [SEP], then padding
+    swapped = tok.encode(["push the green cube into the red zone"])[0, 384:].reshape(4, 384)
+    assert not np.allclose(words[0][3], swapped[3], atol=1e-3)  # "red" and "green" in the object's place
 
 
 def test_each_instruction_is_encoded_once(encoder, monkeypatch):

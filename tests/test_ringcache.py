@@ -34,7 +34,7 @@ def _rollout(m: TrajectoryModel, steps: int, rows: int = 2, pixels: int = 0, see
     (3, 0, "full", "entities"), (2, 16, "no_velocity", "entities")])
 def test_ring_cache_equals_the_list_cache_at_every_step(context, pixels, state_input, obs_encoder):
     m = _model(context, pixels, state_input, obs_encoder)
-    goal = torch.randn(2, m.cfg.lang_dim)
+    goal = torch.randn(2, m.cfg.goal_dim)
     states, actions, images = _rollout(m, 3 * context + 4, pixels=pixels)
     ring = RingCache(m, goal)
     with torch.inference_mode():
@@ -53,7 +53,7 @@ def test_dropping_the_oldest_timestep_matters_and_happens():
     m = _model(C)
     big = TrajectoryModel(dataclasses.replace(m.cfg, context=64)).eval()
     big.load_state_dict(m.state_dict())
-    goal = torch.randn(2, m.cfg.lang_dim)
+    goal = torch.randn(2, m.cfg.goal_dim)
     states, actions, _ = _rollout(m, steps)
     ring, long_ring = RingCache(m, goal), RingCache(big, goal)
     diffs = []
@@ -76,7 +76,7 @@ def test_masks_hide_empty_slots_the_dropped_action_and_the_future():
 
 def test_steps_must_come_in_order():
     m = _model(2)
-    ring = RingCache(m, torch.randn(1, m.cfg.lang_dim))
+    ring = RingCache(m, torch.randn(1, m.cfg.goal_dim))
     s = torch.randn(1, m.cfg.state_dim)
     with pytest.raises(ValueError, match="prev_action"):
         ring.step(s, 0, torch.zeros(1, 2))

@@ -25,6 +25,7 @@ from embodied.policies import FoundationPolicy
 from embodied.policies.safety import FALLBACKS, CandidateFilter, FilterConfig, ModelCostPredictor, NoFilter, candidate_actions, sequences
 from embodied.report import build_report
 from embodied.shielding import ShieldSpec, shield_factory
+from conftest import fake_encode as _encode
 
 
 class FieldPredictor:
@@ -154,10 +155,6 @@ def _teleport(env, xy):
     u.data.qpos[u.embodiment.qpos_adr] = xy
     u.data.qvel[:] = 0
     mujoco.mj_forward(u.model, u.data)
-
-
-def _encode(texts):
-    return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384) for t in texts]).astype(np.float32)
 
 
 def test_model_predictor_is_a_probability_consistent_across_batching():
