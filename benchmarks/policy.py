@@ -35,7 +35,7 @@ def cache_forms(preset_name: str, context: int, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = TrajectoryModel(preset(preset_name, context=context)).eval()
-    goal = torch.randn(1, model.cfg.lang_dim)
+    goal = torch.randn(1, model.cfg.goal_dim)
     wall: dict[str, list[float]] = {"list": [], "ring": []}
     cpu: dict[str, list[float]] = {"list": [], "ring": []}
     with torch.inference_mode():

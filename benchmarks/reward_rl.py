@@ -65,32 +65,34 @@ def load_reward_model(ckpt: str, table: str) -> Any:
     return RewardModel(model, TableEncoder(table), device="cpu")
 
 
-def all_instructions() -> list[str]:
-    """Every instruction any env of the suite can say: each family's templates (training and paraphrases) x targets x zones or directions."""
-    from embodied.envs.instructions import COLOURS, DIRECTIONS, FAMILIES, TRAIN_COLOURS, render_instruction, templates
+def all_instructions(split: str = "all") -> list[str]:
+    """Every instruction any env of the suite can say: each family's templates (training and paraphrases) x targets x zones or directions;
+    with ``split="train"`` only what training envs say (training templates and targets), as `embodied collect` records."""
+    from embodied.envs.instructions import COLOURS, DIRECTIONS, FAMILIES, TRAIN_COLOURS, render_instruction, target_choices, templates
     from embodied.specs import SHAPES
 
     out = []
     for family in FAMILIES:
-        for t in templates(family, "all"):
-            for c in COLOURS:
-                for shape in SHAPES:
-                    if "{zone}" in t:
-                        out += [render_instruction(t, c, shape, zone=z) for z in TRAIN_COLOURS]
-                    elif "{dir}" in t:
-                        out += [render_instruction(t, c, shape, direction=d) for d in DIRECTIONS]
-                    else:
-                        out.append(render_instruction(t, c, shape))
+        targets = [(c, shape) for c in COLOURS for shape in SHAPES] if split == "all" else target_choices(family, "train")
+        for t in templates(family, split):
+            for c, shape in targets:
+                if "{zone}" in t:
+                    out += [render_instruction(t, c, shape, zone=z) for z in TRAIN_COLOURS]
+                elif "{dir}" in t:
+                    out += [render_instruction(t, c, shape, direction=d) for d in DIRECTIONS]
+                else:
+                    out.append(render_instruction(t, c, shape))
     return out
 
 
 def cmd_table(args: argparse.Namespace) -> None:
     from embodied.language import LanguageEncoder
 
-    texts = all_instructions()
-    vecs = LanguageEncoder().encode(texts)
+    texts = all_instructions(args.split)
+    enc = LanguageEncoder(args.encoder)
+    vecs = enc.encode(texts).astype(np.float16 if args.half else np.float32)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, instructions=np.array(texts), vectors=vecs)
+    np.savez_compressed(args.out, instructions=np.array(texts), vectors=vecs, encoder=np.array(enc.key))
     print(f"{len(texts)} instructions -> {args.out}")
 
 
@@ -107,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                             command="benchmarks/reward_rl.py train"), progress=False)
     with EpisodeStore.open(data, mode="a") as store:
         texts = store.instructions()
-        store.set_embeddings("all-MiniLM-L6-v2", texts, TableEncoder(args.table)(texts))
+        store.set_embeddings(str(np.load(args.table)["encoder"]), texts, TableEncoder(args.table)(texts))
         n = len(store)
     print(f"collected {n} episodes in {time.time() - t0:.0f} s", flush=True)
     cmd = ["timeout", str(int(args.seconds)), sys.executable, "-m", "embodied", "train", "--data", data, "--out", str(out / "run"),
@@ -189,6 +191,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("table")
     t.add_argument("--out", required=True)
+    t.add_argument("--encoder", default="all-MiniLM-L6-v2.tokens16", help="the encoder (and token outputs) the model reads")
+    t.add_argument("--split", choices=("all", "train"), default="all", help="train: only what training envs say")
+    t.add_argument("--half", action="store_true", help="store float16 (half the size; read back as float32)")
     tr = sub.add_parser("train")
     tr.add_argument("--table", required=True)
     tr.add_argument("--out", required=True)
