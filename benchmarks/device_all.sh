@@ -8,6 +8,10 @@
 #          convolution stem as its A/B) and large beside the peer plain GPT at the same width, depth, sequence and
 #          batch; then train `small` on the collected data ($OUT/big.tgz, evaluated on the CPU VM).
 #   check: base policy latency and the gpu-marked tests.
+# What its one run (2026-11-26, H100) taught: collection there ran at 33 episodes/s with 14 workers (103/s on the
+# 2-core VM with 2), so 16,000 episodes took 400 s; `embodied train` then needed over 110 s before its first step on
+# them; and the benchmarks shared the CPUs with the collectors. Next time: carry a collected store (.data, under the
+# 64 MiB limit), run the benchmarks alone, and keep the training run's own start-up in its time budget.
 set -u
 PHASE=${1:-main}
 REPO=$(pwd)
