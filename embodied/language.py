@@ -80,11 +80,12 @@ def split_tokens(name_or_path: str | os.PathLike[str] | None) -> tuple[str | Non
 
 def with_tokens(name_or_path: str | os.PathLike[str] | None, tokens: int) -> str:
     """The encoder name that also gives the first ``tokens`` per-token outputs (see :class:`LanguageEncoder`); a name
-    that already says how many tokens it gives keeps its own number."""
-    base, own = split_tokens(name_or_path)
-    if own:
-        return str(name_or_path).strip()
-    base = base if base is not None and base.strip() else DEFAULT_ENCODER
+    that already says how many tokens it gives keeps its own number (``.tokens0``: the pooled embedding alone)."""
+    if name_or_path is not None and _TOKENS.match(str(name_or_path).strip()):
+        base, tokens = split_tokens(name_or_path)
+    else:
+        base = str(name_or_path).strip() if name_or_path is not None else ""
+    base = base if base and base.strip() else DEFAULT_ENCODER
     return f"{base}.tokens{int(tokens)}" if tokens > 0 else base
 
 
@@ -107,7 +108,7 @@ def resolve_encoder(name_or_path: str | os.PathLike[str] | None = None) -> tuple
     if tokens:
         name, source = resolve_encoder(base)
         return f"{name}.tokens{tokens}", source
-    raw = str(name_or_path) if name_or_path is not None else ""
+    raw = base if base is not None else ""  # ".tokens0" names the pooled embedding alone
     if not raw.strip() or raw.strip().lower() in _DEFAULT_ALIASES:
         folder = _default_model_dir()
         return DEFAULT_ENCODER, str(folder) if folder is not None else f"sentence-transformers/{DEFAULT_ENCODER}"

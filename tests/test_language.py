@@ -89,6 +89,7 @@ def test_a_tokens_name_adds_the_first_token_outputs(encoder):
     assert split_tokens("all-MiniLM-L6-v2.tokens16") == ("all-MiniLM-L6-v2", 16) and split_tokens("org/m") == ("org/m", 0)
     assert with_tokens(None, 16) == "all-MiniLM-L6-v2.tokens16" and with_tokens("org/m", 0) == "org/m"
     assert with_tokens("org/m.tokens8", 16) == "org/m.tokens8"  # a name that says how many keeps its own
+    assert with_tokens("org/m.tokens0", 16) == "org/m" and resolve_encoder("all-MiniLM-L6-v2.tokens0")[0] == DEFAULT_ENCODER
     tok = LanguageEncoder(with_tokens(None, 4), device="cpu")
     assert tok.key == tok.name == "all-MiniLM-L6-v2.tokens4" and (tok.tokens, tok.width, tok.dim) == (4, 384, 5 * 384)
     assert resolve_encoder(tok.key)[0] == tok.key
