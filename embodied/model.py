@@ -208,10 +208,21 @@ class EntityEncoder(nn.Module):
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, s: torch.Tensor, raw: torch.Tensor, goal: "tuple[torch.Tensor, torch.Tensor | None]", pos_scale: torch.Tensor) -> torch.Tensor:
-        """``s`` (B, T, S) normalised (masked) states, ``raw`` (B, T, S) the same in raw units, ``goal`` the whitened
-        instruction (:meth:`TrajectoryModel.goal_parts`: (B, lang_dim) sentence, (B, L, lang_dim) words or None),
-        ``pos_scale`` () metres per unit of relative position -> (B, T, d)."""
+    def queries(self, sentence: torch.Tensor, words: torch.Tensor | None) -> torch.Tensor:
+        """The whitened instruction (:meth:`TrajectoryModel.goal_parts`: (B, lang_dim) sentence, (B, L, lang_dim) words
+        or None) -> (B, Q, d / Q) queries."""
+        B, Q = sentence.shape[0], self.n_query
+        q = self.query(sentence).view(B, Q, -1)  # (B, Q, dh)
+        if words is not None:  # padding tokens are zero rows, which whitening leaves exactly zero
+            valid = words.abs().sum(-1, keepdim=True) > 0  # (B, L, 1)
+            pick = self.word_score(words).masked_fill(~valid, -1e4).softmax(1)  # (B, L, Q), none on padding
+            picked = torch.einsum("blq,blc->bqc", pick, words)  # (B, Q, lang_dim)
+            q = q + torch.einsum("bqc,qce->bqe", picked, self.word_query).to(q.dtype)
+        return q
+
+    def forward(self, s: torch.Tensor, raw: torch.Tensor, q: torch.Tensor, pos_scale: torch.Tensor) -> torch.Tensor:
+        """``s`` (B, T, S) normalised (masked) states, ``raw`` (B, T, S) the same in raw units, ``q`` (B, Q, dh) the
+        instruction's :meth:`queries`, ``pos_scale`` () metres per unit of relative position -> (B, T, d)."""
         B, T, _ = s.shape
         ee = raw[..., self.ee][..., None, :]  # (B, T, 1, 2)
         ents = []
@@ -221,14 +232,7 @@ class EntityEncoder(nn.Module):
             ents.append(enc(torch.cat([own, rel], dim=-1)) + self.kind.weight[k])
         e = self.shared(F.gelu(torch.cat(ents, dim=2)))  # (B, T, E, d)
         Q, E = self.n_query, e.shape[2]
-        sentence, words = goal
-        q = self.query(sentence.to(e.dtype)).view(B, Q, -1)  # (B, Q, dh)
-        if words is not None:  # padding tokens are zero rows, which whitening leaves exactly zero
-            valid = words.abs().sum(-1, keepdim=True) > 0  # (B, L, 1)
-            pick = self.word_score(words).masked_fill(~valid, -1e4).softmax(1)  # (B, L, Q)
-            picked = torch.einsum("blq,blc->bqc", pick * valid, words)  # (B, Q, lang_dim)
-            q = q + torch.einsum("bqc,qce->bqe", picked, self.word_query).to(q.dtype)
-        q = q.view(B, 1, Q, 1, -1)  # (B, 1, Q, 1, dh)
+        q = q.to(e.dtype).view(B, 1, Q, 1, -1)  # (B, 1, Q, 1, dh)
         k = self.key(e).view(B, T, E, Q, -1).transpose(2, 3)  # (B, T, Q, E, dh)
         v = self.value(e).view(B, T, E, Q, -1).transpose(2, 3)
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]), dim=-1)  # (B, T, Q, 1, E)
@@ -249,6 +253,7 @@ class TrajectoryModel(nn.Module):
         self.goal_proj = nn.Linear(cfg.lang_dim, cfg.n_goal_tokens * d)
         self.state_enc = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.entity_enc = EntityEncoder(cfg) if cfg.obs_encoder == "entities" else None
+        self._query_memo: tuple[torch.Tensor, torch.Tensor] | None = None  # (goal, its entity queries), see entity_queries
         self.pixel_enc = PixelEncoder(d) if cfg.pixels else None
         self.action_enc = nn.Linear(cfg.action_dim, d)
         self.no_action = nn.Parameter(torch.zeros(d))
@@ -296,6 +301,7 @@ class TrajectoryModel(nn.Module):
     @staticmethod
     def _upgrade_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         """Checkpoints written before ``delta_scale`` existed measured state changes in units of ``state_std``."""
+        module._query_memo = None  # type: ignore[assignment]  # new weights, new queries
         if prefix + "delta_scale" not in state_dict and prefix + "state_std" in state_dict:
             state_dict[prefix + "delta_scale"] = state_dict[prefix + "state_std"].clone()
         if prefix + "goal_mean" not in state_dict and prefix + "state_std" in state_dict:  # nor goal whitening
@@ -354,6 +360,18 @@ class TrajectoryModel(nn.Module):
         w = goal[:, self.cfg.lang_dim :].reshape(-1, self.cfg.lang_dim)
         return w[w.abs().sum(-1) > 0]
 
+    def entity_queries(self, goal: torch.Tensor) -> torch.Tensor:
+        """(B, goal_dim) instruction embeddings -> (B, Q, d / Q) entity queries. In eval mode without gradients the
+        last goal's are remembered: closed loop asks for the same goal tensor at every step (so do not modify a goal
+        in place); any other call, and loading weights, forgets them."""
+        reuse = not self.training and not torch.is_grad_enabled()
+        memo = self._query_memo
+        if reuse and memo is not None and memo[0] is goal:
+            return memo[1]
+        q = self.entity_enc.queries(*self.goal_parts(goal))
+        self._query_memo = (goal, q) if reuse else None
+        return q
+
     def goal_parts(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, goal_dim) instruction embeddings -> whitened (B, lang_dim) sentence and (B, L, lang_dim) token outputs
         (None without ``lang_tokens``; padding tokens stay zero rows)."""
@@ -391,7 +409,7 @@ class TrajectoryModel(nn.Module):
             if goal is None:
                 raise ValueError('a model with obs_encoder="entities" needs the goal for its observation tokens '
                                  "(start closed-loop caches with TrajectoryModel.start)")
-            scene = self.entity_enc(s, state.float(), self.goal_parts(goal), self.state_std[self.entity_enc.ee].mean())
+            scene = self.entity_enc(s, state.float(), self.entity_queries(goal), self.state_std[self.entity_enc.ee].mean())
         extra = self.modality.weight[OBS] + self._time(timestep)
         if self.pixel_enc is not None and pixels is not None:
             p = self.pixel_latent(pixels)

@@ -471,3 +471,20 @@ def test_the_experts_labels_are_the_policys_targets_wherever_a_store_has_them():
     labelled["mask"] = b["mask"]
     no_imitate = {**labelled, "imitate": torch.tensor([False, False])}
     assert float(m.loss(no_imitate, goal, weights=w)[1]["action"]) > 0  # labelled steps train even where actions would not
+
+
+def test_entity_queries_are_computed_once_per_goal_in_closed_loop_and_forgotten_on_new_weights():
+    torch.manual_seed(0)
+    m = TrajectoryModel(preset("tiny")).eval()
+    goal = torch.randn(1, m.cfg.goal_dim)
+    with torch.inference_mode():
+        q = m.entity_queries(goal)
+        assert m.entity_queries(goal) is q  # the same goal tensor: remembered
+        assert m.entity_queries(goal.clone()) is not q  # another tensor: computed again
+    other = TrajectoryModel(preset("tiny"))
+    m.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        fresh = m.entity_queries(goal)
+    torch.testing.assert_close(fresh, other.eval().entity_queries(goal.clone()).detach())
+    with torch.enable_grad():
+        assert m.entity_queries(goal) is not m.entity_queries(goal)  # with gradients: never remembered
