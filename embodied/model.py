@@ -510,12 +510,14 @@ class TrajectoryModel(nn.Module):
         return h.view(B, T, d)
 
     def policy_logits(self, goal_cache: KVCache, state: torch.Tensor, timestep: torch.Tensor,
-                      pixels: torch.Tensor | None = None) -> torch.Tensor:
+                      pixels: torch.Tensor | None = None, token: torch.Tensor | None = None) -> torch.Tensor:
         """Action logits (B, A, bins) of a ``policy_history=False`` model for state (B, S) [and pixels (B, H, W, 3)]
-        at ``timestep`` (B,), from the goal alone (:meth:`start`'s cache, unchanged)."""
-        x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None],
-                            goal=cache_goal(goal_cache), policy=True)
-        return self.action_logits(self.present(goal_cache, x)[:, 0])
+        at ``timestep`` (B,), from the goal alone (:meth:`start`'s cache, unchanged). ``token`` (B, 1, d): the policy's
+        observation token when the caller already has it (:meth:`obs_views`)."""
+        if token is None:
+            token = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None],
+                                    goal=cache_goal(goal_cache), policy=True)
+        return self.action_logits(self.present(goal_cache, token)[:, 0])
 
     def loss(self, batch: dict[str, torch.Tensor], goal: torch.Tensor, weights: dict[str, float] | None = None,
              out: dict[str, torch.Tensor] | None = None, count: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -99,23 +99,25 @@ class RingCache:
         self.t = -1
 
     def step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None = None,
-             pixels: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ``a_{t-1}`` (B, action_dim) and ``o_t`` (state (B, state_dim), pixels (B, H, W, 3)); action logits (B, A, bins)."""
+             pixels: torch.Tensor | None = None, obs: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``a_{t-1}`` (B, action_dim) and ``o_t`` (state (B, state_dim), pixels (B, H, W, 3)); action logits (B, A, bins).
+        ``obs`` (B, 1, d): ``o_t``'s token when the caller already has it (:meth:`TrajectoryModel.obs_views`)."""
         if t != self.t + 1:
             raise ValueError(f"RingCache steps one timestep at a time: expected t={self.t + 1}, got {t}")
         if (prev_action is None) != (t == 0):
             raise ValueError("give prev_action at every step but the first (t=0)")
         if torch.is_inference_mode_enabled():  # the policy's predict already is; entering it again costs more than a block
-            return self._step(state, t, prev_action, pixels)
+            return self._step(state, t, prev_action, pixels, obs)
         with torch.inference_mode():
-            return self._step(state, t, prev_action, pixels)
+            return self._step(state, t, prev_action, pixels, obs)
 
-    def _step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
+    def _step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None, pixels: torch.Tensor | None,
+              obs: torch.Tensor | None = None) -> torch.Tensor:
         last = self.time_emb.shape[0] - 1
-        if pixels is None and self.model.entity_enc is None:  # the state MLP with the normalisation folded into its first layer
+        if obs is None and pixels is None and self.model.entity_enc is None:  # the state MLP, normalisation folded in
             obs = F.linear(F.gelu(F.linear(state, self.state_w, self.state_b)), self.state_w2, self.state_b2)
             obs = (obs + self.obs_emb + self.time_emb[min(t, last)])[:, None]
-        else:
+        elif obs is None:
             obs = self.model.obs_tokens(state[:, None], torch.full((state.shape[0], 1), t, device=state.device),
                                         None if pixels is None else pixels[:, None], goal=self.goal)
         if prev_action is not None:

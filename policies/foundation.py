@@ -143,15 +143,19 @@ class FoundationPolicy:
         return (out if batched else out[0]), None
 
     def _step_cached(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        m = self.model
         if ep.cache is None:
-            ep.cache = RingCache(self.model, ep.goal)
-        # one pass appends the previous action's token, then this observation's
-        logits = ep.cache.step(s, ep.t, ep.last_action, p)
-        if self.model.cfg.policy_history:
-            return logits
-        if ep.goal_cache is None:  # the policy sees the goal and this observation only; the ring keeps the episode
-            ep.goal_cache = self.model.start(ep.goal)  # for imagination (policy_context)
-        return self.model.policy_logits(ep.goal_cache, s, torch.tensor([ep.t], device=self.device), p)
+            ep.cache = RingCache(m, ep.goal)
+        if m.cfg.policy_history:  # one pass appends the previous action's token, then this observation's
+            return ep.cache.step(s, ep.t, ep.last_action, p)
+        # the policy sees the goal and this observation only; the ring keeps the episode for imagination
+        # (policy_context). Both tokens of o_t come from one pass over the scene.
+        t = torch.full((1, 1), ep.t, device=self.device)
+        traj, pol = m.obs_views(s[:, None], t, None if p is None else p[:, None], goal=ep.goal, policy=True)
+        ep.cache.step(s, ep.t, ep.last_action, p, obs=traj)
+        if ep.goal_cache is None:
+            ep.goal_cache = m.start(ep.goal)
+        return m.policy_logits(ep.goal_cache, s, t[:, 0], p, token=pol)
 
     def _step_full(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
         """The same action from a full forward pass over the last ``context`` timesteps (no cache)."""
