@@ -70,23 +70,28 @@ def _fingerprint(folder: Path) -> str:
     return h.hexdigest()[:8]
 
 
+def _suffix(name_or_path: str | os.PathLike[str]) -> tuple[str, int | None]:
+    """``(name without ".tokens<L>", L)``, L None when the name has no such suffix."""
+    name = str(name_or_path).strip()
+    m = _TOKENS.match(name)
+    return (m["base"], int(m["n"])) if m else (name, None)
+
+
 def split_tokens(name_or_path: str | os.PathLike[str] | None) -> tuple[str | None, int]:
     """``("all-MiniLM-L6-v2", 16)`` from ``"all-MiniLM-L6-v2.tokens16"``; a name without the suffix has 0 tokens."""
     if name_or_path is None:
         return None, 0
-    m = _TOKENS.match(str(name_or_path).strip())
-    return (m["base"], int(m["n"])) if m else (str(name_or_path), 0)
+    base, n = _suffix(name_or_path)
+    return base, n or 0
 
 
 def with_tokens(name_or_path: str | os.PathLike[str] | None, tokens: int) -> str:
     """The encoder name that also gives the first ``tokens`` per-token outputs (see :class:`LanguageEncoder`); a name
     that already says how many tokens it gives keeps its own number (``.tokens0``: the pooled embedding alone)."""
-    if name_or_path is not None and _TOKENS.match(str(name_or_path).strip()):
-        base, tokens = split_tokens(name_or_path)
-    else:
-        base = str(name_or_path).strip() if name_or_path is not None else ""
-    base = base if base and base.strip() else DEFAULT_ENCODER
-    return f"{base}.tokens{int(tokens)}" if tokens > 0 else base
+    base, own = _suffix(name_or_path) if name_or_path is not None else ("", None)
+    n = tokens if own is None else own
+    base = base or DEFAULT_ENCODER
+    return f"{base}.tokens{int(n)}" if n > 0 else base
 
 
 def resolve_encoder(name_or_path: str | os.PathLike[str] | None = None) -> tuple[str, str]:

@@ -77,6 +77,11 @@ class KVCache(list):
         return cls([(torch.cat([c[i][0] for c in caches]), torch.cat([c[i][1] for c in caches])) for i in range(len(caches[0]))], goal)
 
 
+def is_token(words: torch.Tensor) -> torch.Tensor:
+    """(..., lang_dim) token outputs of the sentence encoder -> (...) bool: a word, not padding (a zero row)."""
+    return words.abs().sum(-1) > 0
+
+
 def cache_goal(cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
     """The instruction embeddings a cache started from (None for a plain list)."""
     return getattr(cache, "goal", None)
@@ -214,8 +219,7 @@ class EntityEncoder(nn.Module):
         B, Q = sentence.shape[0], self.n_query
         q = self.query(sentence).view(B, Q, -1)  # (B, Q, dh)
         if words is not None:  # padding tokens are zero rows, which whitening leaves exactly zero
-            valid = words.abs().sum(-1, keepdim=True) > 0  # (B, L, 1)
-            pick = self.word_score(words).masked_fill(~valid, -1e4).softmax(1)  # (B, L, Q), none on padding
+            pick = self.word_score(words).masked_fill(~is_token(words)[..., None], -1e4).softmax(1)  # (B, L, Q), none on padding
             picked = torch.einsum("blq,blc->bqc", pick, words)  # (B, Q, lang_dim)
             q = q + torch.einsum("bqc,qce->bqe", picked, self.word_query).to(q.dtype)
         return q
@@ -358,7 +362,7 @@ class TrajectoryModel(nn.Module):
     def _words(self, goal: torch.Tensor) -> torch.Tensor:
         """The non-padding token outputs of (N, goal_dim) instruction embeddings, (M, lang_dim) raw."""
         w = goal[:, self.cfg.lang_dim :].reshape(-1, self.cfg.lang_dim)
-        return w[w.abs().sum(-1) > 0]
+        return w[is_token(w)]
 
     def entity_queries(self, goal: torch.Tensor) -> torch.Tensor:
         """(B, goal_dim) instruction embeddings -> (B, Q, d / Q) entity queries. In eval mode without gradients the
@@ -381,8 +385,7 @@ class TrajectoryModel(nn.Module):
         if not self.cfg.lang_tokens:
             return self.whiten(goal), None
         w = goal[..., self.cfg.lang_dim :].float().unflatten(-1, (self.cfg.lang_tokens, self.cfg.lang_dim))
-        pad = w.abs().sum(-1, keepdim=True) == 0
-        return self.whiten(goal), ((w - self.word_mean) * self.word_scale).masked_fill(pad, 0.0)
+        return self.whiten(goal), ((w - self.word_mean) * self.word_scale).masked_fill(~is_token(w)[..., None], 0.0)
 
     def obs_tokens(self, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None,
                    state_mask: torch.Tensor | None = None, pixels_mask: torch.Tensor | None = None,
@@ -424,7 +427,7 @@ class TrajectoryModel(nn.Module):
         obs = view(self.state_enc(s))
         if not policy:
             return obs, obs
-        return obs, view(self.state_enc(s * self.policy_state_mask) if self.entity_enc is not None else self.state_enc(s))
+        return obs, view(self.state_enc(s * self.policy_state_mask)) if self.entity_enc is not None else obs
 
     def pixel_latent(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, 3) uint8 images -> (B, T, d) CNN encodings."""
