@@ -441,10 +441,13 @@ class TrajectoryModel(nn.Module):
             x = torch.where(action_mask[..., None], x, self.no_action)
         return x + self.modality.weight[ACT] + self._time(timestep)
 
-    def _trunk(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def _trunk(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Blocks over new tokens ``x`` (B, L, d) after ``cache`` (P tokens per row); ``mask`` (L, P + L) bool says which
+        keys each new token sees (default :func:`cache_mask`: every cached token, the new ones causally)."""
         x = self.drop(x)
         new = KVCache(goal=None if cache is None else cache_goal(cache))
-        mask = None if cache is None else cache_mask(x.shape[1], cache[0][0].shape[2], x.device)  # one mask for every block
+        if cache is not None and mask is None:
+            mask = cache_mask(x.shape[1], cache[0][0].shape[2], x.device)  # one mask for every block
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if cache is None else cache[i], mask)
             new.append(kv)
@@ -507,10 +510,11 @@ class TrajectoryModel(nn.Module):
     def present(self, goal_cache: KVCache, obs: torch.Tensor) -> torch.Tensor:
         """Hidden states of observation tokens (B, T, d) that each see the goal tokens and themselves, nothing
         of the past: what a ``policy_history=False`` policy acts on. ``goal_cache`` is :meth:`start`'s (B rows)."""
-        B, T, d = obs.shape
-        cache = KVCache(goal_cache).map(lambda t: t.repeat_interleave(T, 0))  # (B * T, H, G, hd) per block
-        h, _ = self._trunk(obs.reshape(B * T, 1, d), cache)
-        return h.view(B, T, d)
+        T, G = obs.shape[1], goal_cache[0][0].shape[2]
+        eye = torch.eye(T, dtype=torch.bool, device=obs.device)
+        mask = torch.cat([eye.new_ones(T, G), eye], dim=1)  # (T, G + T): the goal tokens and itself
+        h, _ = self._trunk(obs, goal_cache, mask)
+        return h
 
     def policy_logits(self, goal_cache: KVCache, state: torch.Tensor, timestep: torch.Tensor,
                       pixels: torch.Tensor | None = None, token: torch.Tensor | None = None) -> torch.Tensor:

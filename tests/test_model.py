@@ -265,10 +265,11 @@ def test_the_policy_sees_the_present_only():
     assert not torch.allclose(fast["h_obs"], base["h_obs"])
     assert not torch.allclose(scene["h_pol"][:, -1], base["h_pol"][:, -1])  # the scene reaches the policy
     assert not torch.allclose(other["h_pol"], base["h_pol"])  # and so does the instruction
-    # closed loop: the policy's logits from the goal cache equal the forward pass's
+    # closed loop: the policy's logits from the goal cache, one frame at a time, equal the forward pass's at every frame
     with torch.no_grad():
-        logits = m.policy_logits(m.start(goal), b["state"][:, -1], b["timestep"][:, -1])
-    torch.testing.assert_close(logits, m.action_logits(base["h_pol"][:, -1]), atol=1e-5, rtol=1e-4)
+        for t in range(b["state"].shape[1]):
+            logits = m.policy_logits(m.start(goal), b["state"][:, t], b["timestep"][:, t])
+            torch.testing.assert_close(logits, m.action_logits(base["h_pol"][:, t]), atol=1e-5, rtol=1e-4)
 
 
 def _named_object_scenes(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
