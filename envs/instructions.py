@@ -44,6 +44,8 @@ TEMPLATES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
             "touch the {obj}",
             "reach the {obj}",
             "move to the {obj}",
+            "approach the {obj}",
+            "head over to the {obj}",
         ),
         "paraphrase": (
             "go and tap the {obj}",
@@ -55,6 +57,9 @@ TEMPLATES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
             "push the {obj} into the {zone} zone",
             "move the {obj} to the {zone} zone",
             "slide the {obj} onto the {zone} area",
+            "drag the {obj} into the {zone} square",
+            "bring the {obj} over to the {zone} patch",
+            "place the {obj} on the {zone} spot",
         ),
         "paraphrase": (
             "get the {obj} inside the {zone} region",
@@ -66,6 +71,8 @@ TEMPLATES: Final[dict[str, dict[str, tuple[str, ...]]]] = {
             "push the {obj} to the {dir}",
             "move the {obj} toward the {dir}",
             "slide the {obj} to the {dir} side",
+            "drag the {obj} to the {dir}",
+            "bring the {obj} over to the {dir} edge",
         ),
         "paraphrase": (
             "shift the {obj} over to the {dir}",
@@ -156,7 +163,7 @@ class Task(NamedTuple):
 
 
 _WORD = re.compile(r"[a-z]+")
-_ZONE_WORDS = ("zone", "area", "region", "target")
+_ZONE_WORDS = ("zone", "area", "square", "patch", "spot", "region", "target")
 _REACH_WORDS = ("touch", "reach", "tap", "fingertip", "go to", "move to", "go and")
 
 
@@ -193,7 +200,7 @@ def parse_instruction(text: str) -> Task:
     """The task an instruction asks for, or :class:`InstructionError` saying what is missing or unknown.
 
     Exact template matches first (training templates and paraphrases); otherwise the words
-    are read: an object ("<colour> <shape>"), then a zone ("<colour> zone|area|region|target")
+    are read: an object ("<colour> <shape>"), then a zone ("<colour>" before one of ``_ZONE_WORDS``)
     means push_zone, a direction word means push_dir, a reaching verb means reach.
     """
     if not isinstance(text, str):
