@@ -433,9 +433,10 @@ DEMO_ENVS = ("embodied/PointReach-v0", "embodied/PointPushZone-v0", "embodied/Po
 """The demo's multi-task dataset and evaluation: one embodiment, the three task families."""
 
 
-def _demo_dataset(path: Path, force: bool, episodes: int = 1800, noisy: int = 300) -> str:
-    """Demo step 2: record expert episodes (state observations) and some noisy-expert ones (for the dynamics and
-    reward heads; the policy imitates only the expert), verify the store, draw one training batch."""
+def _demo_dataset(path: Path, force: bool, episodes: int = 1200, noisy: int = 900) -> str:
+    """Demo step 2: record expert episodes (state observations) and noisy-expert ones, verify the store, draw one
+    training batch. Every step carries the expert's own action as its label, so the noisy episodes teach the policy
+    how to come back after drifting (DART) and show the dynamics and reward heads failures."""
     from embodied.collect import CollectSpec, collect
     from embodied.datasets.sampler import SamplerConfig, WindowSampler
     from embodied.datasets.store import EpisodeStore
@@ -451,7 +452,7 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 1800, noisy: int = 30
         print(f"[2/5] recording {episodes} expert and {noisy} noisy-expert episodes (state observations) into {path}")
         collect(CollectSpec(out=str(path), env_ids=DEMO_ENVS, episodes=episodes, policy="expert", workers=2, command="embodied demo"),
                 progress=True)
-        collect(CollectSpec(out=str(path), env_ids=DEMO_ENVS, episodes=noisy, policy="noisy:0.5", workers=2, append=True, seed=1,
+        collect(CollectSpec(out=str(path), env_ids=DEMO_ENVS, episodes=noisy, policy="noisy:0.4", workers=2, append=True, seed=1,
                             command="embodied demo"), progress=True)
     with EpisodeStore.open(str(path)) as store:
         problems = store.verify()
@@ -467,7 +468,7 @@ def _demo_dataset(path: Path, force: bool, episodes: int = 1800, noisy: int = 30
     return str(path)
 
 
-def _demo_train(data: str, run: Path, force: bool, steps: int = 2000) -> str:
+def _demo_train(data: str, run: Path, force: bool, steps: int = 2500) -> str:
     """Demo step 3: train the small model on the demo dataset and show its held-out metrics."""
     from embodied.config import TrainConfig, TrainRunConfig
     from embodied.train import run_info
