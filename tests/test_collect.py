@@ -148,7 +148,7 @@ def test_demo_dataset_step_records_verifies_and_reuses(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
     with EpisodeStore.open(str(path)) as s:
         assert len(s) == 6 and "pixels" not in s.features
-        assert [s.record(i)["meta"]["policy"] for i in range(6)] == ["expert"] * 4 + ["noisy:0.5"] * 2
+        assert [s.record(i)["meta"]["policy"] for i in range(6)] == ["expert"] * 4 + ["noisy:0.4"] * 2
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
