@@ -236,11 +236,12 @@ class EntityEncoder(nn.Module):
             ents.append(enc(torch.cat([own, rel], dim=-1)) + self.kind.weight[k])
         e = self.shared(F.gelu(torch.cat(ents, dim=2)))  # (B, T, E, d)
         Q, E = self.n_query, e.shape[2]
-        q = q.to(e.dtype).view(B, 1, Q, 1, -1)  # (B, 1, Q, 1, dh)
-        k = self.key(e).view(B, T, E, Q, -1).transpose(2, 3)  # (B, T, Q, E, dh)
-        v = self.value(e).view(B, T, E, Q, -1).transpose(2, 3)
-        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]), dim=-1)  # (B, T, Q, 1, E)
-        return self.out((w @ v).flatten(2))  # (B, T, Q * dh) -> (B, T, d)
+        # one attention call: every frame is a batch row, the queries are its heads, its entities the keys
+        k = self.key(e).view(B * T, E, Q, -1).transpose(1, 2)  # (B * T, Q, E, dh)
+        v = self.value(e).view(B * T, E, Q, -1).transpose(1, 2)
+        q = q.to(e.dtype)[:, None].expand(B, T, Q, k.shape[-1]).reshape(B * T, Q, 1, -1)  # (B * T, Q, 1, dh)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B * T, Q, 1, dh)
+        return self.out(y.view(B, T, -1))  # (B, T, Q * dh) -> (B, T, d)
 
 
 # ---------------------------------------------------------------------------- the model
