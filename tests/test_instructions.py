@@ -13,6 +13,14 @@ def test_every_family_has_five_templates_two_held_out():
         assert not set(train) & set(para)
 
 
+def test_every_paraphrase_has_words_no_training_template_uses():
+    """Held-out paraphrases stay held out as the training language grows: each has a verb or noun unseen in training."""
+    train_words = {w for fam in ins.FAMILIES for t in ins.templates(fam, "train") for w in t.split() if "{" not in w}
+    for fam in ins.FAMILIES:
+        for t in ins.templates(fam, "paraphrase"):
+            assert {w for w in t.split() if "{" not in w} - train_words, t
+
+
 def test_at_least_six_colours_and_three_shapes():
     assert len(ins.TRAIN_COLOURS) >= 6 and len(set(ins.COLOURS)) >= 6
 
