@@ -100,7 +100,8 @@ class Feature:
 
 def default_features(pixels: int | None = None, state: bool = True, actions: bool = True, labels: bool = False) -> dict[str, Feature]:
     """The features of a tabletop-suite store: state, optional pixels (size x size RGB), actions and outcomes, and with
-    ``labels`` the expert's action at each step (``expert_action``, see :data:`embodied.specs.EXPERT_ACTION`)."""
+    ``labels`` the expert's action at each step (``expert_action``, see :data:`embodied.specs.EXPERT_ACTION`) and each
+    cost term of each step (``cost_terms``, :data:`embodied.specs.COST_BY_TERM`)."""
     out: dict[str, Feature] = {}
     if state:
         out[specs.STATE] = Feature((specs.STATE_DIM,), "float32", observation=True)
@@ -112,6 +113,8 @@ def default_features(pixels: int | None = None, state: bool = True, actions: boo
             out[specs.EXPERT_ACTION] = Feature((specs.ACTION_DIM,), "float32")
         out[specs.REWARD] = Feature((), "float32")
         out[specs.COST] = Feature((), "float32")
+        if labels:
+            out[specs.COST_BY_TERM] = Feature((len(specs.COST_TERMS),), "float32")
         out[specs.SUCCESS] = Feature((), "bool")
     return out
 

@@ -77,7 +77,8 @@ def record_episode(env: Any, policy: Any, seed: int, labels: bool = False) -> tu
 
     Frames: the observation at each step, the action taken and its reward, cost and success;
     the final observation is kept as a last frame without an action. With ``labels`` (an env
-    with a scripted expert), also what that expert would have done at each step, whoever acted.
+    with a scripted expert), also what that expert would have done at each step, whoever acted,
+    and each named cost term of each step (:data:`embodied.specs.COST_BY_TERM`).
     """
     obs, info = env.reset(seed=seed)
     if hasattr(policy, "reset"):
@@ -89,6 +90,7 @@ def record_episode(env: Any, policy: Any, seed: int, labels: bool = False) -> tu
     warnings: list[str] = []
     expert = getattr(getattr(env, "unwrapped", env), "expert_action", None) if labels else None
     experts: list[np.ndarray] = []
+    terms: list[list[float]] = []
     while not done:
         if expert is not None:
             experts.append(np.asarray(expert(), dtype=np.float32))
@@ -98,6 +100,7 @@ def record_episode(env: Any, policy: Any, seed: int, labels: bool = False) -> tu
         actions.append(action)
         rewards.append(float(reward))
         costs.append(float(info.get(specs.INFO_COST, 0.0)))
+        terms.append([float(info.get(t, 0.0)) for t in specs.COST_TERMS])
         successes.append(bool(info.get(specs.INFO_SUCCESS, False)))
         invalid = bool(info.get(specs.INFO_INVALID, False))
         warnings += list(info.get(specs.INFO_WARNINGS, []))
@@ -116,6 +119,8 @@ def record_episode(env: Any, policy: Any, seed: int, labels: bool = False) -> tu
         steps[specs.PIXELS] = np.asarray(frames, dtype=np.uint8)
     if expert is not None:
         steps[specs.EXPERT_ACTION] = np.asarray(experts, dtype=np.float32).reshape(-1, specs.ACTION_DIM)
+    if labels:
+        steps[specs.COST_BY_TERM] = np.asarray(terms, dtype=np.float32).reshape(-1, len(specs.COST_TERMS))
     summary = {
         specs.INSTRUCTION: instruction,
         specs.VALID: not invalid,
@@ -257,8 +262,9 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
         raise StoreError(f"{spec.out} already exists; pass --append to add episodes to it, or choose a new --out")
     if files_exist:
         store = EpisodeStore.open(spec.out, mode="a")
-        if specs.EXPERT_ACTION not in store.features:  # a store from before the labels: append as it was recorded
-            features.pop(specs.EXPERT_ACTION)
+        for optional in (specs.EXPERT_ACTION, specs.COST_BY_TERM):  # a store from before these: append as it was recorded
+            if optional not in store.features:
+                features.pop(optional)
         if store.features != features:
             have = store.features.get(specs.PIXELS)
             store.close()
@@ -287,6 +293,7 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
         written = valid = success = frames = 0
         try:
             for job, steps, meta in _results(jobs, spec.workers):
+                steps = {k: v for k, v in steps.items() if k in features}  # what this store records
                 index = store.add_episode(steps, meta)
                 written += 1
                 valid += bool(meta[specs.VALID])

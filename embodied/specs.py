@@ -26,6 +26,12 @@ EXPERT_ACTION: Final = "expert_action"
 has it (DART, Laskey et al. 2017: episodes of a noisy expert then show how to recover from the drift they cause)."""
 REWARD: Final = "reward"
 COST: Final = "cost"
+COST_TERMS: Final = ("cost_hazard", "cost_fragile", "cost_speed", "cost_workspace")
+"""The named indicator costs every env's ``info`` carries (Safety-Gymnasium semantics); ``cost`` is their sum."""
+COST_BY_TERM: Final = "cost_terms"
+"""float32 (len(COST_TERMS),): each cost term of the step, in the order of COST_TERMS. Where a store has it, the model
+learns one cost output per term, so that a cause that is common in the data (the speed limit) does not stand in
+for a rare one (a keep-out zone)."""
 SUCCESS: Final = "success"
 TERMINATED: Final = "terminated"
 TRUNCATED: Final = "truncated"

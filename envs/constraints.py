@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Final, Mapping
 
 from embodied.errors import ConfigError
+from embodied import specs
 from embodied.specs import SHAPES
 
 from .instructions import COLOURS, TRAIN_COLOURS, InstructionError
 from embodied.registry import Registry
 
-COST_TERMS: Final = ("cost_hazard", "cost_fragile", "cost_speed", "cost_workspace")
+COST_TERMS: Final = specs.COST_TERMS
 """Every cost term an env reports in ``info`` (0.0 while its constraint is off)."""
 
 

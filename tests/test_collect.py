@@ -205,3 +205,24 @@ def test_an_experts_labels_are_its_actions_and_old_stores_append_without_labels(
     collect(CollectSpec(out=old, env_ids=ENVS[:1], episodes=2, append=True), progress=False)
     with EpisodeStore.open(old) as s:
         assert len(s) == 2 and "expert_action" not in s.features
+
+
+def test_each_cost_term_is_recorded_and_sums_to_the_cost(tmp_path):
+    from embodied.datasets.store import EpisodeStore, default_features
+
+    out = str(tmp_path / "h.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointReachHazard-v0",), episodes=2), progress=False)
+    with EpisodeStore.open(out) as s:
+        for i in range(2):
+            ep = s.episode(i)
+            m = ep["action_mask"]
+            terms = ep[specs.COST_BY_TERM][m]
+            assert terms.shape[1] == len(specs.COST_TERMS) and terms.sum() > 0  # the expert speeds through hazards
+            np.testing.assert_allclose(terms.sum(1), ep["cost"][m])
+    old = str(tmp_path / "labels_only.zarr")  # written with the expert's labels, before the per-term costs
+    features = default_features(labels=True)
+    features.pop(specs.COST_BY_TERM)
+    EpisodeStore.create(old, features, control_hz=20.0).close()
+    collect(CollectSpec(out=old, env_ids=("embodied/PointReachHazard-v0",), episodes=2, append=True), progress=False)
+    with EpisodeStore.open(old) as s:
+        assert len(s) == 2 and specs.COST_BY_TERM not in s.features and specs.EXPERT_ACTION in s.features
