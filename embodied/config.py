@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .specs import ACTION_DIM, COST_TERMS, STATE_DIM, STATE_INPUTS
+from .specs import ACTION_DIM, STATE_DIM, STATE_INPUTS
 
 T = TypeVar("T")
 
@@ -553,11 +553,6 @@ class ModelConfig:
     :class:`embodied.language.LanguageEncoder`; the goal vector is then ``goal_dim = (1 + lang_tokens) * lang_dim``
     wide). The entity queries pick words from them, so "the red cube ... the green zone" tells the object's colour
     from the zone's. 0: the pooled sentence embedding alone."""
-    cost_terms: int = len(COST_TERMS)
-    """Cost outputs besides the total: the probability of each named cost term (:data:`embodied.specs.COST_TERMS`),
-    learned where a store records them. Imagined cost is then the larger of the total head's probability and the
-    terms' "any" (``1 - prod(1 - p_k)``), so a term the total rarely shows (a keep-out zone among speed-limit
-    violations) still counts. 0: the total alone."""
     state_dim: int = STATE_DIM
     """Length of the state vector."""
     action_dim: int = ACTION_DIM
@@ -607,8 +602,6 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if self.lang_tokens < 0:
             raise ConfigError(f"model lang_tokens must be >= 0, got {self.lang_tokens}")
-        if self.cost_terms not in (0, len(COST_TERMS)):
-            raise ConfigError(f"model cost_terms must be 0 or {len(COST_TERMS)} (one per name in COST_TERMS), got {self.cost_terms}")
 
     @property
     def goal_dim(self) -> int:
@@ -628,8 +621,6 @@ class ModelConfig:
             d = {**d, "obs_encoder": "flat", "policy_history": True}
         if "lang_tokens" not in d:  # written before the model read the instruction's tokens: the pooled embedding alone
             d = {**d, "lang_tokens": 0}
-        if "cost_terms" not in d:  # written before the per-term cost outputs: the total alone
-            d = {**d, "cost_terms": 0}
         return cls(**d)
 
 
