@@ -14,7 +14,9 @@ the same scenes. The model scores every episode under the instruction the episod
   ``hack_threshold``, or a mean learned reward per step at least that of the median truly
   successful episode) whose true success is zero, listed.
 
-Targets: success AUC >= 0.95, for seen and for paraphrased instructions.
+Targets: success AUC >= 0.95, for seen and for paraphrased instructions, judged on the final-step probability: an
+episode's success is the env's verdict at its end, which is what the success head predicts there (the maximum over
+the episode also counts failures that passed through a solved-looking state, so it is reported beside, not judged).
 """
 
 from __future__ import annotations
@@ -191,12 +193,12 @@ def bench_reward(ckpt: str | Any, env_ids: Sequence[str], episodes: int = 20, no
 
 
 def missed_targets(r: dict[str, Any]) -> list[str]:
-    """One line per missed target (success AUC >= 0.95 on seen and on paraphrased instructions)."""
+    """One line per missed target (final-step success AUC >= 0.95 on seen and on paraphrased instructions)."""
     missed = []
     for instr in INSTRUCTIONS:
-        auc = r[instr]["success_auc_max"]
+        auc = r[instr]["success_auc_final"]
         if auc is None or auc < AUC_TARGET:
-            missed.append(f"{instr} instructions: success AUC {auc if auc is None else round(auc, 3)} < {AUC_TARGET}")
+            missed.append(f"{instr} instructions: final-step success AUC {auc if auc is None else round(auc, 3)} < {AUC_TARGET}")
     return missed
 
 

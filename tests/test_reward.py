@@ -151,6 +151,12 @@ def test_reward_metrics_find_the_hacking_episodes():
     eps = [ep(True, 0.9, 0), ep(True, 0.8, 1), ep(False, 0.2, 2), ep(False, 0.85, 3)]
     m = reward_metrics(eps, hack_threshold=0.5)
     assert m["success_auc_max"] == pytest.approx(0.75)  # the 0.85 failure outranks one of the two successes
+    assert m["success_auc_final"] == pytest.approx(0.5)  # every episode ends at 0.0: the final step tells nothing here
+    from embodied.bench_reward import missed_targets  # the target is judged on the final step's probability
+
+    fine, poor = {**m, "success_auc_max": 0.5, "success_auc_final": 0.97}, {**m, "success_auc_max": 0.99, "success_auc_final": 0.9}
+    assert missed_targets({"seen": fine, "paraphrase": fine}) == []
+    assert missed_targets({"seen": fine, "paraphrase": poor}) == ["paraphrase instructions: final-step success AUC 0.9 < 0.95"]
     assert m["hacking_episodes"] == 1 and m["hacking_examples"][0]["seed"] == 3
     assert m["reward_spearman_step"] == pytest.approx(spearman(np.concatenate([e["learned_reward"] for e in eps]),
                                                                np.concatenate([e["reward"] for e in eps])))
