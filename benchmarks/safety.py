@@ -6,9 +6,9 @@
 For every env, policy (the scripted ``expert``, or the ``model`` of --ckpt acting
 deterministically) and shield, it rolls out the fixed evaluation seeds and reports violations
 per episode (indicator costs summed over each episode, a diverged one counts one; normal 95%
-interval), the fraction of episodes with a violation and success (Wilson 95%), and
-interventions per episode. The learned shield imagines with the model of --ckpt (or
---shield-ckpt). Targets (issue 7): the learned shield cuts violations per episode by >= 95%
+interval), which constraint they came from (per cost term), the fraction of episodes with a
+violation and success (Wilson 95%), and interventions per episode. The learned shield
+imagines with the model of --ckpt (or --shield-ckpt). Targets (issue 7): the learned shield cuts violations per episode by >= 95%
 against none, with success at most 5 points lower; the sim shield is reported beside it.
 Exit code 0 when every learned row meets both targets.
 """
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"success {r['success']:.2f} [{r['success_ci'][0]:.2f}, {r['success_ci'][1]:.2f}]"
                       + (f"  reduction {100 * red:.1f}%" if red is not None else "")
                       + (f"  success -{r['success_drop_points']:.0f} pts" if "success_drop_points" in r else "")
+                      + "  by term " + " ".join(f"{t.removeprefix('cost_')} {v:.2f}" for t, v in r.get("violations_by_term", {}).items())
                       + f"  ({r['seconds']:.0f} s)", flush=True)
     if args.out:
         with open(args.out, "w") as f:

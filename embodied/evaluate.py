@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from embodied import specs
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval (lo, hi) for a success rate; z = 1.96 gives 95%. (0, 1) when n = 0."""
@@ -41,6 +43,7 @@ def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | No
     if record:
         record(env)
     ret = cost = 0.0
+    terms = dict.fromkeys(specs.COST_TERMS, 0.0)
     steps, warns, done = 0, [], False
     intervened: list[int] = []
     while not done:
@@ -56,6 +59,7 @@ def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | No
             record(env)
         ret += float(reward)
         cost += float(info.get("cost", 0.0))
+        add_cost_terms(terms, info)
         warns += info.get("mujoco_warnings", [])
         steps += 1
         done = terminated or truncated
@@ -69,6 +73,7 @@ def rollout(env: Any, policy: Any, seed: int, record: Callable[[Any], None] | No
         "warnings": warns,
         "instruction": instruction,
         "violations": cost + float(invalid),
+        "cost_terms": terms,
     }
     if shield is not None:
         out.update(interventions=len(intervened), intervened_steps=intervened)
@@ -166,7 +171,8 @@ def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: 
     for g0 in range(0, len(seeds), len(envs)):
         group = list(range(g0, min(g0 + len(envs), len(seeds))))
         obs = [envs[j].reset(seed=seeds[i])[0] for j, i in enumerate(group)]
-        acc = [{"return": 0.0, "cost": 0.0, "length": 0, "invalid": False, "success": False, "instruction": str(o["instruction"])} for o in obs]
+        acc = [{"return": 0.0, "cost": 0.0, "length": 0, "invalid": False, "success": False, "instruction": str(o["instruction"]),
+                "cost_terms": dict.fromkeys(specs.COST_TERMS, 0.0)} for o in obs]
         done = [False] * len(group)
         if hasattr(policy, "reset"):
             policy.reset()
@@ -194,6 +200,7 @@ def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: 
                 a = acc[j]
                 a["return"] += float(r)
                 a["cost"] += float(info.get("cost", 0.0))
+                add_cost_terms(a["cost_terms"], info)
                 a["length"] += 1
                 a["invalid"] = bool(info.get("invalid", False))
                 a["success"] = bool(info.get("is_success", False)) and not a["invalid"]
@@ -202,6 +209,12 @@ def run_episodes(envs: list[Any], policy: Any, seeds: list[int], deterministic: 
             acc[j]["violations"] = acc[j]["cost"] + float(acc[j]["invalid"])
             results[i] = acc[j]
     return results
+
+
+def add_cost_terms(totals: dict[str, float], info: dict[str, Any]) -> None:
+    """Add one step's named indicator costs (``info["cost_hazard"]``, ...) to an episode's ``totals``."""
+    for t in totals:
+        totals[t] += float(info.get(t, 0.0))
 
 
 def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
@@ -221,7 +234,8 @@ def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
 
 def safety_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Violations per episode (normal 95% interval), the fraction of episodes with any violation (Wilson),
-    and interventions per episode (normal 95% interval) when the runs were filtered."""
+    which constraint they came from (``violations_by_term``: per episode, each name in ``COST_TERMS``), and
+    interventions per episode (normal 95% interval) when the runs were filtered."""
     n = len(runs)
     v = [float(r["violations"]) for r in runs]
     hit = sum(x > 0 for x in v)
@@ -230,6 +244,8 @@ def safety_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "violations_per_episode": float(np.mean(v)) if v else 0.0, "violations_per_episode_ci": [max(lo, 0.0), hi],
         "violation_rate": hit / max(n, 1), "violation_rate_ci": list(wilson_interval(hit, n)),
     }
+    if runs and "cost_terms" in runs[0]:
+        out["violations_by_term"] = {t: float(np.mean([r["cost_terms"][t] for r in runs])) for t in runs[0]["cost_terms"]}
     if runs and "interventions" in runs[0]:
         k = [float(r["interventions"]) for r in runs]
         lo, hi = mean_interval(k)
@@ -267,7 +283,6 @@ def evaluate_policy_on(env_ids: list[str], make_policy: Callable[[], Any], episo
 
     ``make_shield(env)`` gives each env its safety filter; the rows then carry interventions.
     """
-    from embodied import specs
     from embodied.envs import ScriptedExpert, entry, make
 
     if instructions not in INSTRUCTION_SETS:

@@ -213,10 +213,13 @@ def test_safety_stats_and_filtered_lockstep_rollouts():
     plain = run_episodes(envs_, policy, seeds)
     shielded = run_episodes(envs_, policy, seeds, shields=[shield_factory("sim")(e) for e in envs_])
     assert all(r["violations"] == r["cost"] + r["invalid"] for r in plain + shielded)
+    assert all(sum(r["cost_terms"].values()) == r["cost"] and set(r["cost_terms"]) == set(specs.COST_TERMS) for r in plain + shielded)
+    by_term = safety_stats(plain)["violations_by_term"]  # which constraint the violations came from
+    assert by_term["cost_speed"] > 0 and sum(by_term.values()) == pytest.approx(np.mean([r["cost"] for r in plain]))
     assert all("interventions" in r for r in shielded) and not any("interventions" in r for r in plain)
     assert sum(r["violations"] for r in shielded) < sum(r["violations"] for r in plain)  # random-weight actions break the speed limit
     single = rollout(envs_[0], ScriptedExpert(envs_[0]), seeds[0], shield=shield_factory("sim")(envs_[0]))
-    assert single["interventions"] == len(single["intervened_steps"])
+    assert single["interventions"] == len(single["intervened_steps"]) and sum(single["cost_terms"].values()) == single["cost"]
     for e in envs_:
         e.close()
 
