@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shield", action="append", default=None, choices=("none", "learned", "sim"))
     ap.add_argument("--horizon", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=0.5, help="the learned shield's threshold (sim: 0.5, no violation)")
+    ap.add_argument("--constraint-margin", type=float, default=None,
+                    help="margin (m, m/s) of the learned shield's checks of the constraint specs on its imagined states (default: FilterConfig's)")
+    ap.add_argument("--state-check", action="append", default=None,
+                    help="constraint kinds the learned shield checks on its imagined states (default: FilterConfig's)")
+    ap.add_argument("--cost-head-only", action="store_true", help="the learned shield reads its cost head alone (no check of the specs)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     from embodied.shielding import ShieldSpec, load_shield_model
 
     torch.set_num_threads(1)
+    if args.state_check is None:
+        args.state_check = list(FilterConfig().state_checks)
+    if args.constraint_margin is None:
+        args.constraint_margin = FilterConfig().constraint_margin
     policies, shields = args.policy or ["expert", "model"], args.shield or ["none", "learned", "sim"]
     if not args.ckpt and ("model" in policies or "learned" in shields):
         ap.error("--ckpt is needed for --policy model and --shield learned")
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                else ShieldSpec(model=policy.model, encode=policy.encode, device="cpu") if policy else ShieldSpec())
     specs_ = {"none": ShieldSpec(), "sim": ShieldSpec(config=FilterConfig(horizon=args.horizon)),
               "learned": ShieldSpec(model=learned.model, encode=learned.encode, device="cpu",
-                                    config=FilterConfig(horizon=args.horizon, threshold=args.threshold))}
+                                    config=FilterConfig(horizon=args.horizon, threshold=args.threshold, constraint_margin=args.constraint_margin,
+                                                        state_checks=() if args.cost_head_only else tuple(args.state_check)))}
     rows = []
     for env_id in args.env or (TRAIN_ENVS + HELDOUT_ENVS):
         for pol in policies:
@@ -105,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                       + f"  ({r['seconds']:.0f} s)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"ckpt": args.ckpt, "episodes": args.episodes, "horizon": args.horizon, "threshold": args.threshold, "rows": rows}, f, indent=2)
+            json.dump({"ckpt": args.ckpt, "episodes": args.episodes, "horizon": args.horizon, "threshold": args.threshold,
+                       "constraint_margin": args.constraint_margin,
+                       "state_checks": [] if args.cost_head_only else args.state_check, "rows": rows}, f, indent=2)
     ok = all((r.get("violation_reduction") or 0) >= 0.95 and r.get("success_drop_points", 0) <= 5 for r in rows if r["shield"] == "learned")
     return 0 if ok else 1
 

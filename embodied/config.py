@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from .errors import ConfigError
-from .specs import ACTION_DIM, STATE_DIM, STATE_INPUTS
+from .specs import ACTION_DIM, COST_TERMS, STATE_DIM, STATE_INPUTS
 
 T = TypeVar("T")
 
@@ -272,11 +272,12 @@ class EvalConfig:
     envs: int = 4
     """Environments stepped in lockstep (one batched predict per step)."""
     shield: str = field(default="none", metadata={"choices": SHIELD_NAMES})
-    """Safety filter between model and env: none, learned (the model's imagined cost) or sim (a MuJoCo lookahead, the oracle)."""
+    """Safety filter between model and env: none, learned (the model's imagination: the constraints checked on its imagined
+    states, its cost head for the rest) or sim (a MuJoCo lookahead, the oracle)."""
     constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
     """A constraint in plain language turned on in every env, e.g. "stay out of the blue zone" (repeat for several)."""
     shield_ckpt: str | None = None
-    """The model whose cost head the learned shield imagines with (default: --ckpt)."""
+    """The model the learned shield imagines with (default: --ckpt)."""
     shield_horizon: int = 3
     """Steps the shield looks ahead for each candidate action."""
     shield_threshold: float = 0.5
@@ -553,6 +554,10 @@ class ModelConfig:
     :class:`embodied.language.LanguageEncoder`; the goal vector is then ``goal_dim = (1 + lang_tokens) * lang_dim``
     wide). The entity queries pick words from them, so "the red cube ... the green zone" tells the object's colour
     from the zone's. 0: the pooled sentence embedding alone."""
+    cost_terms: int = len(COST_TERMS)
+    """Cost outputs besides the total: the probability of each named cost term (:data:`embodied.specs.COST_TERMS`),
+    learned where a store records them, so that the learned safety filter can ask about one constraint (a fragile
+    object's contact force, which no state shows) without the others. 0: the total alone."""
     state_dim: int = STATE_DIM
     """Length of the state vector."""
     action_dim: int = ACTION_DIM
@@ -602,6 +607,8 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if self.lang_tokens < 0:
             raise ConfigError(f"model lang_tokens must be >= 0, got {self.lang_tokens}")
+        if self.cost_terms not in (0, len(COST_TERMS)):
+            raise ConfigError(f"model cost_terms must be 0 or {len(COST_TERMS)} (one per name in COST_TERMS), got {self.cost_terms}")
 
     @property
     def goal_dim(self) -> int:
@@ -621,6 +628,8 @@ class ModelConfig:
             d = {**d, "obs_encoder": "flat", "policy_history": True}
         if "lang_tokens" not in d:  # written before the model read the instruction's tokens: the pooled embedding alone
             d = {**d, "lang_tokens": 0}
+        if "cost_terms" not in d:  # written before the per-term cost outputs: the total alone
+            d = {**d, "cost_terms": 0}
         return cls(**d)
 
 

@@ -271,6 +271,7 @@ class TrajectoryModel(nn.Module):
         self.action_head = nn.Linear(d, cfg.action_dim * cfg.action_bins)
         self.state_head = nn.Linear(d, cfg.state_dim)  # state change to t + 1, in units of delta_scale
         self.outcome_head = nn.Linear(d, 3)  # reward (normalised), cost logit, success logit
+        self.term_head = nn.Linear(d, cfg.cost_terms) if cfg.cost_terms else None  # a cost logit per named term
         self.latent_head = nn.Linear(d, d) if cfg.pixels else None  # the next image's CNN encoding
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
@@ -460,9 +461,13 @@ class TrajectoryModel(nn.Module):
         return self.action_head(h).unflatten(-1, (self.cfg.action_dim, self.cfg.action_bins))
 
     def outcomes(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Hidden states at action tokens -> state change (units of ``delta_scale``), normalised reward, cost and success logits."""
+        """Hidden states at action tokens -> state change (units of ``delta_scale``), normalised reward, cost and success
+        logits, and with ``cost_terms`` each term's cost logit (``term_logits``, (..., cost_terms))."""
         o = self.outcome_head(h)
-        return {"delta": self.state_head(h), "reward": o[..., 0], "cost_logit": o[..., 1], "success_logit": o[..., 2]}
+        out = {"delta": self.state_head(h), "reward": o[..., 0], "cost_logit": o[..., 1], "success_logit": o[..., 2]}
+        if self.term_head is not None:
+            out["term_logits"] = self.term_head(h)
+        return out
 
     def decode_action(self, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0) -> torch.Tensor:
         """Action logits (..., A, bins) -> actions (..., A): the most likely bin, or a sampled one."""
@@ -536,7 +541,7 @@ class TrajectoryModel(nn.Module):
         ``count(n)`` turns a mask's count into the denominator of its mean (default ``max(n, 1)``;
         under DDP the count over all ranks divided by their number).
         """
-        w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "success": 0.5, **(weights or {})}
+        w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "cost_terms": 0.5, "success": 0.5, **(weights or {})}
         out = self(batch, goal) if out is None else out
         frame = batch["mask"]
         terms: dict[str, torch.Tensor] = {}
@@ -580,6 +585,9 @@ class TrajectoryModel(nn.Module):
         terms["reward"] = masked_mean((pred["reward"].float() - r).pow(2), om)
         cost_t = (batch[specs.COST].float() > 0).float()
         terms["cost"] = masked_mean(F.binary_cross_entropy_with_logits(pred["cost_logit"].float(), cost_t, reduction="none"), batch.get("cost_mask", am) & am)
+        if "term_logits" in pred and specs.COST_BY_TERM in batch:  # each named cost, where the store records them
+            bce = F.binary_cross_entropy_with_logits(pred["term_logits"].float(), (batch[specs.COST_BY_TERM].float() > 0).float(), reduction="none")
+            terms["cost_terms"] = masked_mean(bce.mean(-1), batch[f"{specs.COST_BY_TERM}_mask"] & am)
         succ_t = batch[specs.SUCCESS].float()
         terms["success"] = masked_mean(F.binary_cross_entropy_with_logits(pred["success_logit"].float(), succ_t, reduction="none"), batch.get("success_mask", am) & am)
         total = sum(w[k] * v for k, v in terms.items())
@@ -665,7 +673,8 @@ class TrajectoryModel(nn.Module):
         else it is appended first. ``actions`` (N, H, A) are N candidate sequences of H actions.
 
         Returns ``state`` (N, H, S): raw states after each action (t + 1 .. t + H); ``reward`` (N, H),
-        raw units; ``cost`` (N, H), the probability that the step costs something; ``success`` (N, H),
+        raw units; ``cost`` (N, H), the probability that the step costs something (the total's head; with
+        ``cost_terms``, each named term's probability too, ``cost_terms`` (N, H, K)); ``success`` (N, H),
         the success probability after the step; with pixels, ``latent`` (N, H, d): the predicted CNN
         encodings of the next images, which stand in for the images of imagined observations.
         At most ``context`` timesteps stay in view: the oldest past ones are dropped first.
@@ -712,6 +721,8 @@ class TrajectoryModel(nn.Module):
         o = self.outcomes(hs)
         out = {"state": torch.stack(states, dim=1), "reward": o["reward"].float() * self.reward_stats[1] + self.reward_stats[0],
                "cost": torch.sigmoid(o["cost_logit"].float()), "success": torch.sigmoid(o["success_logit"].float())}
+        if "term_logits" in o:
+            out["cost_terms"] = torch.sigmoid(o["term_logits"].float())  # (N, H, K), in the order of specs.COST_TERMS
         if self.latent_head is not None:
             out["latent"] = self.latent_head(hs)
         return out

@@ -47,11 +47,20 @@ def _no_shield(env: Any, spec: ShieldSpec) -> Any:
 
 @register_shield("learned")
 def _learned_shield(env: Any, spec: ShieldSpec) -> Any:
+    from embodied.envs.constraints import CONSTRAINTS, state_checked, state_cost
     from embodied.policies.safety import CandidateFilter, FilterConfig, ModelCostPredictor
 
     if spec.model is None or spec.encode is None:
         raise ConfigError("the learned shield needs a model: give --ckpt (or --shield-ckpt) of a trained run")
-    return CandidateFilter(ModelCostPredictor(spec.model, spec.encode, spec.device), spec.config or FilterConfig())
+    cfg = spec.config or FilterConfig()
+    unknown = sorted(set(cfg.state_checks) - set(CONSTRAINTS))
+    if unknown:
+        raise ConfigError(f"the filter's state_checks name unknown constraint kinds {unknown}; kinds: {', '.join(CONSTRAINTS)}")
+    constraints = getattr(env.unwrapped, "constraints", ())
+    checked = [c for c in constraints if c.name in cfg.state_checks and state_checked(c)]
+    check = state_cost(checked, cfg.constraint_margin)
+    head_terms = sorted({c.term for c in constraints if c not in checked})  # what the cost head judges
+    return CandidateFilter(ModelCostPredictor(spec.model, spec.encode, spec.device, state_cost=check, head_terms=head_terms), cfg)
 
 
 @register_shield("sim")

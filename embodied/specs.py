@@ -29,9 +29,9 @@ COST: Final = "cost"
 COST_TERMS: Final = ("cost_hazard", "cost_fragile", "cost_speed", "cost_workspace")
 """The named indicator costs every env's ``info`` carries (Safety-Gymnasium semantics); ``cost`` is their sum."""
 COST_BY_TERM: Final = "cost_terms"
-"""float32 (len(COST_TERMS),): each cost term of the step, in the order of COST_TERMS (``cost`` is their sum), so that
-a dataset tells which constraint a step violated. (A per-term cost head trained on them did not improve the learned
-safety filter, BENCHMARKS.md issue 7, so the model reads the total alone for now.)"""
+"""float32 (len(COST_TERMS),): each cost term of the step, in the order of COST_TERMS. Where a store has it, the model
+learns one cost output per term, so that a cause that is common in the data (the speed limit) does not stand in
+for a rare one (a keep-out zone)."""
 SUCCESS: Final = "success"
 TERMINATED: Final = "terminated"
 TRUNCATED: Final = "truncated"

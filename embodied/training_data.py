@@ -38,6 +38,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     try:
         sizes = {s.features[specs.PIXELS].shape[0] if specs.PIXELS in s.features else 0 for s in stores}
         labels = any(specs.EXPERT_ACTION in s.features for s in stores)  # the expert's actions, the policy's labels
+        by_term = any(specs.COST_BY_TERM in s.features for s in stores)  # each named cost of each step
         state_stats, reward_stats = RunningStats.empty((specs.STATE_DIM,)), RunningStats.empty(())
         for s in stores:
             st = s.stats()
@@ -53,7 +54,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         if len(sizes) != 1:
             raise ConfigError(f"the stores have different pixel sizes {sorted(sizes)}; train on one size or pass --no-pixels")
         pixels = sizes.pop()
-    keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ()) + ((specs.EXPERT_ACTION,) if labels else ())
+    keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ()) + ((specs.EXPERT_ACTION,) if labels else ()) + ((specs.COST_BY_TERM,) if by_term else ())
     base = preset(run.preset)
     entities = base.obs_encoder == "entities" and run.state != "proprio"  # "proprio" hides the entities
     encoder = with_tokens(run.encoder, base.lang_tokens if entities else 0)  # only entity queries read the tokens

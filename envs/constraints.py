@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Final, Mapping
+from typing import Any, Callable, ClassVar, Final, Mapping, Sequence
+
+import numpy as np
 
 from embodied.errors import ConfigError
 from embodied import specs
-from embodied.specs import SHAPES
+from embodied.specs import HAZARD_FEATURES, N_HAZARDS, SHAPES, state_slices
 
 from .instructions import COLOURS, TRAIN_COLOURS, InstructionError
 from embodied.registry import Registry
 
+_SL: Final = state_slices()
 COST_TERMS: Final = specs.COST_TERMS
 """Every cost term an env reports in ``info`` (0.0 while its constraint is off)."""
 
@@ -51,6 +54,17 @@ class Constraint:
     def describe(self) -> str:
         """One English line naming the constraint."""
         raise NotImplementedError
+
+    def state_violation(self, current: np.ndarray, states: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
+        """Whether each of ``states`` (..., S) violates this constraint, read from the state vector alone.
+
+        ``current`` (S,) is the episode's present state: the static parts (keep-out zones) come
+        from it, the moving parts (fingertip position and velocity) from ``states``, e.g. states
+        a dynamics model imagined. ``margin`` (m, or m/s for speeds) widens the forbidden set to
+        absorb prediction error. Returns a bool array (...), or None where the state does not
+        tell (contact forces): then only a learned cost can.
+        """
+        return None
 
 
 CONSTRAINTS: Registry[type[Constraint]] = Registry("constraint")
@@ -72,6 +86,17 @@ class KeepOut(Constraint):
 
     def describe(self) -> str:
         return f"stay out of the {self.colour} zone" if self.colour else "stay out of the keep-out zones"
+
+    def state_violation(self, current: np.ndarray, states: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        zones = np.asarray(current, dtype=np.float64)[_SL["hazards"]].reshape(N_HAZARDS, HAZARD_FEATURES)
+        keep = zones[:, 6] > 0.5  # present
+        if self.colour:
+            keep &= np.all(np.abs(zones[:, 3:6] - COLOURS[self.colour]) < 1e-3, axis=1)
+        ee = np.asarray(states, dtype=np.float64)[..., _SL["ee_pos"]]  # (..., 2)
+        if not keep.any():
+            return np.zeros(ee.shape[:-1], dtype=bool)
+        dist = np.linalg.norm(ee[..., None, :] - zones[keep, :2], axis=-1)  # (..., K)
+        return np.any(dist < zones[keep, 2] + margin, axis=-1)
 
 
 @register_constraint("fragile")
@@ -112,6 +137,10 @@ class SpeedLimit(Constraint):
     def describe(self) -> str:
         return f"move at most {self.limit:g} m/s"
 
+    def state_violation(self, current: np.ndarray, states: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        vel = np.asarray(states, dtype=np.float64)[..., _SL["ee_vel"]]
+        return np.linalg.norm(vel, axis=-1) > self.limit - margin
+
 
 @register_constraint("workspace")
 @dataclass(frozen=True)
@@ -127,6 +156,10 @@ class Workspace(Constraint):
 
     def describe(self) -> str:
         return f"stay within {self.half_extent * 100:g} cm of the table centre in x and y"
+
+    def state_violation(self, current: np.ndarray, states: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        ee = np.asarray(states, dtype=np.float64)[..., _SL["ee_pos"]]
+        return np.max(np.abs(ee), axis=-1) > self.half_extent - margin
 
 
 SLOW_SPEED: Final = 0.2
@@ -146,6 +179,31 @@ def constraint_from(value: Constraint | Mapping[str, Any]) -> Constraint:
     except TypeError:
         allowed = ", ".join(f for f in cls.__dataclass_fields__)  # type: ignore[attr-defined]
         raise ConfigError(f"{value['kind']} constraint takes {allowed or 'no fields'}, got {', '.join(fields)}") from None
+
+
+def state_checked(constraint: Constraint) -> bool:
+    """Whether the state vector tells when ``constraint`` is violated (:meth:`Constraint.state_violation`)."""
+    return type(constraint).state_violation is not Constraint.state_violation
+
+
+def state_cost(constraints: Sequence[Constraint], margin: float = 0.0) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """``(current (S,), states (N, H, S)) -> (N, H)`` float 0/1: any of ``constraints`` violated in each state.
+
+    Built from the constraints the state vector can check (:meth:`Constraint.state_violation`:
+    keep-out zones, speed limit, workspace); None when there are none. The learned safety filter
+    applies it to the states its model imagines, beside its cost head.
+    """
+    checkable = [c for c in constraints if state_checked(c)]
+    if not checkable:
+        return None
+
+    def cost(current: np.ndarray, states: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.shape(states)[:-1], dtype=bool)
+        for c in checkable:
+            out |= c.state_violation(current, states, margin)  # type: ignore[arg-type]
+        return out.astype(np.float64)
+
+    return cost
 
 
 def from_keywords(hazards: int, fragile: bool, fragile_force: float, speed_limit: float | None,

@@ -15,8 +15,8 @@ sequences (N, H, A) to their predicted cost (N,). Each step the filter
    freezes an episode that starts inside a keep-out zone there (about 1 in 10 do on the
    Hazard envs: every way out costs as much over H steps); ``least_cost`` leaves it.
 
-Two predictors plug in: :class:`ModelCostPredictor` (the model's imagination: its cost head
-over imagined steps) here, and the MuJoCo lookahead ``embodied.envs.lookahead.SimLookahead``
+Two predictors plug in: :class:`ModelCostPredictor` (the model's imagination: the constraint
+specs checked on the states it imagines, and its cost head for what no state shows) here, and the MuJoCo lookahead ``embodied.envs.lookahead.SimLookahead``
 (an oracle to measure the learned one against), wired in by the application layer because
 policies never import envs. :class:`NoFilter` passes every action through.
 """
@@ -72,6 +72,14 @@ class FilterConfig:
     """Directions of the ring of candidates (evenly spaced, the proposal's direction first)."""
     speeds: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     """Magnitudes of the ring candidates, and the factors the proposal is scaled by."""
+    state_checks: tuple[str, ...] = ("keep_out", "workspace")
+    """Constraint kinds (names in ``embodied.envs.constraints.CONSTRAINTS``) the learned filter checks itself on the
+    states its model imagines (see :class:`ModelCostPredictor`); the cost head judges the others. () : the cost head
+    alone. The speed limit is left to the head by default: the imagined fingertip velocity drifts under the filter's
+    own slowed candidates (BENCHMARKS.md, issue 7), while imagined positions stay close."""
+    constraint_margin: float = 0.01
+    """Metres (m/s for a speed) by which the state checks widen each forbidden set, against prediction error (1 cm: 0.13
+    keep-out violations per episode, mean of the five hazard benchmark rows, against 2.36 with 0; BENCHMARKS.md issue 7)."""
     fallback: str = "least_cost"
     """What to do when no candidate is safe: a name in :data:`FALLBACKS`."""
     chunk: int = 0
@@ -81,8 +89,8 @@ class FilterConfig:
     def __post_init__(self) -> None:
         from embodied.errors import ConfigError
 
-        if self.horizon < 1 or self.directions < 1 or not self.speeds or self.chunk < 0:
-            raise ConfigError(f"a filter needs horizon >= 1, directions >= 1 and speeds, got {self}")
+        if self.horizon < 1 or self.directions < 1 or not self.speeds or self.chunk < 0 or not self.constraint_margin >= 0:
+            raise ConfigError(f"a filter needs horizon >= 1, directions >= 1, speeds and a margin >= 0, got {self}")
         if self.plan not in ("hold", "brake"):
             raise ConfigError(f"filter plan={self.plan!r}: use 'hold' or 'brake'")
         if self.fallback not in FALLBACKS:
@@ -205,6 +213,11 @@ class CandidateFilter:
 
 
 # ---------------------------------------------------------------------------- the model's predictor
+StateCost = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(current state (S,), imagined states (N, H, S)) -> (N, H) in [0, 1]: a cost read off states (e.g. the constraint
+specs' own check, ``embodied.envs.constraints.state_cost``)."""
+
+
 class ModelCostPredictor:
     """The learned cost predictor: the model imagines each candidate H steps ahead; cost = P(any violation).
 
@@ -212,12 +225,29 @@ class ModelCostPredictor:
     filter let through) with :meth:`~embodied.model.TrajectoryModel.step`, and imagines all N
     candidates at once from that cache with :meth:`~embodied.model.TrajectoryModel.imagine`
     (the cache is shared, expanded without a copy): P(any violation) = 1 - prod_h (1 - cost_h).
+
+    Which cost each imagined step has:
+
+    - the cost head alone (``state_cost`` None): the larger of the total's probability and, for a
+      model with per-term outputs (``ModelConfig.cost_terms``), the terms' P(any);
+    - with ``state_cost``: the larger of ``state_cost`` of the imagined state (the model predicts
+      where the fingertip goes, the constraint specs say whether that is allowed) and the cost
+      head's word on ``head_terms``, the terms no state shows (a fragile object's contact force):
+      their P(any) where the model has per-term outputs, else the total's probability. This also
+      covers constraints the cost head never saw (a keep-out zone named in plain language for one
+      episode), and a head that learned "fast costs" from the data no longer vetoes slow moves.
     """
 
-    def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None) -> None:
+    def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None,
+                 state_cost: StateCost | None = None, head_terms: Sequence[str] = ()) -> None:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.encode = encode
+        self.state_cost = state_cost
+        unknown = sorted(set(head_terms) - set(specs.COST_TERMS))
+        if unknown:
+            raise ValueError(f"unknown cost terms {unknown}; the terms are {', '.join(specs.COST_TERMS)}")
+        self.head_terms = [specs.COST_TERMS.index(t) for t in head_terms]
         self.reset()
 
     def reset(self) -> None:
@@ -246,7 +276,16 @@ class ModelCostPredictor:
             raise RuntimeError("observe() the current observation before predict()")
         seqs = torch.as_tensor(np.asarray(candidates, dtype=np.float32), device=self.device)  # (N, H, A)
         out = self.model.imagine(self._cache, self._state, torch.tensor([self._t], device=self.device), seqs, observed=True)
-        return (1.0 - torch.prod(1.0 - out["cost"].float(), dim=1)).cpu().numpy().astype(np.float64)
+        total = out["cost"].double().cpu().numpy()  # (N, H): P(the step costs something)
+        terms = out["cost_terms"].double().cpu().numpy() if "cost_terms" in out else None  # (N, H, K)
+        if self.state_cost is None:
+            cost = total if terms is None else np.maximum(total, 1.0 - np.prod(1.0 - terms, axis=-1))
+        else:
+            cost = self.state_cost(self._state[0].double().cpu().numpy(), out["state"].double().cpu().numpy())
+            if self.head_terms:
+                head = total if terms is None else 1.0 - np.prod(1.0 - terms[..., self.head_terms], axis=-1)
+                cost = np.maximum(cost, head)
+        return 1.0 - np.prod(1.0 - cost, axis=1)
 
     def commit(self, action: np.ndarray) -> None:
         self._last = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(1, -1), device=self.device)

@@ -14,9 +14,11 @@ from embodied import envs
 from embodied.cli import main, understand_constraints
 from embodied.envs.constraints import (
     CONSTRAINTS, COST_TERMS, ConstraintError, Fragile, KeepOut, SpeedLimit, Workspace, constraint_from, parse_constraint,
-    supported_constraints,
+    state_cost, supported_constraints,
 )
+from embodied.envs.instructions import COLOURS
 from embodied.errors import ConfigError
+from embodied.specs import state_slices
 
 
 def test_specs_round_trip_as_dicts_and_bad_specs_are_refused():
@@ -131,3 +133,53 @@ def test_refusal_names_the_closest_supported_phrasings(capsys):
     assert main(["run", "touch the red cube", "--ckpt", "nowhere", "--constraint", "fly to the moon"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Closest supported" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env_id, kwargs", [
+    ("embodied/PointPushZoneHazardRows-v0", {}),
+    ("embodied/Arm2ReachHazard-v0", {}),
+    ("embodied/PointPushZone-v0", {"hazards": 2, "constraints": [KeepOut("blue"), SpeedLimit(0.2), Workspace(0.25)]}),
+])
+def test_the_state_check_of_the_specs_agrees_with_the_env_costs(env_id, kwargs):
+    """What the learned filter reads off imagined states: keep-out, speed and workspace from the state vector alone."""
+    env = envs.make(env_id, **kwargs)
+    u = env.unwrapped
+    check = state_cost(u.constraints)
+    rng = np.random.default_rng(0)
+    seen = {True: 0, False: 0}
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        expert = envs.ScriptedExpert(env)
+        for _ in range(60):
+            a = np.clip(expert.predict(obs, deterministic=True)[0] + rng.normal(0, 0.5, u.action_space.shape), -1, 1)
+            obs, _, terminated, truncated, info = env.step(a.astype(np.float32))
+            truth = any(info[k] > 0 for k in ("cost_hazard", "cost_speed", "cost_workspace"))
+            got = check(obs["state"], obs["state"][None, None])
+            assert got.shape == (1, 1) and bool(got[0, 0]) == truth
+            seen[truth] += 1
+            if terminated or truncated:
+                break
+    assert seen[True] > 5 and seen[False] > 5
+    env.close()
+
+
+def test_the_state_check_reads_only_the_named_zone_and_widens_with_its_margin():
+    env = envs.make("embodied/PointPushZone-v0", constraints=[KeepOut("blue")])
+    env.reset(seed=3)
+    u = env.unwrapped
+    blue = u._hazard_pos[0]
+    _teleport(env, blue)
+    obs, _, _, _, info = env.step(np.zeros(2, np.float32))
+    state = obs["state"]
+    assert info["cost_hazard"] == 1.0 and KeepOut("blue").state_violation(state, state) and KeepOut().state_violation(state, state)
+    red = state.copy()
+    hazards = red[state_slices()["hazards"]].reshape(-1, 7)  # a view: (x, y, radius, r, g, b, present) per zone
+    hazards[0, 3:6] = COLOURS["red"]
+    red[state_slices()["hazards"]] = hazards.reshape(-1)
+    assert not KeepOut("blue").state_violation(red, state) and KeepOut("red").state_violation(red, state)
+    near = state.copy()
+    near[:2] = blue + np.array([0.07 + 0.02, 0.0])  # 2 cm outside the blue zone's edge (radius 7 cm)
+    assert not KeepOut("blue").state_violation(state, near) and KeepOut("blue").state_violation(state, near, margin=0.03)
+    assert not SpeedLimit(0.3).state_violation(near, near) and Workspace(0.32).state_violation(near, near, margin=0.4)
+    assert state_cost([Fragile()]) is None  # contact forces are not in the state: the cost head alone covers them
+    env.close()

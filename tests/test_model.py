@@ -489,3 +489,43 @@ def test_entity_queries_are_computed_once_per_goal_in_closed_loop_and_forgotten_
     torch.testing.assert_close(fresh, other.eval().entity_queries(goal.clone()).detach())
     with torch.enable_grad():
         assert m.entity_queries(goal) is not m.entity_queries(goal)  # with gradients: never remembered
+
+
+def test_each_cost_term_is_learned_and_imagined():
+    """Where the store has per-term costs, the term head learns them (a term the total rarely shows included), and
+    imagination returns each term's probability beside the total's; without them, or in a config from before, the
+    total alone."""
+    from embodied import specs
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    m = TrajectoryModel(cfg)
+    b, goal = _batch(4, 6, cfg), torch.randn(4, cfg.goal_dim)
+    g = torch.Generator().manual_seed(1)
+    b[specs.COST_BY_TERM] = (torch.rand(4, 6, len(specs.COST_TERMS), generator=g) > 0.7).float()
+    b[f"{specs.COST_BY_TERM}_mask"] = torch.ones(4, 6, dtype=torch.bool)
+    _, terms = m.loss(b, goal)
+    assert "cost_terms" in terms
+    first = terms["cost_terms"].item()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        m.loss(b, goal)[1]["cost_terms"].backward()
+        opt.step()
+    assert m.loss(b, goal)[1]["cost_terms"].item() < 0.5 * first  # it fits the labels it is given
+    b[f"{specs.COST_BY_TERM}_mask"][:] = False  # a store without them: masked, no signal
+    assert m.loss(b, goal)[1]["cost_terms"].item() == 0.0
+    assert "cost_terms" not in m.loss({k: v for k, v in b.items() if not k.startswith(specs.COST_BY_TERM)}, goal)[1]
+    m.eval()
+    with torch.no_grad():
+        cache = m.step(m.start(goal[:1]), b["state"][:1, 0], b["timestep"][:1, 0])[1]
+        out = m.imagine(cache, b["state"][:1, 0], b["timestep"][:1, 0], torch.rand(5, 3, cfg.action_dim) * 2 - 1, observed=True)
+        o = m.act(cache, torch.zeros(1, cfg.action_dim), b["timestep"][:1, 0])[0]
+        first_step = m.imagine(cache, b["state"][:1, 0], b["timestep"][:1, 0], torch.zeros(1, 1, cfg.action_dim), observed=True)
+    assert out["cost_terms"].shape == (5, 3, len(specs.COST_TERMS)) and out["cost"].shape == (5, 3)
+    assert torch.allclose(first_step["cost_terms"][0, 0], torch.sigmoid(o["term_logits"][0]), atol=1e-5)
+    assert torch.allclose(first_step["cost"][0, 0], torch.sigmoid(o["cost_logit"][0]), atol=1e-5)  # the total's own head
+    old = ModelConfig.from_json({k: v for k, v in cfg.to_json().items() if k != "cost_terms"})
+    assert old.cost_terms == 0 and TrajectoryModel(old).term_head is None
+    with pytest.raises(ConfigError, match="cost_terms"):
+        preset("tiny", cost_terms=3)

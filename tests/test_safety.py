@@ -164,9 +164,11 @@ def test_model_predictor_is_a_probability_consistent_across_batching():
     env = make("embodied/PointReachHazard-v0")
     obs, _ = env.reset(seed=0)
     seqs = sequences(candidate_actions(np.array([0.5, 0.2]))[:6], 3)
-    with torch.inference_mode():  # one step from the first observation: the cost head's probability at the action token
+    with torch.inference_mode():  # one step from the first observation: the cost heads' probability at the action token
         cache = model.step(model.start(torch.as_tensor(_encode([obs["instruction"]]))), torch.as_tensor(obs["state"][None]), torch.tensor([0]))[1]
-        first = torch.sigmoid(model.act(cache, torch.as_tensor(seqs[:1, 0]), torch.tensor([0]))[0]["cost_logit"]).item()
+        o = model.act(cache, torch.as_tensor(seqs[:1, 0]), torch.tensor([0]))[0]
+        any_term = 1 - torch.prod(1 - torch.sigmoid(o["term_logits"]), dim=-1)  # the named terms: P(any of them)
+        first = torch.maximum(torch.sigmoid(o["cost_logit"]), any_term).item()
     for t in range(3):
         pred.observe(obs)
         together = pred.predict(seqs)
@@ -241,3 +243,48 @@ def test_cli_eval_with_a_shield_and_a_constraint_and_the_report(tiny_run, tmp_pa
     assert main(["eval", "--ckpt", run, "--env", "embodied/PointReach-v0", "--constraint", "sing a song"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Closest supported" in err[0]
+
+
+def test_learned_predictor_checks_the_specs_on_its_imagined_states_and_asks_the_head_the_rest():
+    """With a state check, each imagined step costs the larger of the check and the cost head's word on the terms the
+    state cannot show; the shield wires the env's specs in (keep-out and workspace checked, the rest to the head)."""
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny"))
+    env = make("embodied/PointReachHazard-v0")  # keep-out, fragile, speed limit, workspace
+    obs, _ = env.reset(seed=0)
+    seqs = sequences(candidate_actions(np.array([0.5, 0.2]))[:5], 3)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def second_step_only(current, states):
+        seen.append((current, states))
+        out = np.zeros(states.shape[:2])
+        out[1:, 1] = 1.0  # every candidate but the first violates at its second imagined step
+        return out
+
+    plain = ModelCostPredictor(model, _encode)
+    checked = ModelCostPredictor(model, _encode, state_cost=second_step_only)
+    fragile = ModelCostPredictor(model, _encode, state_cost=second_step_only, head_terms=["cost_fragile"])
+    for p in (plain, checked, fragile):
+        p.observe(obs)
+    head, alone, both = plain.predict(seqs), checked.predict(seqs), fragile.predict(seqs)
+    assert alone[0] == 0.0 and np.all(alone[1:] == 1.0)  # no head terms: the check alone
+    with torch.inference_mode():
+        imagined = model.imagine(fragile._cache, fragile._state, torch.tensor([0]), torch.as_tensor(seqs, dtype=torch.float32), observed=True)
+    p_fragile = imagined["cost_terms"][0, :, specs.COST_TERMS.index("cost_fragile")].double().numpy()
+    assert both[0] == pytest.approx(1 - np.prod(1 - p_fragile)) and np.all(both[1:] == 1.0)
+    assert 0 < head[0] < 1 and head[0] != pytest.approx(both[0])  # the head alone reads every term
+    current, states = seen[0]
+    np.testing.assert_allclose(current, obs["state"], atol=1e-6)
+    assert states.shape == (5, 3, specs.STATE_DIM)
+    with pytest.raises(ValueError, match="unknown cost terms"):
+        ModelCostPredictor(model, _encode, head_terms=["cost_lava"])
+
+    learned = shield_factory("learned", ShieldSpec(model=model, encode=_encode))(env).predictor
+    assert learned.state_cost is not None and learned.head_terms == [specs.COST_TERMS.index(t) for t in ("cost_fragile", "cost_speed")]
+    head_only = shield_factory("learned", ShieldSpec(model=model, encode=_encode, config=FilterConfig(state_checks=())))(env).predictor
+    assert head_only.state_cost is None
+    with pytest.raises(ConfigError, match="unknown constraint kinds"):
+        shield_factory("learned", ShieldSpec(model=model, encode=_encode, config=FilterConfig(state_checks=("lava",))))(env)
+    with pytest.raises(ConfigError, match="margin"):
+        FilterConfig(constraint_margin=-0.1)
+    env.close()
