@@ -783,6 +783,9 @@ class RLConfig:
     """Seed of the policy, the envs and the training."""
     terminate_on_success: bool = False
     """End training episodes when the task is truly solved (off: the learned reward gets no true signal through episode ends)."""
+    task_first: bool = True
+    """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
+    and the policy sees no instruction); --no-task-first: the scene's order."""
     device: str | None = None
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
     cost_limit: float | None = None

@@ -4,7 +4,9 @@ One instruction fixes the task of a run (:class:`embodied.envs.FixedTask`: every
 scene contains what it names). The reward is either the env's own (``true``) or the
 foundation model's score of each step for that instruction (``learned``:
 :class:`embodied.policies.LearnedReward`); stable-baselines3 trains on it. The policy sees
-the state vector only, normalised by running statistics. Evaluation always uses the true
+the state vector only, normalised by running statistics, with the instruction's object and zone
+moved to the first slots (``task_first``, :func:`embodied.envs.task_first`: the scene's slot order
+is random, and the policy gets no other word of which object the fixed instruction means). Evaluation always uses the true
 success, on the fixed evaluation seeds (never a training seed), with a 95% Wilson interval
 (:mod:`embodied.evaluate`); when a reward model is at hand, the evaluation episodes are also
 scored by it and episodes it believes solved but that are not are listed (reward hacking).
@@ -12,7 +14,7 @@ scored by it and episodes it believes solved but that are not are listed (reward
 Each env of a run is built as::
 
     make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source
-        -> algorithm's env wrappers -> StateOnly -> Monitor
+        -> algorithm's env wrappers -> TaskFirst (with task_first) -> StateOnly -> Monitor
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
@@ -56,6 +58,7 @@ class RLSpec:
     episodes: int = 50
     seed: int = 0
     terminate_on_success: bool = False
+    task_first: bool = True
     device: str | None = None
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
@@ -240,21 +243,28 @@ def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: boo
     """One training env of the run (see the module doc for the order of wrappers)."""
     from stable_baselines3.common.monitor import Monitor
 
-    from embodied.envs import FixedTask, StateOnly, make
+    from embodied.envs import FixedTask, StateOnly, TaskFirst, make
 
-    env = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success), spec.instruction)
+    env = fixed = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success), spec.instruction)
     env = REWARDS[spec.reward](env, spec, reward_model)
     for wrap in algorithm.env_wrappers(spec):
         env = wrap(env)
+    if spec.task_first:
+        env = TaskFirst(env, fixed.task)
     env = StateOnly(env)
     return Monitor(env) if monitor else env
 
 
 class StatePolicy:
-    """A trained SB3 model as a ``predict``-protocol policy on the suite's dict observations (state only)."""
+    """A trained SB3 model as a ``predict``-protocol policy on the suite's dict observations (state only).
 
-    def __init__(self, model: "BaseAlgorithm", normalize: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.model, self.normalize = model, normalize
+    ``view`` maps the state vectors (N, S) to what the model was trained on (e.g. :func:`embodied.envs.task_first`
+    for the run's task) before ``normalize``.
+    """
+
+    def __init__(self, model: "BaseAlgorithm", normalize: Callable[[np.ndarray], np.ndarray],
+                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.model, self.normalize, self.view = model, normalize, view
 
     def reset(self) -> None:
         """The policy keeps no state between steps."""
@@ -262,7 +272,8 @@ class StatePolicy:
     def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True) -> tuple[np.ndarray, None]:
         s = np.asarray(observation["state"], dtype=np.float32)
         batched = s.ndim == 2
-        a, _ = self.model.predict(self.normalize(s if batched else s[None]), deterministic=True)
+        s = s if batched else s[None]
+        a, _ = self.model.predict(self.normalize(self.view(s) if self.view else s), deterministic=True)
         return (a if batched else a[0]), None
 
 
@@ -330,7 +341,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
         progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
     venv.training = False
     result = {"spec": asdict(spec), "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
-              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs), reward_model)}
+              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
         result["lagrange"] = {"cost_limit": m.limit, "lr": m.lr, "final_multiplier": m.value, "updates": m.history}
@@ -345,6 +356,17 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     tmp.replace(folder / "rl.json")
     result["out"] = str(folder)
     return result
+
+
+def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the run's policy sees of a state vector: with ``task_first``, the named object and zone in the first slots."""
+    if not spec.task_first:
+        return None
+    from embodied.envs import task_first
+    from embodied.envs.instructions import parse_instruction
+
+    task = parse_instruction(spec.instruction)
+    return lambda states: task_first(states, task)
 
 
 def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:

@@ -7,7 +7,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from embodied.specs import INSTRUCTION, INSTRUCTION_BYTES, STATE, encode_instruction
+from embodied.specs import (
+    INSTRUCTION, INSTRUCTION_BYTES, N_OBJECTS, N_ZONES, OBJECT_FEATURES, SHAPES, STATE, ZONE_FEATURES, encode_instruction,
+    state_slices,
+)
+
+from .instructions import COLOURS, Task
+
+_SL = state_slices()
 
 
 class InstructionAsBytes(gym.ObservationWrapper):
@@ -67,3 +74,36 @@ class StateOnly(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     def observation(self, observation: dict[str, Any]) -> np.ndarray:
         return observation[STATE]
+
+
+def task_first(state: np.ndarray, task: Task) -> np.ndarray:
+    """``state`` (S,) or (N, S) with its object slots reordered so the one ``task`` names comes first, and its zone slots
+    so the named zone comes first (the others keep their order; nothing moves where nothing matches).
+
+    The order of the slots is the scene's, so a policy that sees the state vector alone cannot tell which object an
+    instruction means; with the instruction fixed for a run, this puts it where the policy looks. It reads the
+    colours and shapes in the state and the instruction's words, nothing the env keeps to itself.
+    """
+    s = np.array(state, dtype=np.float32, copy=True)
+    flat = s.reshape(-1, s.shape[-1])
+    for row in flat:
+        objects = row[_SL["objects"]].reshape(N_OBJECTS, OBJECT_FEATURES)
+        named = np.all(np.abs(objects[:, 6:9] - COLOURS[task.colour]) < 1e-3, axis=1) & (objects[:, 9 + SHAPES.index(task.shape)] > 0.5)
+        row[_SL["objects"]] = objects[np.argsort(~named, kind="stable")].reshape(-1)
+        if task.zone:
+            zones = row[_SL["zones"]].reshape(N_ZONES, ZONE_FEATURES)
+            named = np.all(np.abs(zones[:, 3:6] - COLOURS[task.zone]) < 1e-3, axis=1)
+            row[_SL["zones"]] = zones[np.argsort(~named, kind="stable")].reshape(-1)
+    return s
+
+
+class TaskFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """The observation's ``state`` with the object and zone that ``task`` names in the first slots (:func:`task_first`)."""
+
+    def __init__(self, env: gym.Env, task: Task) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, task=task)
+        super().__init__(env)
+        self.task = task
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        return {**observation, STATE: task_first(observation[STATE], self.task)}

@@ -206,3 +206,28 @@ def test_any_actions_keep_the_env_well_formed(env_id, seed, actions):
         assert all(v in (0.0, 1.0) for k, v in info.items() if k.startswith("cost_"))
         if term or trunc:
             break
+
+
+def test_task_first_puts_the_named_object_and_zone_in_the_first_slots():
+    env = envs.FixedTask(envs.make("embodied/PointPushZone-v0"), "push the red cube into the green zone")
+    wrapped = envs.TaskFirst(env, env.task)
+    sl = state_slices()
+    rows, moved = [], 0
+    for seed in range(6):
+        state = env.reset(seed=seed)[0]["state"]
+        assert np.array_equal(wrapped.reset(seed=seed)[0]["state"], envs.task_first(state, env.task))
+        goal = env.unwrapped.goal
+        out = envs.task_first(state, env.task)
+        objects, objects2 = state[sl["objects"]].reshape(3, -1), out[sl["objects"]].reshape(3, -1)
+        zones, zones2 = state[sl["zones"]].reshape(3, -1), out[sl["zones"]].reshape(3, -1)
+        rest = [i for i in range(3) if i != goal.target]
+        assert np.array_equal(objects2, objects[[goal.target] + rest])  # the red cube first, the others in the scene's order
+        assert np.array_equal(zones2, zones[[goal.zone] + [i for i in range(3) if i != goal.zone]])
+        keep = np.ones(STATE_DIM, bool)
+        keep[sl["objects"]] = keep[sl["zones"]] = False
+        assert np.array_equal(out[keep], state[keep])
+        moved += goal.target != 0 or goal.zone != 0
+        rows.append(state)
+    assert moved  # the scene's order varies, so some seeds move something
+    assert np.array_equal(envs.task_first(np.stack(rows), env.task), np.stack([envs.task_first(r, env.task) for r in rows]))
+    env.close()

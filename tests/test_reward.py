@@ -210,3 +210,28 @@ def test_rl_smoke_sac_on_the_true_reward(tmp_path):
                         n_envs=1, episodes=2, device="cpu"), tmp_path / "sac")
     assert r["eval"]["episodes"] == 2 and "reward_check" not in r
     assert (tmp_path / "sac" / "rl.json").exists()
+
+
+def test_rl_policy_sees_the_named_object_first_in_training_and_evaluation():
+    from embodied.envs import task_first
+    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, make_env, state_view
+
+    spec = RLSpec(env_id="embodied/PointPushZone-v0", instruction="push the red cube into the green zone", reward="true")
+    task = FixedTask(make(spec.env_id), spec.instruction).task
+    on, off = (make_env(s, None, ALGORITHMS["ppo"](), monitor=False) for s in (spec, RLSpec(**{**spec.__dict__, "task_first": False})))
+    raw = FixedTask(make(spec.env_id), spec.instruction)
+    for seed in range(3):
+        state = raw.reset(seed=seed)[0]["state"]
+        assert np.array_equal(off.reset(seed=seed)[0], state)
+        assert np.array_equal(on.reset(seed=seed)[0], task_first(state, task))
+    seen = []
+
+    class Recorder:
+        def predict(self, obs, deterministic=True):
+            seen.append(obs)
+            return np.zeros((len(obs), 2), np.float32), None
+
+    StatePolicy(Recorder(), lambda s: s, state_view(spec)).predict({"state": state}, deterministic=True)  # type: ignore[arg-type]
+    assert np.array_equal(seen[0][0], task_first(state, task)) and state_view(RLSpec(**{**spec.__dict__, "task_first": False})) is None
+    for e in (on, off, raw):
+        e.close()
