@@ -56,11 +56,13 @@ def _learned_shield(env: Any, spec: ShieldSpec) -> Any:
     unknown = sorted(set(cfg.state_checks) - set(CONSTRAINTS))
     if unknown:
         raise ConfigError(f"the filter's state_checks name unknown constraint kinds {unknown}; kinds: {', '.join(CONSTRAINTS)}")
+    if not cfg.state_checks:  # the cost head alone, all of it
+        return CandidateFilter(ModelCostPredictor(spec.model, spec.encode, spec.device), cfg)
     constraints = getattr(env.unwrapped, "constraints", ())
     checked = [c for c in constraints if c.name in cfg.state_checks and state_checked(c)]
-    check = state_cost(checked, cfg.constraint_margin)
-    head_terms = sorted({c.term for c in constraints if c not in checked})  # what the cost head judges
-    return CandidateFilter(ModelCostPredictor(spec.model, spec.encode, spec.device, state_cost=check, head_terms=head_terms), cfg)
+    head_terms = sorted({c.term for c in constraints if c not in checked})  # what the cost head judges: the env's other constraints
+    predictor = ModelCostPredictor(spec.model, spec.encode, spec.device, state_cost=state_cost(checked, cfg.constraint_margin), head_terms=head_terms)
+    return CandidateFilter(predictor, cfg)
 
 
 @register_shield("sim")

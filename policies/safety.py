@@ -226,28 +226,27 @@ class ModelCostPredictor:
     candidates at once from that cache with :meth:`~embodied.model.TrajectoryModel.imagine`
     (the cache is shared, expanded without a copy): P(any violation) = 1 - prod_h (1 - cost_h).
 
-    Which cost each imagined step has:
+    Each imagined step's cost is the larger of
 
-    - the cost head alone (``state_cost`` None): the larger of the total's probability and, for a
-      model with per-term outputs (``ModelConfig.cost_terms``), the terms' P(any);
-    - with ``state_cost``: the larger of ``state_cost`` of the imagined state (the model predicts
-      where the fingertip goes, the constraint specs say whether that is allowed) and the cost
-      head's word on ``head_terms``, the terms no state shows (a fragile object's contact force):
-      their P(any) where the model has per-term outputs, else the total's probability. This also
-      covers constraints the cost head never saw (a keep-out zone named in plain language for one
-      episode), and a head that learned "fast costs" from the data no longer vetoes slow moves.
+    - ``state_cost`` of the imagined state, where given: the model predicts where the fingertip
+      goes, the constraint specs say whether that is allowed. This covers constraints the cost
+      head never saw (a keep-out zone named in plain language for one episode);
+    - the cost head's word on ``head_terms`` (names in :data:`embodied.specs.COST_TERMS`): their
+      P(any) where the model has per-term outputs (``ModelConfig.cost_terms``), else the total's
+      probability; none when ``head_terms`` is empty. ``head_terms=None`` (the default) reads the
+      whole head: the larger of the total's probability and every term's P(any).
     """
 
     def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None,
-                 state_cost: StateCost | None = None, head_terms: Sequence[str] = ()) -> None:
+                 state_cost: StateCost | None = None, head_terms: Sequence[str] | None = None) -> None:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.encode = encode
         self.state_cost = state_cost
-        unknown = sorted(set(head_terms) - set(specs.COST_TERMS))
+        unknown = sorted(set(head_terms or ()) - set(specs.COST_TERMS))
         if unknown:
             raise ValueError(f"unknown cost terms {unknown}; the terms are {', '.join(specs.COST_TERMS)}")
-        self.head_terms = [specs.COST_TERMS.index(t) for t in head_terms]
+        self.head_terms = None if head_terms is None else [specs.COST_TERMS.index(t) for t in head_terms]
         self.reset()
 
     def reset(self) -> None:
@@ -278,13 +277,14 @@ class ModelCostPredictor:
         out = self.model.imagine(self._cache, self._state, torch.tensor([self._t], device=self.device), seqs, observed=True)
         total = out["cost"].double().cpu().numpy()  # (N, H): P(the step costs something)
         terms = out["cost_terms"].double().cpu().numpy() if "cost_terms" in out else None  # (N, H, K)
-        if self.state_cost is None:
+        if self.head_terms is None:  # the whole head
             cost = total if terms is None else np.maximum(total, 1.0 - np.prod(1.0 - terms, axis=-1))
+        elif self.head_terms:
+            cost = total if terms is None else 1.0 - np.prod(1.0 - terms[..., self.head_terms], axis=-1)
         else:
-            cost = self.state_cost(self._state[0].double().cpu().numpy(), out["state"].double().cpu().numpy())
-            if self.head_terms:
-                head = total if terms is None else 1.0 - np.prod(1.0 - terms[..., self.head_terms], axis=-1)
-                cost = np.maximum(cost, head)
+            cost = np.zeros_like(total)
+        if self.state_cost is not None:
+            cost = np.maximum(cost, self.state_cost(self._state[0].double().cpu().numpy(), out["state"].double().cpu().numpy()))
         return 1.0 - np.prod(1.0 - cost, axis=1)
 
     def commit(self, action: np.ndarray) -> None:

@@ -262,7 +262,7 @@ def test_learned_predictor_checks_the_specs_on_its_imagined_states_and_asks_the_
         return out
 
     plain = ModelCostPredictor(model, _encode)
-    checked = ModelCostPredictor(model, _encode, state_cost=second_step_only)
+    checked = ModelCostPredictor(model, _encode, state_cost=second_step_only, head_terms=[])
     fragile = ModelCostPredictor(model, _encode, state_cost=second_step_only, head_terms=["cost_fragile"])
     for p in (plain, checked, fragile):
         p.observe(obs)
@@ -282,7 +282,12 @@ def test_learned_predictor_checks_the_specs_on_its_imagined_states_and_asks_the_
     learned = shield_factory("learned", ShieldSpec(model=model, encode=_encode))(env).predictor
     assert learned.state_cost is not None and learned.head_terms == [specs.COST_TERMS.index(t) for t in ("cost_fragile", "cost_speed")]
     head_only = shield_factory("learned", ShieldSpec(model=model, encode=_encode, config=FilterConfig(state_checks=())))(env).predictor
-    assert head_only.state_cost is None
+    assert head_only.state_cost is None and head_only.head_terms is None
+    free = make("embodied/PointReach-v0")  # no constraints: nothing to veto
+    unconstrained = shield_factory("learned", ShieldSpec(model=model, encode=_encode))(free).predictor
+    unconstrained.observe(free.reset(seed=0)[0])
+    assert unconstrained.head_terms == [] and np.all(unconstrained.predict(seqs) == 0.0)
+    free.close()
     with pytest.raises(ConfigError, match="unknown constraint kinds"):
         shield_factory("learned", ShieldSpec(model=model, encode=_encode, config=FilterConfig(state_checks=("lava",))))(env)
     with pytest.raises(ConfigError, match="margin"):
