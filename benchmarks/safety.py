@@ -29,8 +29,8 @@ TRAIN_ENVS = ("embodied/PointReachHazard-v0", "embodied/PointPushZoneHazard-v0",
 HELDOUT_ENVS = ("embodied/PointPushZoneHazardRows-v0", "embodied/Arm3ReachHazard-v0")
 
 
-def measure(env_id: str, policy_name: str, shield: str, episodes: int, policy: Any, spec: Any) -> dict[str, Any]:
-    """One row: ``policy_name`` with ``shield`` on ``env_id`` over the first ``episodes`` evaluation seeds."""
+def measure(env_id: str, policy_name: str, shield: str, episodes: int, policy: Any, spec: Any, seed_offset: int = 0) -> dict[str, Any]:
+    """One row: ``policy_name`` with ``shield`` on ``env_id`` over ``episodes`` evaluation seeds from ``seed_offset``."""
     from embodied import specs
     from embodied.envs import ScriptedExpert, make
     from embodied.evaluate import evaluate_policy_on, rollout, summarize
@@ -39,7 +39,7 @@ def measure(env_id: str, policy_name: str, shield: str, episodes: int, policy: A
     make_shield = shield_factory(shield, spec) if shield != "none" else None
     t0 = time.perf_counter()
     if policy_name == "expert":
-        seeds = specs.eval_seeds(episodes)
+        seeds = specs.eval_seeds(episodes, seed_offset)
         env = make(env_id)
         try:
             runs = [rollout(env, ScriptedExpert(env), s, shield=(make_shield or shield_factory("none"))(env)) for s in seeds]
@@ -47,7 +47,8 @@ def measure(env_id: str, policy_name: str, shield: str, episodes: int, policy: A
             env.close()
         row = summarize(env_id, env.unwrapped.family.name, "seen", runs, None, seeds)
     else:
-        (row,) = evaluate_policy_on([env_id], lambda: policy, episodes=episodes, expert=False, make_shield=make_shield or shield_factory("none"))
+        (row,) = evaluate_policy_on([env_id], lambda: policy, episodes=episodes, expert=False, seed_offset=seed_offset,
+                                    make_shield=make_shield or shield_factory("none"))
     row.update(policy=policy_name, shield=shield, seconds=time.perf_counter() - t0)
     return row
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt", default=None, help="run folder of the model (policy and learned shield; not needed for expert with none/sim)")
     ap.add_argument("--shield-ckpt", default=None, help="model for the learned shield (default: --ckpt)")
     ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="start this many seeds into the evaluation seed list (e.g. to check settings chosen on the first seeds)")
     ap.add_argument("--env", action="append", default=None, help=f"env ids (default: {', '.join(TRAIN_ENVS + HELDOUT_ENVS)})")
     ap.add_argument("--policy", action="append", default=None, choices=("expert", "model"))
     ap.add_argument("--shield", action="append", default=None, choices=("none", "learned", "sim"))
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         for pol in policies:
             base = None
             for shield in shields:
-                r = measure(env_id, pol, shield, args.episodes, policy, specs_[shield])
+                r = measure(env_id, pol, shield, args.episodes, policy, specs_[shield], args.seed_offset)
                 if shield == "none":
                     base = r
                 if base is not None and shield != "none":
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                       + f"  ({r['seconds']:.0f} s)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"ckpt": args.ckpt, "episodes": args.episodes, "horizon": args.horizon, "threshold": args.threshold,
+            json.dump({"ckpt": args.ckpt, "episodes": args.episodes, "seed_offset": args.seed_offset, "horizon": args.horizon, "threshold": args.threshold,
                        "constraint_margin": args.constraint_margin,
                        "state_checks": [] if args.cost_head_only else args.state_check, "rows": rows}, f, indent=2)
     ok = all((r.get("violation_reduction") or 0) >= 0.95 and r.get("success_drop_points", 0) <= 5 for r in rows if r["shield"] == "learned")
