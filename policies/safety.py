@@ -213,6 +213,11 @@ class CandidateFilter:
 
 
 # ---------------------------------------------------------------------------- the model's predictor
+def p_any(p: np.ndarray, axis: int) -> np.ndarray:
+    """P(at least one) of independent events with probabilities ``p`` along ``axis``: ``1 - prod(1 - p)``."""
+    return 1.0 - np.prod(1.0 - p, axis=axis)
+
+
 StateCost = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(current state (S,), imagined states (N, H, S)) -> (N, H) in [0, 1]: a cost read off states (e.g. the constraint
 specs' own check, ``embodied.envs.constraints.state_cost``)."""
@@ -278,14 +283,14 @@ class ModelCostPredictor:
         total = out["cost"].double().cpu().numpy()  # (N, H): P(the step costs something)
         terms = out["cost_terms"].double().cpu().numpy() if "cost_terms" in out else None  # (N, H, K)
         if self.head_terms is None:  # the whole head
-            cost = total if terms is None else np.maximum(total, 1.0 - np.prod(1.0 - terms, axis=-1))
+            cost = total if terms is None else np.maximum(total, p_any(terms, axis=-1))
         elif self.head_terms:
-            cost = total if terms is None else 1.0 - np.prod(1.0 - terms[..., self.head_terms], axis=-1)
+            cost = total if terms is None else p_any(terms[..., self.head_terms], axis=-1)
         else:
             cost = np.zeros_like(total)
         if self.state_cost is not None:
             cost = np.maximum(cost, self.state_cost(self._state[0].double().cpu().numpy(), out["state"].double().cpu().numpy()))
-        return 1.0 - np.prod(1.0 - cost, axis=1)
+        return p_any(cost, axis=1)
 
     def commit(self, action: np.ndarray) -> None:
         self._last = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(1, -1), device=self.device)
