@@ -1,47 +1,88 @@
 #!/usr/bin/env bash
-# Everything one session needs from the GPU machine (device tool; see ../shared/DEVICE.md), in two phases run
-# back to back on one warm machine. Carry .whl, .gl, .peer and .data (multi.tgz: the multi-task state store;
-# px.tgz: the PointPushZone pixel store; both made and embedded on the CPU VM, since the GPU machine has no
-# sentence encoder).
-#   quality: (retrain: only the two training runs) train `small` on the multi-task state store and on 64x64 pixels + proprioception (two runs side by
-#            side on the one GPU), bring the runs back (evaluated on the CPU VM), `base` policy latency, gpu tests.
-#   mfu:     `embodied bench train` for base and large (and large's size in a deeper shape) beside the peer plain GPT at the same
-#            width, depth, sequence and batch, then a kernel profile of base.
+# Everything one session asks of the GPU machine (device tool; see ../shared/DEVICE.md), as one call that stays
+# inside its time budget: stages run in order of value, and the optional ones are skipped once BUDGET seconds
+# (default 540) are used. Run from the repository root with $OUT set, carrying .whl (mujoco, gymnasium, zarr,
+# numcodecs, ... for Python 3.12), .gl (EGL debs), .peer (../shared/bench/plain_gpt_mfu.py) and .data/emb.npz
+# (`python benchmarks/reward_rl.py table --split train --half --out .data/emb.npz`: the training instructions with
+# their token outputs, since the GPU machine has no sentence encoder).
+#   1. collect:  PointPushZone with 64x64 pixels (expert + noisy:0.4, labelled) through the GPU's EGL on 14 processes;
+#                the store feeds both the MFU benchmark and the pixel run.
+#   2. mfu:      `embodied bench train` for base and large (pixels 64, window 64, batch 256), each beside the peer
+#                plain GPT at the same width, depth, sequence and batch, with nothing else running.
+#   3. policy:   `embodied bench policy --preset base` (latency with and without the cache).
+#   4. pixels:   train `small` on pixels + proprioception (--state proprio) while the gpu tests (pytest -m gpu) run
+#                beside it; $OUT/pixels.tgz comes back and is evaluated on the CPU VM.
+#   5. if time is left: base with policy_history=True (the cost of the present-only policy pass, A/B) and a kernel
+#      profile of base.
+# Lessons of earlier runs: benchmarks must run alone (14 collectors beside them cut base from 32 to 88 ms/step);
+# `embodied train` spends its first minute loading and compiling, so keep it inside the stage's timeout.
 set -u
-PHASE=${1:-quality}
 REPO=$(pwd)
-source benchmarks/device_setup.sh
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/log.txt"
-t0=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - t0 )) s" >> "$OUT/log.txt"; }
+BUDGET=${BUDGET:-540}
+EPISODES=${EPISODES:-1200}
+NOISY=${NOISY:-500}
+PIXEL_STEPS=${PIXEL_STEPS:-6000}
+WORKERS=${WORKERS:-14}
+BENCH_KW=${BENCH_KW:-window=64, batch=256, steps=20, warmup=6}
+if [ -z "${DRY:-}" ]; then source benchmarks/device_setup.sh  # DRY=1: check the script on a machine set up already
+else OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export PYTHONPATH=$REPO; fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/log.txt" 2>&1
+t0=$(date +%s)
+stamp() { echo "$1 rc=$2 $(( $(date +%s) - t0 )) s" >> "$OUT/log.txt"; }
+left() { echo $(( BUDGET - ($(date +%s) - t0) )); }
 mkdir -p /tmp/d /tmp/runs
-for f in .data/*.tgz; do tar xzf "$f" -C /tmp/d; done; stamp untar $?
-cd /tmp
-if [ "$PHASE" = quality ] || [ "$PHASE" = retrain ]; then
-  timeout 170 python3 -m embodied train --data /tmp/d/multi.zarr --preset small --out /tmp/runs/state --steps 4000 --batch-size 256 \
-    --window 16 --lr 6e-4 --warmup 300 --eval-every 0 --save-every 1000 --keep-last 1 --workers 4 > /tmp/train_state.log 2>&1 &
-  P1=$!
-  timeout 170 python3 -m embodied train --data /tmp/d/px.zarr --preset small --state proprio --out /tmp/runs/pixels --steps 4000 \
-    --batch-size 128 --window 16 --lr 6e-4 --warmup 300 --eval-every 0 --save-every 1000 --keep-last 1 --workers 4 > /tmp/train_px.log 2>&1 &
-  P2=$!
-  wait $P1; stamp train_state $?; wait $P2; stamp train_pixels $?
-  tr '\r' '\n' < /tmp/train_state.log | grep -v "^train: " | tail -20 > "$OUT/train_state.txt"
-  tr '\r' '\n' < /tmp/train_px.log | grep -v "^train: " | tail -20 > "$OUT/train_pixels.txt"
-  (cd /tmp/runs && find . -name "optimizer.safetensors" -delete; tar czf "$OUT/state.tgz" state; tar czf "$OUT/pixels.tgz" pixels); stamp tar $?
-  [ "$PHASE" = retrain ] && { cat "$OUT/log.txt"; exit 0; }
-  python3 -m embodied bench policy --preset base --json > "$OUT/policy_base.json" 2> "$OUT/policy_base.err"; stamp policy_base $?
-  python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" > "$OUT/pytest_gpu.txt" 2>&1; stamp pytest_gpu $?
-else
-  bench() {  # name preset [field=value ...]
-    local name=$1 p=$2; shift 2
-    local kw=""; for s in "$@"; do kw="$kw, ${s%%=*}=${s#*=}"; done
-    python3 -c "import json; from embodied.bench_train import bench_train; print(json.dumps(bench_train('$p', pixels=64, window=64, batch=256, steps=20, warmup=6, data='/tmp/d/px.zarr'$kw)))" \
-      > "$OUT/train_$name.json" 2> "/tmp/train_$name.err"; stamp "train_$name" $?
-  }
-  peer() { python3 "$REPO/.peer/plain_gpt_mfu.py" --d $2 --layers $3 --heads $4 --seq 130 --batch 256 > "$OUT/peer_$1.json" 2>&1; stamp "peer_$1" $?; }
-  bench base base;  peer base 512 8 8
-  bench large large; peer large 1024 8 16
-  bench deep large d_model=768 n_layer=14 n_head=12; peer deep 768 14 12  # the same size, narrower and deeper
-  python3 "$REPO/benchmarks/profile_train.py" --preset base --data /tmp/d/px.zarr > "$OUT/profile_base.txt" 2>&1; stamp profile $?
-  cat "$OUT"/train_*.json "$OUT"/peer_*.json
+cd /tmp  # import the installed package, not the source folders
+
+# 1. the pixel store
+PX=/tmp/d/px.zarr
+timeout 120 python3 -m embodied collect --env embodied/PointPushZone-v0 --episodes "$EPISODES" --pixels 64 --workers "$WORKERS" --out $PX \
+  > /tmp/collect.log 2>&1 && \
+timeout 60 python3 -m embodied collect --env embodied/PointPushZone-v0 --episodes "$NOISY" --pixels 64 --workers "$WORKERS" --out $PX \
+  --policy noisy:0.4 --seed 1 --append >> /tmp/collect.log 2>&1
+stamp collect $?; tr '\r' '\n' < /tmp/collect.log | grep wrote >> "$OUT/log.txt"
+python3 - "$REPO/.data/emb.npz" $PX >> "$OUT/log.txt" 2>&1 <<'PY'
+import sys, numpy as np
+from embodied.datasets import EpisodeStore
+z = np.load(sys.argv[1]); table = dict(zip(z["instructions"].tolist(), z["vectors"].astype(np.float32)))
+with EpisodeStore.open(sys.argv[2], "a") as s:
+    names = s.instructions()
+    missing = [n for n in names if n not in table]
+    assert not missing, f"{len(missing)} instructions lack an embedding, e.g. {missing[0]!r}"
+    s.set_embeddings(str(z["encoder"]), names, np.stack([table[n] for n in names]), {"encoder": str(z["encoder"])})
+print("embedded", len(names), "instructions")
+PY
+stamp embed $?
+
+# 2. training speed beside the peer
+bench() {  # name preset [field=value ...]
+  local name=$1 p=$2; shift 2
+  local kw=""; for s in "$@"; do kw="$kw, ${s%%=*}=${s#*=}"; done
+  timeout 150 python3 -c "import json; from embodied.bench_train import bench_train; print(json.dumps(bench_train('$p', pixels=64, $BENCH_KW, data='$PX'$kw)))" \
+    > "$OUT/train_$name.json" 2> "/tmp/train_$name.err"; stamp "train_$name" $?; tail -2 "/tmp/train_$name.err" | cut -c1-300 >> "$OUT/log.txt"
+}
+peer() { timeout 120 python3 "$REPO/.peer/plain_gpt_mfu.py" --d $2 --layers $3 --heads $4 --seq 130 --batch 256 > "$OUT/peer_$1.json" 2>&1; stamp "peer_$1" $?; }
+bench base base; peer base 512 8 8
+bench large large; peer large 1024 8 16
+
+# 3. policy latency
+timeout 90 python3 -m embodied bench policy --preset base --json > "$OUT/policy_base.json" 2> /tmp/policy_base.err; stamp policy_base $?
+
+# 4. the pixel run, with the gpu tests beside it (correctness only: no timing shares the GPU with it)
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" > "$OUT/pytest_gpu.txt" 2>&1 &
+PT=$!
+T=$(( $(left) - 25 )); [ $T -gt 300 ] && T=300
+if [ $T -gt 60 ]; then
+  timeout $T python3 -m embodied train --data $PX --preset small --pixels --state proprio --out /tmp/runs/pixels \
+    --steps "$PIXEL_STEPS" --batch-size 128 --window 16 --lr 1e-3 --warmup 200 --eval-every 0 --save-every 500 --keep-last 1 \
+    --workers 4 > /tmp/train_px.log 2>&1; stamp "train_pixels(limit $T s)" $?
+  tr '\r' '\n' < /tmp/train_px.log | grep -v "^train: " | tail -12 | cut -c1-300 > "$OUT/train_pixels.txt"
+  tr '\r' '\n' < /tmp/train_px.log | grep "^train: " | tail -2 | cut -c1-300 >> "$OUT/train_pixels.txt"
+  (cd /tmp/runs && find . -name "optimizer.safetensors" -delete; tar czf "$OUT/pixels.tgz" pixels); stamp tar $?
 fi
+wait $PT; stamp pytest_gpu $?; tail -3 "$OUT/pytest_gpu.txt" >> "$OUT/log.txt"
+
+# 5. what time is left: the cost of the present-only policy pass (A/B), a kernel profile of base
+[ $(left) -gt 80 ] && bench base_history base policy_history=True
+[ $(left) -gt 80 ] && { timeout $(( $(left) - 5 )) python3 "$REPO/benchmarks/profile_train.py" --preset base --data $PX > "$OUT/profile_base.txt" 2>&1; stamp profile $?; }
+cat "$OUT"/train_*.json "$OUT"/peer_*.json "$OUT/policy_base.json" 2>/dev/null
 cat "$OUT/log.txt"
