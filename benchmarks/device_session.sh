@@ -14,6 +14,7 @@
 #                beside it; $OUT/pixels.tgz comes back and is evaluated on the CPU VM.
 #   5. if time is left: base with policy_history=True (the cost of the present-only policy pass, A/B) and a kernel
 #      profile of base.
+# ONLY=pixels runs stages 1 and 4 alone.
 # Lessons of earlier runs: benchmarks must run alone (14 collectors beside them cut base from 32 to 88 ms/step);
 # `embodied train` spends its first minute loading and compiling, so keep it inside the stage's timeout.
 set -u
@@ -43,12 +44,17 @@ stamp collect $?; tr '\r' '\n' < /tmp/collect.log | grep wrote >> "$OUT/log.txt"
 python3 - "$REPO/.data/emb.npz" $PX >> "$OUT/log.txt" 2>&1 <<'PY'
 import sys, numpy as np
 from embodied.datasets import EpisodeStore
+from embodied.language import split_tokens
 z = np.load(sys.argv[1]); table = dict(zip(z["instructions"].tolist(), z["vectors"].astype(np.float32)))
 with EpisodeStore.open(sys.argv[2], "a") as s:
     names = s.instructions()
     missing = [n for n in names if n not in table]
     assert not missing, f"{len(missing)} instructions lack an embedding, e.g. {missing[0]!r}"
-    s.set_embeddings(str(z["encoder"]), names, np.stack([table[n] for n in names]), {"encoder": str(z["encoder"])})
+    rows, key = np.stack([table[n] for n in names]), str(z["encoder"])
+    s.set_embeddings(key, names, rows, {"encoder": key})
+    base, tokens = split_tokens(key)
+    if tokens:  # the pooled vector leads each row: the table of the encoder alone (what a model that reads no tokens uses)
+        s.set_embeddings(base, names, np.ascontiguousarray(rows[:, : rows.shape[1] // (tokens + 1)]), {"encoder": base})
 print("embedded", len(names), "instructions")
 PY
 stamp embed $?
@@ -61,15 +67,13 @@ bench() {  # name preset [field=value ...]
     > "$OUT/train_$name.json" 2> "/tmp/train_$name.err"; stamp "train_$name" $?; tail -2 "/tmp/train_$name.err" | cut -c1-300 >> "$OUT/log.txt"
 }
 peer() { timeout 120 python3 "$REPO/.peer/plain_gpt_mfu.py" --d $2 --layers $3 --heads $4 --seq 130 --batch 256 > "$OUT/peer_$1.json" 2>&1; stamp "peer_$1" $?; }
-bench base base; peer base 512 8 8
-bench large large; peer large 1024 8 16
+[ -z "${ONLY:-}" ] && { bench base base; peer base 512 8 8; bench large large; peer large 1024 8 16; }
 
 # 3. policy latency
-timeout 90 python3 -m embodied bench policy --preset base --json > "$OUT/policy_base.json" 2> /tmp/policy_base.err; stamp policy_base $?
+[ -z "${ONLY:-}" ] && { timeout 90 python3 -m embodied bench policy --preset base --json > "$OUT/policy_base.json" 2> /tmp/policy_base.err; stamp policy_base $?; }
 
 # 4. the pixel run, with the gpu tests beside it (correctness only: no timing shares the GPU with it)
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" > "$OUT/pytest_gpu.txt" 2>&1 &
-PT=$!
+PT=""; [ -z "${ONLY:-}" ] && { timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py" > "$OUT/pytest_gpu.txt" 2>&1 & PT=$!; }
 T=$(( $(left) - 25 )); [ $T -gt 300 ] && T=300
 if [ $T -gt 60 ]; then
   timeout $T python3 -m embodied train --data $PX --preset small --pixels --state proprio --out /tmp/runs/pixels \
@@ -77,12 +81,13 @@ if [ $T -gt 60 ]; then
     --workers 4 > /tmp/train_px.log 2>&1; stamp "train_pixels(limit $T s)" $?
   tr '\r' '\n' < /tmp/train_px.log | grep -v "^train: " | tail -12 | cut -c1-300 > "$OUT/train_pixels.txt"
   tr '\r' '\n' < /tmp/train_px.log | grep "^train: " | tail -2 | cut -c1-300 >> "$OUT/train_pixels.txt"
+  tail -3 "$OUT/train_pixels.txt" >> "$OUT/log.txt"
   (cd /tmp/runs && find . -name "optimizer.safetensors" -delete; tar czf "$OUT/pixels.tgz" pixels); stamp tar $?
 fi
-wait $PT; stamp pytest_gpu $?; tail -3 "$OUT/pytest_gpu.txt" >> "$OUT/log.txt"
+[ -n "$PT" ] && { wait $PT; stamp pytest_gpu $?; tail -3 "$OUT/pytest_gpu.txt" >> "$OUT/log.txt"; }
 
 # 5. what time is left: the cost of the present-only policy pass (A/B), a kernel profile of base
-[ $(left) -gt 80 ] && bench base_history base policy_history=True
-[ $(left) -gt 80 ] && { timeout $(( $(left) - 5 )) python3 "$REPO/benchmarks/profile_train.py" --preset base --data $PX > "$OUT/profile_base.txt" 2>&1; stamp profile $?; }
+[ -z "${ONLY:-}" ] && [ $(left) -gt 80 ] && bench base_history base policy_history=True
+[ -z "${ONLY:-}" ] && [ $(left) -gt 80 ] && { timeout $(( $(left) - 5 )) python3 "$REPO/benchmarks/profile_train.py" --preset base --data $PX > "$OUT/profile_base.txt" 2>&1; stamp profile $?; }
 cat "$OUT"/train_*.json "$OUT"/peer_*.json "$OUT/policy_base.json" 2>/dev/null
 cat "$OUT/log.txt"
