@@ -792,7 +792,10 @@ class RLConfig:
     """Constrain the mean episode cost to this (PPO-Lagrangian for ppo): the reward is penalised by a multiplier
     times the cost, and the multiplier follows the episode costs."""
     lagrange_lr: float = 0.05
-    """Step size of the Lagrange multiplier's update (per rollout, in units of episode cost)."""
+    """Step size of the Lagrange multiplier's update per rollout (sgd: times the episode cost's excess over the limit;
+    adam: about this much per step whatever the cost's scale)."""
+    lagrange_optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
+    """How the multiplier steps: sgd (plain gradient ascent) or adam (OmniSafe's: steps of about --lagrange-lr)."""
     json: bool = False
     """Print the result as JSON."""
 

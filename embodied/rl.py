@@ -62,6 +62,7 @@ class RLSpec:
     device: str | None = None
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
+    lagrange_optimizer: str = "sgd"
 
 
 # ---------------------------------------------------------------------------- the Lagrange multiplier
@@ -69,16 +70,26 @@ class LagrangeMultiplier:
     """PPO-Lagrangian's multiplier: gradient ascent on ``lambda * (mean episode cost - limit)``, kept >= 0.
 
     The :class:`CostPenalty` wrappers of a run's envs report each finished episode's total cost
-    here; :meth:`update` (at the end of every rollout) moves ``value`` by ``lr`` times the mean
-    of those costs minus the limit, so the penalty grows while episodes cost too much and fades
-    once they do not.
+    here; :meth:`update` (at the end of every rollout) takes one ascent step from the mean of those
+    costs minus the limit (the gradient), so the penalty grows while episodes cost too much and
+    fades once they do not. ``optimizer="sgd"`` steps ``lr`` times the gradient (a step in units of
+    episode cost); ``"adam"`` (OmniSafe's choice) divides by a running RMS of the gradient, so each
+    step is about ``lr`` whatever the cost's scale and the multiplier cannot leap ahead of a policy
+    that is still learning the task.
     """
 
-    def __init__(self, limit: float, lr: float = 0.05, value: float = 0.0) -> None:
+    OPTIMIZERS = ("sgd", "adam")
+    BETAS = (0.9, 0.999)
+    """Adam's decay rates of the gradient's running mean and mean square."""
+
+    def __init__(self, limit: float, lr: float = 0.05, value: float = 0.0, optimizer: str = "sgd") -> None:
         if limit < 0 or lr <= 0:
             raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {limit} and {lr}")
-        self.limit, self.lr, self.value = float(limit), float(lr), float(value)
+        if optimizer not in self.OPTIMIZERS:
+            raise ConfigError(f"unknown --lagrange-optimizer {optimizer!r}; use one of {', '.join(self.OPTIMIZERS)}")
+        self.limit, self.lr, self.value, self.optimizer = float(limit), float(lr), float(value), optimizer
         self._costs: list[float] = []
+        self._m = self._v = 0.0  # Adam's moment estimates
         self.history: list[dict[str, float]] = []
 
     def record(self, episode_cost: float) -> None:
@@ -89,7 +100,16 @@ class LagrangeMultiplier:
         if not self._costs:
             return
         mean = float(np.mean(self._costs))
-        self.value = max(0.0, self.value + self.lr * (mean - self.limit))
+        grad = mean - self.limit
+        if self.optimizer == "adam":
+            b1, b2 = self.BETAS
+            t = len(self.history) + 1
+            self._m = b1 * self._m + (1 - b1) * grad
+            self._v = b2 * self._v + (1 - b2) * grad * grad
+            step = self.lr * (self._m / (1 - b1**t)) / (np.sqrt(self._v / (1 - b2**t)) + 1e-8)
+        else:
+            step = self.lr * grad
+        self.value = max(0.0, self.value + float(step))
         self.history.append({"episodes": len(self._costs), "mean_episode_cost": mean, "multiplier": self.value})
         self._costs = []
 
@@ -156,7 +176,7 @@ class Algorithm:
 
     def constrain(self, spec: RLSpec) -> None:
         """Set up the run's multiplier when the spec has a cost limit."""
-        self.multiplier = None if spec.cost_limit is None else LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr)
+        self.multiplier = None if spec.cost_limit is None else LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr, optimizer=spec.lagrange_optimizer)
 
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         """The SB3 model that will learn on ``venv``."""
@@ -226,6 +246,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
     if spec.cost_limit is not None and (spec.cost_limit < 0 or spec.lagrange_lr <= 0):
         raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {spec.cost_limit} and {spec.lagrange_lr}")
+    if spec.lagrange_optimizer not in LagrangeMultiplier.OPTIMIZERS:
+        raise ConfigError(f"unknown --lagrange-optimizer {spec.lagrange_optimizer!r}; use one of {', '.join(LagrangeMultiplier.OPTIMIZERS)}")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
@@ -344,7 +366,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
-        result["lagrange"] = {"cost_limit": m.limit, "lr": m.lr, "final_multiplier": m.value, "updates": m.history}
+        result["lagrange"] = {"cost_limit": m.limit, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
     venv.close()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,31 @@ def test_multiplier_rises_above_the_limit_and_falls_to_zero_below():
         LagrangeMultiplier(limit=-1.0)
 
 
+def test_adam_multiplier_steps_about_lr_whatever_the_cost_scale():
+    for scale in (1.0, 1000.0):
+        m = LagrangeMultiplier(limit=2.0, lr=0.1, optimizer="adam")
+        m.record(2.0 + 3.0 * scale)
+        m.update()
+        assert m.value == pytest.approx(0.1)  # bias-corrected first step: lr x sign of the excess
+        for _ in range(4):
+            m.record(2.0 + 3.0 * scale)
+            m.update()
+        assert m.value == pytest.approx(0.5, rel=1e-3)  # a steady excess: lr per step, not lr x excess
+    m = LagrangeMultiplier(limit=2.0, lr=0.1, optimizer="adam", value=0.5)
+    for _ in range(40):  # below the limit: it falls back, at most about lr a step, and stays at zero
+        before = m.value
+        m.record(0.0)
+        m.update()
+        assert before - 0.1 - 1e-6 <= m.value <= before
+    assert m.value == 0.0
+    sgd = LagrangeMultiplier(limit=2.0, lr=0.1)
+    sgd.record(3002.0)
+    sgd.update()
+    assert sgd.value == pytest.approx(300.0)  # the plain step scales with the excess
+    with pytest.raises(ConfigError, match="lagrange-optimizer"):
+        LagrangeMultiplier(limit=1.0, optimizer="rmsprop")
+
+
 def test_cost_penalty_scales_the_reward_and_reports_episode_costs():
     from embodied.envs import make
 
@@ -53,10 +78,11 @@ def test_cli_rl_with_a_cost_limit_runs_ppo_lagrangian(tmp_path, capsys):
 
     out = tmp_path / "lag"
     assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true", "--algo", "ppo",
-                 "--steps", "600", "--envs", "2", "--episodes", "2", "--cost-limit", "0", "--out", str(out), "--device", "cpu"]) == 0
+                 "--steps", "600", "--envs", "2", "--episodes", "2", "--cost-limit", "0", "--lagrange-optimizer", "adam", "--out", str(out),
+                 "--device", "cpu"]) == 0
     r = json.loads((out / "rl.json").read_text())
     g = r["lagrange"]
-    assert g["cost_limit"] == 0.0 and g["updates"] and g["final_multiplier"] > 0  # episodes cost something, the limit is 0
+    assert g["cost_limit"] == 0.0 and g["optimizer"] == "adam" and g["updates"] and g["final_multiplier"] > 0  # episodes cost something, the limit is 0
     assert "mean_cost" in r["eval"] and "Lagrangian" in capsys.readouterr().out
     assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true",
                  "--cost-limit", "-1"]) == 2
