@@ -46,10 +46,13 @@ def cmd_rl(cfg: RLConfig) -> int:
     if not cfg.env:
         raise ConfigError("name the environment with --env ID (see `embodied envs list`)")
     algo = ALGORITHMS[cfg.algo]  # an unknown algorithm fails here, in one line
+    from embodied.cli import understand_constraints
+
+    constraints = tuple(understand_constraints(cfg.constraint))  # a sentence that fits no constraint fails here, in one line
     spec = RLSpec(env_id=cfg.env, instruction=cfg.instruction, reward=cfg.reward, algo=cfg.algo, steps=cfg.steps, reward_ckpt=cfg.ckpt,
                   n_envs=cfg.envs or algo.default_envs, episodes=cfg.episodes, seed=cfg.seed,
                   terminate_on_success=cfg.terminate_on_success, task_first=cfg.task_first, device=cfg.device, cost_limit=cfg.cost_limit, lagrange_lr=cfg.lagrange_lr,
-                  lagrange_optimizer=cfg.lagrange_optimizer)
+                  lagrange_optimizer=cfg.lagrange_optimizer, constraints=constraints)
     check_spec(spec)
     r = train_rl(spec, cfg.out, progress=lambda s: print(s, file=sys.stderr))
     print_json(r) if cfg.json else print(format_result(r))

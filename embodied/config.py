@@ -796,6 +796,9 @@ class RLConfig:
     adam: about this much per step whatever the cost's scale)."""
     lagrange_optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
     """How the multiplier steps: sgd (plain gradient ascent) or adam (OmniSafe's: steps of about --lagrange-lr)."""
+    constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """A constraint in plain language turned on in every env of the run, e.g. "stay out of the blue zone" (repeat for
+    several); its cost joins the env's own in info["cost"], which --cost-limit constrains."""
     json: bool = False
     """Print the result as JSON."""
 

@@ -63,6 +63,12 @@ class RLSpec:
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
     lagrange_optimizer: str = "sgd"
+    constraints: tuple[Any, ...] = ()
+    """Constraint specs (:mod:`embodied.envs.constraints`) turned on in every env of the run, besides the env's own."""
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``make`` for this run's envs (its extra constraints)."""
+        return {"constraints": tuple(self.constraints)} if self.constraints else {}
 
 
 # ---------------------------------------------------------------------------- the Lagrange multiplier
@@ -254,7 +260,7 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
         raise ConfigError(f"no checkpoint at {spec.reward_ckpt}; train one with `embodied train --out {spec.reward_ckpt}`")
-    env = make(spec.env_id)
+    env = make(spec.env_id, **spec.env_kwargs())
     try:
         FixedTask(env, spec.instruction)  # a malformed instruction or the wrong task family fails here
     finally:
@@ -267,7 +273,7 @@ def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: boo
 
     from embodied.envs import FixedTask, StateOnly, TaskFirst, make
 
-    env = fixed = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success), spec.instruction)
+    env = fixed = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success, **spec.env_kwargs()), spec.instruction)
     env = REWARDS[spec.reward](env, spec, reward_model)
     for wrap in algorithm.env_wrappers(spec):
         env = wrap(env)
@@ -362,7 +368,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     if progress:
         progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
     venv.training = False
-    result = {"spec": asdict(spec), "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
+    result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
@@ -401,7 +407,7 @@ def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> 
     from embodied.envs import ScriptedExpert
 
     seeds = specs.eval_seeds(spec.episodes)
-    env = FixedTask(make(spec.env_id), spec.instruction)
+    env = FixedTask(make(spec.env_id, **spec.env_kwargs()), spec.instruction)
     try:
         eps = [{"env_id": spec.env_id, "instructions": "fixed", "noise": 0.0, "seed": s, **record_episode(env, policy, s)} for s in seeds]
         # the expert on the next seeds: how highly the model rates truly solved episodes of this task

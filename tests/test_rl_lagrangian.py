@@ -88,3 +88,31 @@ def test_cli_rl_with_a_cost_limit_runs_ppo_lagrangian(tmp_path, capsys):
                  "--cost-limit", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cost-limit >= 0" in err[0]
+
+
+def test_cli_rl_turns_on_plain_language_constraints_and_refuses_unknown_ones(tmp_path, capsys):
+    from embodied.cli import main
+    from embodied.envs.constraints import parse_constraint
+    from embodied.rl import RLSpec, make_env, Algorithm
+
+    spec = RLSpec(env_id="embodied/PointReach-v0", instruction="touch the red cube", reward="true",
+                  constraints=(parse_constraint("stay out of the blue zone"),))
+    env = make_env(spec, None, Algorithm(), monitor=False)
+    env.reset(seed=0)
+    inner = env.unwrapped
+    assert inner._hazard_colours == ["blue"] and list(inner._keep_out) == [0]  # the named zone is a keep-out zone now
+    assert parse_constraint("stay out of the blue zone") in inner.constraints
+    _, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert "cost_hazard" in info and info["cost"] == 0.0  # cost at rest, outside the zone: none
+    env.close()
+
+    out = tmp_path / "zones"
+    assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "true", "--steps", "600",
+                 "--envs", "2", "--episodes", "2", "--constraint", "stay out of the blue zone", "--cost-limit", "1", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    r = json.loads((out / "rl.json").read_text())
+    assert r["spec"]["constraints"] == ["stay out of the blue zone"] and r["lagrange"]["cost_limit"] == 1.0
+    capsys.readouterr()
+    assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--constraint", "fly to the moon"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Closest supported" in err[0]
