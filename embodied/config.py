@@ -796,6 +796,9 @@ class RLConfig:
     adam: about this much per step whatever the cost's scale)."""
     lagrange_optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
     """How the multiplier steps: sgd (plain gradient ascent) or adam (OmniSafe's: steps of about --lagrange-lr)."""
+    log_std_init: float = 0.0
+    """ppo: initial log standard deviation of the Gaussian policy's actions (SB3's default 0: scale 1 on actions in
+    [-1, 1]); lower explores more gently, e.g. under a speed limit that random actions of scale 1 break."""
     constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
     """A constraint in plain language turned on in every env of the run, e.g. "stay out of the blue zone" (repeat for
     several); its cost joins the env's own in info["cost"], which --cost-limit constrains."""

@@ -63,6 +63,7 @@ class RLSpec:
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
     lagrange_optimizer: str = "sgd"
+    log_std_init: float = 0.0
     constraints: tuple[Any, ...] = ()
     """Constraint specs (:mod:`embodied.envs.constraints`) turned on in every env of the run, besides the env's own."""
 
@@ -224,7 +225,8 @@ class PPOAlgorithm(Algorithm):
         from stable_baselines3 import PPO
 
         return PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99,
-                   gae_lambda=0.95, seed=spec.seed, device=device, verbose=0)
+                   gae_lambda=0.95, seed=spec.seed, device=device, verbose=0,
+                   policy_kwargs={"log_std_init": spec.log_std_init})
 
 
 @register_algorithm("sac")

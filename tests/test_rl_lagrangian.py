@@ -116,3 +116,17 @@ def test_cli_rl_turns_on_plain_language_constraints_and_refuses_unknown_ones(tmp
     assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--constraint", "fly to the moon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Closest supported" in err[0]
+
+
+def test_ppo_starts_from_the_asked_exploration_scale():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from embodied.rl import ALGORITHMS, RLSpec, make_env
+
+    for log_std in (0.0, -1.0):
+        spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", log_std_init=log_std)
+        algo = ALGORITHMS["ppo"]()
+        venv = DummyVecEnv([lambda: make_env(spec, None, algo)])
+        model = algo.build(venv, spec, "cpu")
+        assert np.allclose(model.policy.log_std.detach().numpy(), log_std)
+        venv.close()
