@@ -252,10 +252,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     ALGORITHMS[spec.algo]
     if not spec.instruction.strip():
         raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
-    if spec.cost_limit is not None and (spec.cost_limit < 0 or spec.lagrange_lr <= 0):
-        raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {spec.cost_limit} and {spec.lagrange_lr}")
-    if spec.lagrange_optimizer not in LagrangeMultiplier.OPTIMIZERS:
-        raise ConfigError(f"unknown --lagrange-optimizer {spec.lagrange_optimizer!r}; use one of {', '.join(LagrangeMultiplier.OPTIMIZERS)}")
+    if spec.cost_limit is not None:
+        LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr, optimizer=spec.lagrange_optimizer)  # its own checks, one line each
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
