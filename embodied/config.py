@@ -796,6 +796,12 @@ class RLConfig:
     adam: about this much per step whatever the cost's scale)."""
     lagrange_optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
     """How the multiplier steps: sgd (plain gradient ascent) or adam (OmniSafe's: steps of about --lagrange-lr)."""
+    cost_limit_start: float | None = None
+    """A looser limit to start from: the limit the multiplier follows moves in a straight line from this to
+    --cost-limit over the first --cost-limit-anneal of the steps (a curriculum: the task first, then the constraint
+    tightens); default: --cost-limit from the start."""
+    cost_limit_anneal: float = 0.5
+    """Fraction of the training steps (0-1] over which the limit moves from --cost-limit-start to --cost-limit."""
     log_std_init: float = 0.0
     """ppo: initial log standard deviation of the Gaussian policy's actions (SB3's default 0: scale 1 on actions in
     [-1, 1]); lower explores more gently, e.g. under a speed limit that random actions of scale 1 break."""

@@ -63,6 +63,9 @@ class RLSpec:
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
     lagrange_optimizer: str = "sgd"
+    cost_limit_start: float | None = None
+    """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
+    cost_limit_anneal: float = 0.5
     log_std_init: float = 0.0
     constraints: tuple[Any, ...] = ()
     """Constraint specs (:mod:`embodied.envs.constraints`) turned on in every env of the run, besides the env's own."""
@@ -83,18 +86,30 @@ class LagrangeMultiplier:
     episode cost); ``"adam"`` (OmniSafe's choice) divides by a running RMS of the gradient, so each
     step is about ``lr`` whatever the cost's scale and the multiplier cannot leap ahead of a policy
     that is still learning the task.
+
+    ``start`` (with ``anneal``) makes the limit a curriculum: at training progress ``p`` (0 at the first
+    step, 1 at the last) the multiplier follows ``limit_at(p)``, which moves in a straight line from
+    ``start`` to ``limit`` while ``p < anneal`` and is ``limit`` after. A loose start lets the policy
+    learn the task before the constraint bites (under a speed limit that exploration noise breaks,
+    a penalty from the first step teaches the policy to stand still).
     """
 
     OPTIMIZERS = ("sgd", "adam")
     BETAS = (0.9, 0.999)
     """Adam's decay rates of the gradient's running mean and mean square."""
 
-    def __init__(self, limit: float, lr: float = 0.05, value: float = 0.0, optimizer: str = "sgd") -> None:
+    def __init__(self, limit: float, lr: float = 0.05, value: float = 0.0, optimizer: str = "sgd",
+                 start: float | None = None, anneal: float = 0.5) -> None:
         if limit < 0 or lr <= 0:
             raise ConfigError(f"need --cost-limit >= 0 and --lagrange-lr > 0, got {limit} and {lr}")
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"unknown --lagrange-optimizer {optimizer!r}; use one of {', '.join(self.OPTIMIZERS)}")
+        if start is not None and start < 0:
+            raise ConfigError(f"need --cost-limit-start >= 0, got {start}")
+        if not 0 < anneal <= 1:
+            raise ConfigError(f"need 0 < --cost-limit-anneal <= 1 (a fraction of the steps), got {anneal}")
         self.limit, self.lr, self.value, self.optimizer = float(limit), float(lr), float(value), optimizer
+        self.start, self.anneal = (None if start is None else float(start)), float(anneal)
         self._costs: list[float] = []
         self._m = self._v = 0.0  # Adam's moment estimates
         self.history: list[dict[str, float]] = []
@@ -102,12 +117,21 @@ class LagrangeMultiplier:
     def record(self, episode_cost: float) -> None:
         self._costs.append(float(episode_cost))
 
-    def update(self) -> None:
-        """One ascent step from the episodes finished since the last one (none finished: no step)."""
+    def limit_at(self, progress: float) -> float:
+        """The limit at training progress ``progress`` (0 = start, 1 = end of training)."""
+        if self.start is None:
+            return self.limit
+        f = min(max(progress / self.anneal, 0.0), 1.0)
+        return self.start + f * (self.limit - self.start)
+
+    def update(self, progress: float = 1.0) -> None:
+        """One ascent step from the episodes finished since the last one (none finished: no step), against the limit at
+        training progress ``progress`` (see :meth:`limit_at`)."""
         if not self._costs:
             return
         mean = float(np.mean(self._costs))
-        grad = mean - self.limit
+        limit = self.limit_at(progress)
+        grad = mean - limit
         if self.optimizer == "adam":
             b1, b2 = self.BETAS
             t = len(self.history) + 1
@@ -117,8 +141,15 @@ class LagrangeMultiplier:
         else:
             step = self.lr * grad
         self.value = max(0.0, self.value + float(step))
-        self.history.append({"episodes": len(self._costs), "mean_episode_cost": mean, "multiplier": self.value})
+        self.history.append({"episodes": len(self._costs), "mean_episode_cost": mean, "limit": limit, "multiplier": self.value})
         self._costs = []
+
+
+def multiplier_of(spec: RLSpec) -> LagrangeMultiplier:
+    """The multiplier of a run with a cost limit (its constructor checks the spec's Lagrangian options)."""
+    assert spec.cost_limit is not None
+    return LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr, optimizer=spec.lagrange_optimizer,
+                              start=spec.cost_limit_start, anneal=spec.cost_limit_anneal)
 
 
 def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
@@ -183,7 +214,7 @@ class Algorithm:
 
     def constrain(self, spec: RLSpec) -> None:
         """Set up the run's multiplier when the spec has a cost limit."""
-        self.multiplier = None if spec.cost_limit is None else LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr, optimizer=spec.lagrange_optimizer)
+        self.multiplier = None if spec.cost_limit is None else multiplier_of(spec)
 
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         """The SB3 model that will learn on ``venv``."""
@@ -207,7 +238,7 @@ class Algorithm:
                 return True
 
             def _on_rollout_end(self) -> None:
-                m.update()
+                m.update(progress=self.num_timesteps / spec.steps)
 
         return [LagrangeUpdate()]
 
@@ -253,7 +284,9 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     if not spec.instruction.strip():
         raise ConfigError('say what the policy should do: --instruction "push the red cube to the right"')
     if spec.cost_limit is not None:
-        LagrangeMultiplier(spec.cost_limit, spec.lagrange_lr, optimizer=spec.lagrange_optimizer)  # its own checks, one line each
+        multiplier_of(spec)  # its own checks, one line each
+    elif spec.cost_limit_start is not None:
+        raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
@@ -372,7 +405,7 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
-        result["lagrange"] = {"cost_limit": m.limit, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
+        result["lagrange"] = {"cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
     venv.close()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -433,7 +466,8 @@ def format_result(r: dict[str, Any]) -> str:
              f"mean episode cost {e['mean_cost']:.2f}"]
     if "lagrange" in r:
         g = r["lagrange"]
-        lines.append(f"  Lagrangian: cost limit {g['cost_limit']:g}, final multiplier {g['final_multiplier']:.3f} after {len(g['updates'])} updates")
+        start = "" if g.get("cost_limit_start") is None else f" (annealed from {g['cost_limit_start']:g} over the first {g['cost_limit_anneal']:.0%} of the steps)"
+        lines.append(f"  Lagrangian: cost limit {g['cost_limit']:g}{start}, final multiplier {g['final_multiplier']:.3f} after {len(g['updates'])} updates")
     c = r.get("reward_check")
     if c:
         lines.append(f"  learned reward on these episodes: {c['hacking_episodes']} rated as solved (like the expert's) but not solved (reward hacking), "

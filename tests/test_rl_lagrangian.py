@@ -130,3 +130,37 @@ def test_ppo_starts_from_the_asked_exploration_scale():
         model = algo.build(venv, spec, "cpu")
         assert np.allclose(model.policy.log_std.detach().numpy(), log_std)
         venv.close()
+
+
+def test_annealed_limit_lets_the_task_come_first_then_tightens():
+    m = LagrangeMultiplier(limit=5.0, lr=0.5, start=41.0, anneal=0.5)
+    assert [m.limit_at(p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([41.0, 23.0, 5.0, 5.0])
+    m.record(20.0)
+    m.update(progress=0.0)  # 20 < 41 at the start: the penalty stays off
+    assert m.value == 0.0 and m.history[-1]["limit"] == 41.0
+    m.record(20.0)
+    m.update(progress=0.75)  # the same cost once the limit has reached 5: + 0.5 * 15
+    assert m.value == pytest.approx(7.5) and m.history[-1]["limit"] == 5.0
+    plain = LagrangeMultiplier(limit=5.0, lr=0.5)
+    assert plain.limit_at(0.0) == plain.limit_at(1.0) == 5.0
+    with pytest.raises(ConfigError, match="cost-limit-anneal"):
+        LagrangeMultiplier(limit=5.0, start=40.0, anneal=0.0)
+    with pytest.raises(ConfigError, match="cost-limit-start"):
+        LagrangeMultiplier(limit=5.0, start=-1.0)
+
+
+def test_cli_rl_anneals_the_limit_and_refuses_a_start_without_a_limit(tmp_path, capsys):
+    from embodied.cli import main
+
+    out = tmp_path / "anneal"
+    assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true", "--steps", "1024",
+                 "--envs", "2", "--episodes", "2", "--cost-limit", "0", "--cost-limit-start", "100", "--cost-limit-anneal", "1",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    g = json.loads((out / "rl.json").read_text())["lagrange"]
+    limits = [u["limit"] for u in g["updates"]]
+    assert g["cost_limit_start"] == 100.0 and len(limits) == 2 and 0.0 <= limits[1] < limits[0] < 100.0  # it falls with the steps
+    assert "annealed from 100" in capsys.readouterr().out
+    assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true",
+                 "--cost-limit-start", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "add --cost-limit" in err[0]
