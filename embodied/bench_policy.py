@@ -4,7 +4,8 @@ A random-weight model of the preset (latency does not depend on the weights) act
 recorded stream of observations of ``embodied/PointPushZone-v0``. After ``context`` warm-up
 steps the window is full, so every timed step attends over ``context`` timesteps: with the
 cache the policy appends two tokens (the last action, the new observation) to a ring-buffer
-cache (:mod:`embodied.ringcache`); without it, it recomputes the whole window with a full
+cache (:mod:`embodied.ringcache`), on a GPU as one CUDA graph replay per step (timed also without the
+graph, ``cached_eager_*``); without it, it recomputes the whole window with a full
 forward pass. The instruction is encoded once per episode, outside the timing (a constant
 vector here). The two policies act step by step in turn (alternating which goes first), so
 both see the same machine load. Reports p50 and p99 of ``predict`` wall time, and the p50 of
@@ -51,11 +52,15 @@ def bench_policy(preset_name: str = "small", context: int = 32, steps: int = 200
     out: dict[str, Any] = {"preset": preset_name, "params": model.num_params(), "context": context, "steps": steps, "device": dev,
                            "threads": torch.get_num_threads()}
     policies = {name: FoundationPolicy(model, lambda texts: goal, device=dev, use_cache=name == "cached") for name in ("cached", "full")}
+    if policies["cached"].graphs:  # on a GPU the cached step replays a CUDA graph; time the same step without one beside it
+        policies["cached_eager"] = FoundationPolicy(model, lambda texts: goal, device=dev, graphs=False)
+    out["graphs"] = policies["cached"].graphs
+    names = list(policies)
     wall: dict[str, list[float]] = {name: [] for name in policies}
     cpu: dict[str, list[float]] = {name: [] for name in policies}
     for i, obs in enumerate(stream):
         obs = {**obs, "instruction": instruction}  # one episode as far as the policies are concerned
-        for name in (("cached", "full") if i % 2 == 0 else ("full", "cached")):  # interleaved, alternating which goes first
+        for name in names[i % len(names):] + names[: i % len(names)]:  # interleaved, rotating which goes first
             w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             policies[name].predict(obs, deterministic=True)
             if dev.startswith("cuda"):
@@ -131,7 +136,8 @@ def format_result(r: dict[str, Any]) -> str:
         f"{r['preset']} ({r['params'] / 1e6:.1f}M params) on {r['device']}, context {r['context']} timesteps, {r['steps']} timed steps\n"
         f"  with cache    p50 {r['cached_p50_ms']:.2f} ms  p99 {r['cached_p99_ms']:.2f} ms  (CPU time p50 {r['cached_cpu_p50_ms']:.2f} ms)\n"
         f"  without cache p50 {r['full_p50_ms']:.2f} ms  p99 {r['full_p99_ms']:.2f} ms  (CPU time p50 {r['full_cpu_p50_ms']:.2f} ms)\n"
-        f"  cache {r['cache_speedup']:.1f}x faster by wall time, {r['cache_speedup_cpu']:.1f}x by CPU time; {r['threads']} torch thread(s)\n"
+        + (f"  with cache, no CUDA graph p50 {r['cached_eager_p50_ms']:.2f} ms  p99 {r['cached_eager_p99_ms']:.2f} ms\n" if r.get("graphs") else "")
+        + f"  cache {r['cache_speedup']:.1f}x faster by wall time, {r['cache_speedup_cpu']:.1f}x by CPU time; {r['threads']} torch thread(s)\n"
         f"  safety filter per step on {r['filter_env']}: learned p50 {r['filter_learned_kept_p50_ms']:.2f} ms (proposal kept), "
         f"{r['filter_learned_all_p50_ms']:.2f} ms (every candidate checked); sim p50 {r['filter_sim_p50_ms']:.2f} ms, p99 {r['filter_sim_p99_ms']:.2f} ms"
     )

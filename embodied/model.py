@@ -368,15 +368,20 @@ class TrajectoryModel(nn.Module):
 
     def entity_queries(self, goal: torch.Tensor) -> torch.Tensor:
         """(B, goal_dim) instruction embeddings -> (B, Q, d / Q) entity queries. In eval mode without gradients the
-        last goal's are remembered: closed loop asks for the same goal tensor at every step (so do not modify a goal
-        in place); any other call, and loading weights, forgets them."""
-        reuse = not self.training and not torch.is_grad_enabled()
+        last goal's are remembered: closed loop asks for the same goal tensor at every step (after changing a goal in
+        place, call :meth:`forget_queries`); any other call, and loading weights, forgets them. Nothing is remembered
+        while a CUDA graph is being captured (the graph computes the queries from its own goal buffer)."""
+        reuse = not self.training and not torch.is_grad_enabled() and not (goal.is_cuda and torch.cuda.is_current_stream_capturing())
         memo = self._query_memo
         if reuse and memo is not None and memo[0] is goal:
             return memo[1]
         q = self.entity_enc.queries(*self.goal_parts(goal))
         self._query_memo = (goal, q) if reuse else None
         return q
+
+    def forget_queries(self) -> None:
+        """Forget the remembered entity queries (:meth:`entity_queries`), e.g. after a goal tensor changed in place."""
+        self._query_memo = None
 
     def goal_parts(self, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, goal_dim) instruction embeddings -> whitened (B, lang_dim) sentence and (B, L, lang_dim) token outputs

@@ -83,14 +83,9 @@ class RingCache:
             self.kv = torch.zeros(cfg.n_layer, 2, B, self.n_head, self.G + 2 * self.C, cfg.d_model // cfg.n_head, device=dev)
             self.masks = _masks(self.G, self.C, dev)
             self.slots = (self.G + torch.arange(2 * self.C, device=dev)).view(self.C, 2)  # pair p: its two slots
-            g = model.goal_tokens(goal)
-            for i, w in enumerate(self.blocks):  # the goal tokens attend to each other causally
-                g = _block(w, g, self.kv[i], torch.arange(self.G, device=dev), None, self.n_head)
-            fc1, fc2 = model.state_enc[0], model.state_enc[2]
-            # obs_tokens: W ((s - mean) / std * mask) + b = (W * mask / std) s + (b - (W * mask / std) mean)
-            self.state_w = fc1.weight * (model.state_input_mask / model.state_std)
-            self.state_b = fc1.bias - self.state_w @ model.state_mean
-            self.state_w2, self.state_b2 = fc2.weight, fc2.bias
+            self._write_goal()
+            self.state_w, self.state_b = self._folded_state_layer()
+            self.state_w2, self.state_b2 = model.state_enc[2].weight, model.state_enc[2].bias
         self.act_w, self.act_b = model.action_enc.weight, model.action_enc.bias
         self.obs_emb, self.act_emb = model.modality.weight[OBS], model.modality.weight[ACT]
         self.time_emb = model.timestep.weight
@@ -98,37 +93,79 @@ class RingCache:
         self.head_w, self.head_b = model.action_head.weight, model.action_head.bias
         self.t = -1
 
-    def step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None = None,
+    def restart(self, goal: torch.Tensor) -> None:
+        """Start a new episode in the same buffers (their addresses stay, as a captured CUDA graph needs): ``goal``
+        (B, goal_dim) is copied into :attr:`goal` (the tensor the cache was built with: give it one it may own, e.g. a
+        clone, when it will restart), the goal tokens are recomputed and every timestep is forgotten."""
+        with torch.inference_mode():
+            self.goal.copy_(goal)
+            self.model.forget_queries()  # they were the old goal's
+            self.kv.zero_()
+            self._write_goal()
+            w, b = self._folded_state_layer()  # the weights as they are now (they may have been trained since)
+            self.state_w.copy_(w)
+            self.state_b.copy_(b)
+        self.t = -1
+
+    def _folded_state_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state MLP's first layer with the normalisation folded in:
+        W ((s - mean) / std * mask) + b = (W * mask / std) s + (b - (W * mask / std) mean)."""
+        m = self.model
+        w = m.state_enc[0].weight * (m.state_input_mask / m.state_std)
+        return w, m.state_enc[0].bias - w @ m.state_mean
+
+    def _write_goal(self) -> None:
+        """The goal tokens' keys and values into their slots (they attend to each other causally)."""
+        g = self.model.goal_tokens(self.goal)
+        for i, w in enumerate(self.blocks):
+            g = _block(w, g, self.kv[i], torch.arange(self.G, device=g.device), None, self.n_head)
+
+    def step(self, state: torch.Tensor, t: int | torch.Tensor, prev_action: torch.Tensor | None = None,
              pixels: torch.Tensor | None = None, obs: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``a_{t-1}`` (B, action_dim) and ``o_t`` (state (B, state_dim), pixels (B, H, W, 3)); action logits (B, A, bins).
-        ``obs`` (B, 1, d): ``o_t``'s token when the caller already has it (:meth:`TrajectoryModel.obs_views`)."""
-        if t != self.t + 1:
-            raise ValueError(f"RingCache steps one timestep at a time: expected t={self.t + 1}, got {t}")
-        if (prev_action is None) != (t == 0):
-            raise ValueError("give prev_action at every step but the first (t=0)")
+        ``obs`` (B, 1, d): ``o_t``'s token when the caller already has it (:meth:`TrajectoryModel.obs_views`).
+
+        ``t`` may also be a 0-dim long tensor on the cache's device (t >= 1, with ``prev_action``): the form a CUDA
+        graph can capture, since nothing then reads a value back to the host. That form neither checks nor counts
+        the step: the caller says which step it was with :meth:`stepped`."""
+        if isinstance(t, torch.Tensor):
+            if prev_action is None:
+                raise ValueError("a step at a device timestep needs prev_action (the first step, t=0, takes an int)")
+        else:
+            if t != self.t + 1:
+                raise ValueError(f"RingCache steps one timestep at a time: expected t={self.t + 1}, got {t}")
+            if (prev_action is None) != (t == 0):
+                raise ValueError("give prev_action at every step but the first (t=0)")
+            self.t = t
         if torch.is_inference_mode_enabled():  # the policy's predict already is; entering it again costs more than a block
             return self._step(state, t, prev_action, pixels, obs)
         with torch.inference_mode():
             return self._step(state, t, prev_action, pixels, obs)
 
-    def _step(self, state: torch.Tensor, t: int, prev_action: torch.Tensor | None, pixels: torch.Tensor | None,
+    def stepped(self, t: int) -> None:
+        """Record that step ``t`` was taken through the device-timestep form of :meth:`step`."""
+        if t != self.t + 1:
+            raise ValueError(f"RingCache steps one timestep at a time: expected t={self.t + 1}, got {t}")
+        self.t = t
+
+    def _step(self, state: torch.Tensor, t: int | torch.Tensor, prev_action: torch.Tensor | None, pixels: torch.Tensor | None,
               obs: torch.Tensor | None = None) -> torch.Tensor:
         last = self.time_emb.shape[0] - 1
         if obs is None and pixels is None and self.model.entity_enc is None:  # the state MLP, normalisation folded in
             obs = F.linear(F.gelu(F.linear(state, self.state_w, self.state_b)), self.state_w2, self.state_b2)
-            obs = (obs + self.obs_emb + self.time_emb[min(t, last)])[:, None]
+            obs = (obs + self.obs_emb + _row(self.time_emb, _at_most(t, last)))[:, None]
         elif obs is None:
-            obs = self.model.obs_tokens(state[:, None], torch.full((state.shape[0], 1), t, device=state.device),
-                                        None if pixels is None else pixels[:, None], goal=self.goal)
+            ts = torch.full((state.shape[0], 1), t, device=state.device) if isinstance(t, int) else t.expand(state.shape[0], 1)
+            obs = self.model.obs_tokens(state[:, None], ts, None if pixels is None else pixels[:, None], goal=self.goal)
         if prev_action is not None:
-            act = F.linear(prev_action.float(), self.act_w, self.act_b) + self.act_emb + self.time_emb[min(t - 1, last)]
+            act = F.linear(prev_action.float(), self.act_w, self.act_b) + self.act_emb + _row(self.time_emb, _at_most(t - 1, last))
             x = torch.cat([act[:, None], obs], dim=1)
         else:
             x = obs
         L, p = x.shape[1], t % self.C
-        mask = self.masks[t if t < self.C else self.C + p, 2 - L:]  # (L, G + 2C): rows a_{t-1}, o_t
-        slots = self.slots[p, 2 - L:]
-        self.t = t
+        row = (t if t < self.C else self.C + p) if isinstance(t, int) else torch.where(t < self.C, t, self.C + p)
+        mask = _row(self.masks, row)[2 - L:]  # (L, G + 2C): rows a_{t-1}, o_t
+        slots = _row(self.slots, p)[2 - L:]
         for i, w in enumerate(self.blocks):
             x = _block(w, x, self.kv[i], slots, mask, self.n_head)
         h = F.layer_norm(x[:, -1], (x.shape[-1],), *self.lnf)
@@ -149,6 +186,16 @@ class RingCache:
         idx = torch.tensor(order, device=self.kv.device)
         kv = self.kv.index_select(4, idx)
         return KVCache([(kv[i, 0], kv[i, 1]) for i in range(self.cfg.n_layer)], self.goal)
+
+
+def _row(table: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+    """``table[i]`` for a host int or a 0-dim device tensor (gathered on the device: no value read back)."""
+    return table[i] if isinstance(i, int) else table.index_select(0, i.view(1))[0]
+
+
+def _at_most(t: int | torch.Tensor, last: int) -> int | torch.Tensor:
+    """``min(t, last)`` for a host int or a device tensor (no value read back)."""
+    return min(t, last) if isinstance(t, int) else t.clamp(max=last)
 
 
 def _block(w: _Weights, x: torch.Tensor, kv: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None, n_head: int) -> torch.Tensor:

@@ -4,7 +4,8 @@
 encodes each episode's instruction once, and adds one timestep per step through a
 key/value cache (:class:`embodied.ringcache.RingCache`, the fast form of
 ``TrajectoryModel.step``): the previous action's token, then the new observation's, whose
-hidden state gives the action bins. ``use_cache=False`` recomputes the whole context every
+hidden state gives the action bins. On a GPU each row's step is replayed as one CUDA graph
+(:mod:`embodied.policies.graphed`). ``use_cache=False`` recomputes the whole context every
 step instead (the reference the cache is measured and tested against).
 
 Observations are the suite's dicts, single (``state`` (S,)) or batched from a VecEnv
@@ -25,6 +26,8 @@ import torch
 from embodied import specs
 from embodied.model import TrajectoryModel
 from embodied.ringcache import RingCache
+
+from .graphed import GraphedStep, cached_logits
 
 
 class Policy(Protocol):
@@ -81,13 +84,19 @@ class FoundationPolicy:
     """Act with a :class:`~embodied.model.TrajectoryModel` (SB3 ``predict`` protocol)."""
 
     def __init__(self, model: TrajectoryModel, encode: Callable[[Sequence[str]], np.ndarray], device: str | torch.device | None = None,
-                 use_cache: bool = True, temperature: float = 1.0) -> None:
+                 use_cache: bool = True, temperature: float = 1.0, graphs: bool | None = None) -> None:
+        """``graphs``: run the cached step on fixed buffers, replayed as a CUDA graph per step on a GPU
+        (:mod:`embodied.policies.graphed`); default on with CUDA, off elsewhere (True on a CPU runs the same buffers
+        without a graph)."""
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.encode = encode
         self.use_cache = use_cache
         self.temperature = temperature
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self._episodes: list[_Episode | None] = []
+        self._graphed: list[GraphedStep | None] = []
+        """Per env row, kept across episodes (a graph is captured once per row)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = None, encoder: str | None = None, **kwargs: Any) -> "FoundationPolicy":
@@ -125,6 +134,8 @@ class FoundationPolicy:
             pixels = np.asarray(pixels)[None]
         if len(self._episodes) != n:
             self._episodes = [None] * n
+        if len(self._graphed) != n:
+            self._graphed = [None] * n
         starts = np.zeros(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(n)
         actions = []
         for i in range(n):
@@ -134,7 +145,7 @@ class FoundationPolicy:
                 ep = self._episodes[i] = _Episode(instructions[i], goal)
             s = ep.state = torch.as_tensor(states[i : i + 1], device=self.device)
             p = None if pixels is None else torch.as_tensor(np.asarray(pixels[i : i + 1]), device=self.device)
-            logits = self._step_cached(ep, s, p) if self.use_cache else self._step_full(ep, s, p)
+            logits = self._step_cached(i, ep, s, p) if self.use_cache else self._step_full(ep, s, p)
             a = self.model.decode_action(logits, sample=not deterministic, temperature=self.temperature)
             ep.last_action = a
             ep.t += 1
@@ -142,20 +153,23 @@ class FoundationPolicy:
         out = np.stack(actions).astype(np.float32)
         return (out if batched else out[0]), None
 
-    def _step_cached(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+    def _step_cached(self, row: int, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        """Env row ``row``'s action logits: two tokens appended to the episode's ring cache (:func:`cached_logits`)."""
         m = self.model
+        if self.graphs:
+            g = self._graphed[row]
+            if ep.cache is None:  # a new episode in the row's fixed buffers
+                if g is None:
+                    g = self._graphed[row] = GraphedStep(m, ep.goal)
+                else:
+                    g.begin(ep.goal)
+                ep.cache, ep.goal_cache = g.ring, g.goal_cache
+            assert g is not None
+            return g.step(s, ep.t, ep.last_action, p)
         if ep.cache is None:
             ep.cache = RingCache(m, ep.goal)
-        if m.cfg.policy_history:  # one pass appends the previous action's token, then this observation's
-            return ep.cache.step(s, ep.t, ep.last_action, p)
-        # the policy sees the goal and this observation only; the ring keeps the episode for imagination
-        # (policy_context). Both tokens of o_t come from one pass over the scene.
-        t = torch.full((1, 1), ep.t, device=self.device)
-        traj, pol = m.obs_views(s[:, None], t, None if p is None else p[:, None], goal=ep.goal, policy=True)
-        ep.cache.step(s, ep.t, ep.last_action, p, obs=traj)
-        if ep.goal_cache is None:
-            ep.goal_cache = m.start(ep.goal)
-        return m.policy_logits(ep.goal_cache, s, t[:, 0], p, token=pol)
+            ep.goal_cache = None if m.cfg.policy_history else m.start(ep.goal)
+        return cached_logits(m, ep.cache, ep.goal_cache, s, ep.t, ep.last_action, p)
 
     def _step_full(self, ep: _Episode, s: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
         """The same action from a full forward pass over the last ``context`` timesteps (no cache)."""

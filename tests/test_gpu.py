@@ -53,3 +53,34 @@ def test_bench_train_reports_mfu_on_cuda(tmp_path):
     collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=20), progress=False)
     r = bench_train("tiny", window=8, batch=32, steps=5, warmup=3, data=store)
     assert r["mfu"] is not None and 0 < r["mfu"] < 1 and r["data_source"] == "device-resident"
+
+
+def test_policy_steps_replay_as_cuda_graphs_and_act_like_eager_steps():
+    import warnings
+
+    import numpy as np
+
+    from conftest import fake_encode
+    from embodied.config import preset
+    from embodied.envs import make
+    from embodied.model import TrajectoryModel
+    from embodied.policies import FoundationPolicy
+
+    env = make("embodied/PointPushZone-v0")
+    for history in (False, True):
+        torch.manual_seed(0)
+        model = TrajectoryModel(preset("small", context=8, policy_history=history)).cuda()
+        graphed = FoundationPolicy(model, fake_encode)
+        plain = FoundationPolicy(model, fake_encode, graphs=False)
+        assert graphed.graphs and graphed.device.type == "cuda"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a capture that fails falls back with a warning: here it must not
+            for seed in (0, 1):  # the second episode replays the first one's graph on restarted buffers
+                obs, _ = env.reset(seed=seed)
+                for t in range(12):
+                    a, _ = graphed.predict(obs, episode_start=np.array([t == 0]), deterministic=True)
+                    b, _ = plain.predict(obs, episode_start=np.array([t == 0]), deterministic=True)
+                    np.testing.assert_allclose(a, b, atol=1e-4)
+                    obs, *_ = env.step(a)
+        assert graphed._graphed[0]._replay.__name__ == "replay"  # a captured graph, not the eager fallback
+    env.close()

@@ -31,6 +31,36 @@ def test_cached_and_uncached_policies_act_alike(pixels):
     env.close()
 
 
+@pytest.mark.parametrize("policy_history", [False, True])
+def test_fixed_buffer_steps_act_like_the_plain_cache_across_episodes(policy_history, monkeypatch):
+    """The CUDA-graph path's buffers (run without a graph here): same actions, one capture per row, reused by the next episode."""
+    from embodied.policies import graphed
+
+    captures = []
+    monkeypatch.setattr(graphed, "eager", lambda step: captures.append(step) or step)
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny", context=4, policy_history=policy_history))
+    fixed, plain = FoundationPolicy(model, _fake_encode, graphs=True), FoundationPolicy(model, _fake_encode, graphs=False)
+    assert FoundationPolicy(model, _fake_encode).graphs is False  # off by default without CUDA
+    env = make("embodied/Arm2PushZone-v0")
+    instructions = []
+    for seed in (0, 1):  # the second episode restarts the row's buffers with its own instruction
+        obs, _ = env.reset(seed=seed)
+        instructions.append(obs["instruction"])
+        for t in range(7):  # past the context of 4: the ring wraps
+            a, _ = fixed.predict(obs, episode_start=np.array([t == 0]), deterministic=True)
+            b, _ = plain.predict(obs, episode_start=np.array([t == 0]), deterministic=True)
+            np.testing.assert_allclose(a, b, atol=1e-5)
+            obs, *_ = env.step(a)
+    env.close()
+    assert instructions[0] != instructions[1] and len(captures) == 1
+    row, ep = fixed._graphed[0], fixed._episodes[0]
+    assert ep.cache is row.ring and row.ring.t == 6 and torch.equal(row.ring.goal, ep.goal)
+    if not policy_history:  # the goal tokens' cache was recomputed for the second instruction
+        with torch.inference_mode():
+            torch.testing.assert_close(row.goal_cache[0][0], model.start(ep.goal)[0][0])
+
+
 def test_evaluate_policy_runs_unchanged_and_episode_start_resets():
     model = TrajectoryModel(preset("tiny"))
     policy = FoundationPolicy(model, _fake_encode)

@@ -85,3 +85,32 @@ def test_steps_must_come_in_order():
         ring.step(s, 2, torch.zeros(1, 2))
     with pytest.raises(ValueError, match="prev_action"):
         ring.step(s, 1)
+
+
+@pytest.mark.parametrize("obs_encoder", ["flat", "entities"])
+def test_device_timesteps_and_a_restart_in_place_compute_the_same_steps(obs_encoder):
+    """The graph-capturable form (timestep as a tensor, buffers restarted in place) equals a fresh cache stepped by ints."""
+    C = 3
+    m = _model(C, obs_encoder=obs_encoder)
+    goal = torch.randn(1, m.cfg.goal_dim)
+    states, actions, _ = _rollout(m, 3 * C + 2, rows=1)
+    ref = RingCache(m, goal)
+    ring = RingCache(m, torch.randn(1, m.cfg.goal_dim))  # another episode first ...
+    for t in range(C + 1):
+        ring.step(states[t] + 1.0, t, actions[t - 1] if t else None)
+    ring.restart(goal)  # ... then this one, in the same buffers
+    assert ring.t == -1 and torch.equal(ring.goal, goal)
+    for t in range(len(states)):
+        prev = actions[t - 1] if t else None
+        want = ref.step(states[t], t, prev)
+        if t == 0:
+            got = ring.step(states[t], 0)
+        else:
+            got = ring.step(states[t], torch.tensor(t), prev)  # neither checks nor counts ...
+            ring.stepped(t)  # ... the caller does
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    assert ring.t == len(states) - 1
+    with pytest.raises(ValueError, match="expected t="):
+        ring.stepped(ring.t + 2)
+    with pytest.raises(ValueError, match="needs prev_action"):
+        ring.step(states[0], torch.tensor(1))
