@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"rate {r['violation_rate']:.2f}  interventions/ep {r.get('interventions_per_episode', 0):5.1f}  "
                       f"success {r['success']:.2f} [{r['success_ci'][0]:.2f}, {r['success_ci'][1]:.2f}]"
                       + (f"  reduction {100 * red:.1f}%" if red is not None else "")
-                      + (f"  success -{r['success_drop_points']:.0f} pts" if "success_drop_points" in r else "")
+                      + (f"  success {-r['success_drop_points']:+.0f} pts" if "success_drop_points" in r else "")
                       + "  by term " + " ".join(f"{t.removeprefix('cost_')} {v:.2f}" for t, v in r.get("violations_by_term", {}).items())
                       + f"  ({r['seconds']:.0f} s)", flush=True)
     if args.out:
