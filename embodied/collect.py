@@ -188,6 +188,37 @@ def regenerate(meta: dict[str, Any], labels: bool = True) -> dict[str, np.ndarra
     return steps
 
 
+class _StopOnInterrupt:
+    """Ctrl-C (SIGINT) in the main thread sets a flag that :meth:`check` turns into KeyboardInterrupt between episodes.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be (inside the store's write, or while it waits
+    on the worker pool) can be swallowed by the code it lands in, and the run then goes on to the end; a flag
+    checked at one known point cannot. Elsewhere than the main thread the handler is left as it is."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.interrupted = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+
+    def check(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def _ignore_sigint() -> None:
     import signal
 
@@ -291,8 +322,10 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
         bar = tqdm(total=len(jobs), unit="ep", desc="collect", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         t0 = time.perf_counter()
         written = valid = success = frames = 0
+        stop = _StopOnInterrupt()
         try:
             for job, steps, meta in _results(jobs, spec.workers):
+                stop.check()  # Ctrl-C: stop between episodes, every one written so far stays
                 steps = {k: v for k, v in steps.items() if k in features}  # what this store records
                 index = store.add_episode(steps, meta)
                 written += 1
@@ -303,7 +336,9 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
                 bar.set_postfix(success=f"{success / written:.2f}", invalid=written - valid, refresh=False)
                 if on_episode:
                     on_episode(index, meta)
+            stop.check()
         finally:
+            stop.restore()
             bar.close()
         seconds = time.perf_counter() - t0
         return {
