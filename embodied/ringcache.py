@@ -155,7 +155,7 @@ class RingCache:
             obs = F.linear(F.gelu(F.linear(state, self.state_w, self.state_b)), self.state_w2, self.state_b2)
             obs = (obs + self.obs_emb + _row(self.time_emb, _at_most(t, last)))[:, None]
         elif obs is None:
-            ts = torch.full((state.shape[0], 1), t, device=state.device) if isinstance(t, int) else t.expand(state.shape[0], 1)
+            ts = timestep_column(t, state.shape[0], state.device)
             obs = self.model.obs_tokens(state[:, None], ts, None if pixels is None else pixels[:, None], goal=self.goal)
         if prev_action is not None:
             act = F.linear(prev_action.float(), self.act_w, self.act_b) + self.act_emb + _row(self.time_emb, _at_most(t - 1, last))
@@ -186,6 +186,11 @@ class RingCache:
         idx = torch.tensor(order, device=self.kv.device)
         kv = self.kv.index_select(4, idx)
         return KVCache([(kv[i, 0], kv[i, 1]) for i in range(self.cfg.n_layer)], self.goal)
+
+
+def timestep_column(t: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Timestep ``t`` as a (batch, 1) long tensor, from a host int or a 0-dim device tensor (expanded: no copy, no read-back)."""
+    return torch.full((batch, 1), t, device=device) if isinstance(t, int) else t.expand(batch, 1)
 
 
 def _row(table: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from embodied.model import KVCache, TrajectoryModel
-from embodied.ringcache import RingCache
+from embodied.ringcache import RingCache, timestep_column
 
 Capture = Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]]
 """Turns a step on fixed buffers into a function that runs it again (a graph's replay) and returns its output."""
@@ -42,8 +42,7 @@ def cached_logits(model: TrajectoryModel, ring: RingCache, goal_cache: KVCache |
     the graph-capturable form; see :meth:`RingCache.step`)."""
     if model.cfg.policy_history:
         return ring.step(state, t, prev_action, pixels)
-    B = state.shape[0]
-    ts = torch.full((B, 1), t, device=state.device) if isinstance(t, int) else t.expand(B, 1)
+    ts = timestep_column(t, state.shape[0], state.device)
     traj, pol = model.obs_views(state[:, None], ts, None if pixels is None else pixels[:, None], goal=ring.goal, policy=True)
     ring.step(state, t, prev_action, pixels, obs=traj)
     assert goal_cache is not None, "a present-only policy acts from its goal cache"
