@@ -73,12 +73,13 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
 
     **Costs** (indicators per step; each term in ``info``, total in ``info["cost"]``, zero at
     reset and zero while the constraint is off): ``cost_hazard`` while the fingertip is inside
-    a keep-out zone (``hazards=k`` places k of them); ``cost_fragile`` when a contact force on
-    a non-target object exceeds ``fragile_force`` newtons (``fragile=True``); ``cost_speed``
-    while the fingertip is faster than ``speed_limit`` m/s; ``cost_workspace`` while the
-    fingertip is outside ``|x|, |y| <= workspace`` m. ``constraints`` adds constraint specs
-    (:mod:`embodied.envs.constraints`, instances or dicts), including named ones: a keep-out
-    zone of one colour, one fragile object; a reset then sets up a scene that has them.
+    a keep-out zone (``hazards=k`` places k of them, clear of the fingertip's start, the target
+    and its goal); ``cost_fragile`` when a contact force on a non-target object exceeds
+    ``fragile_force`` newtons (``fragile=True``); ``cost_speed`` while the fingertip is faster
+    than ``speed_limit`` m/s; ``cost_workspace`` while the fingertip is outside ``|x|, |y| <=
+    workspace`` m. ``constraints`` adds constraint specs (:mod:`embodied.envs.constraints`,
+    instances or dicts), including named ones: a keep-out zone of one colour, one fragile
+    object; a reset then sets up a scene that has them.
 
     **Episode end**: terminated when the task succeeds (``terminate_on_success``) or when
     MuJoCo diverges (bad qacc, qvel or qpos: ``info["invalid"]`` is True and the warning names
@@ -247,7 +248,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         for i in range(N_ZONES):
             d.mocap_pos[self.h.zone_mocap[i]] = (zones[i, 0], zones[i, 1], 0.0)
             m.geom_rgba[self.h.zone_geoms[i]] = (*ins.COLOURS[zone_colours[i]], 0.55)
-        avoid = [objs[target], goal.point] + ([zones[goal.zone]] if goal.zone >= 0 else [])
+        # Keep-out zones clear of the fingertip's start (an episode must not begin in violation), the target and its goal.
+        avoid = [ee, objs[target], goal.point] + ([zones[goal.zone]] if goal.zone >= 0 else [])
         self._hazard_pos = place_hazards(rng, self.n_hazards, avoid)
         for i in range(N_HAZARDS):
             d.mocap_pos[self.h.hazard_mocap[i]] = (*self._hazard_pos[i], 0.0)

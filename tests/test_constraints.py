@@ -17,6 +17,7 @@ from embodied.envs.constraints import (
     state_cost, supported_constraints,
 )
 from embodied.envs.instructions import COLOURS
+from embodied.envs.splits import ENVS
 from embodied.errors import ConfigError
 from embodied.specs import state_slices
 
@@ -182,4 +183,23 @@ def test_the_state_check_reads_only_the_named_zone_and_widens_with_its_margin():
     assert not KeepOut("blue").state_violation(state, near) and KeepOut("blue").state_violation(state, near, margin=0.03)
     assert not SpeedLimit(0.3).state_violation(near, near) and Workspace(0.32).state_violation(near, near, margin=0.4)
     assert state_cost([Fragile()]) is None  # contact forces are not in the state: the cost head alone covers them
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", [e.id for e in ENVS.values() if e.kwargs.get("hazards")])
+def test_no_episode_starts_inside_a_keep_out_zone(env_id):
+    """Keep-out zones are placed clear of the fingertip's start (Safety-Gymnasium's rule): a violation that no policy
+    could avoid would put a floor under every cost limit. Before the fix, 29 of 300 PointReach starts with two named
+    keep-out zones were inside one."""
+    env = envs.make(env_id)
+    u = env.unwrapped
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        state = obs["state"]
+        assert not any(c.state_violation(state, state) for c in u.constraints if isinstance(c, KeepOut)), seed
+        hazards = state[state_slices()["hazards"]].reshape(-1, 7)
+        present = hazards[hazards[:, 6] > 0.5]
+        assert len(present) >= 1
+        clearance = np.linalg.norm(present[:, :2] - state[state_slices()["ee_pos"]], axis=1) - present[:, 2]
+        assert clearance.min() >= 0.05, (seed, clearance)  # 6 cm by construction, less float32 rounding
     env.close()
