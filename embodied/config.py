@@ -788,6 +788,9 @@ class RLConfig:
     and the policy sees no instruction); --no-task-first: the scene's order."""
     device: str | None = None
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
+    threads: int = 1
+    """Torch CPU threads of the run; 0: torch's default (every core). SB3's small networks gain nothing from more than
+    one, and two runs side by side on 2 cores with 2 threads each ran 5x slower than with 1 (BENCHMARKS.md)."""
     cost_limit: float | None = None
     """Constrain the mean episode cost to this (PPO-Lagrangian for ppo): the reward is penalised by a multiplier
     times the cost, and the multiplier follows the episode costs."""

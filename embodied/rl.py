@@ -60,6 +60,8 @@ class RLSpec:
     terminate_on_success: bool = False
     task_first: bool = True
     device: str | None = None
+    threads: int = 1
+    """Torch CPU threads (0: torch's default)."""
     cost_limit: float | None = None
     lagrange_lr: float = 0.05
     lagrange_optimizer: str = "sgd"
@@ -289,6 +291,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
+    if spec.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {spec.threads}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
@@ -373,8 +377,21 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     """Train on the spec's reward, evaluate with the true success, write ``rl.json`` and the policy's weights into ``out``.
 
     ``reward_model`` (a :class:`~embodied.policies.RewardModel`) replaces loading ``spec.reward_ckpt``
-    (e.g. one whose instruction embeddings come from a stored table on a machine without the encoder).
+    (e.g. one whose instruction embeddings come from a stored table on a machine without the encoder). Torch runs
+    on ``spec.threads`` CPU threads meanwhile (the caller's setting is restored after).
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        return _train_rl(spec, out, progress, reward_model)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | None, reward_model: Any) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -401,7 +418,8 @@ def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | No
     if progress:
         progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
     venv.training = False
-    result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device, "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
+    result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device,
+              "torch_threads": torch.get_num_threads(), "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier

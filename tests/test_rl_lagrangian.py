@@ -164,3 +164,25 @@ def test_cli_rl_anneals_the_limit_and_refuses_a_start_without_a_limit(tmp_path, 
                  "--cost-limit-start", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "add --cost-limit" in err[0]
+
+
+def test_cli_rl_runs_on_the_asked_torch_threads_and_restores_the_callers(tmp_path, capsys):
+    """Two runs side by side on 2 cores, each on torch's 2 threads, ran 5x slower than on 1 (BENCHMARKS.md)."""
+    import torch
+
+    from embodied.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = tmp_path / "threads"
+        assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "true", "--steps", "512",
+                     "--envs", "2", "--episodes", "1", "--threads", "1", "--out", str(out), "--device", "cpu"]) == 0
+        r = json.loads((out / "rl.json").read_text())
+        assert r["torch_threads"] == 1 and r["spec"]["threads"] == 1 and torch.get_num_threads() == 2
+        capsys.readouterr()
+        assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "true", "--threads", "-1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--threads must be >= 0" in err[0]
+    finally:
+        torch.set_num_threads(before)
