@@ -786,6 +786,9 @@ class RLConfig:
     task_first: bool = True
     """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
     and the policy sees no instruction); --no-task-first: the scene's order."""
+    egocentric: bool = False
+    """Show the policy every position of the scene (objects, goal and keep-out zones) relative to the fingertip, as
+    Safety-Gymnasium's lidar does: what it needs to steer around a keep-out zone on its way."""
     device: str | None = None
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
     threads: int = 1

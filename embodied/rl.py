@@ -59,6 +59,8 @@ class RLSpec:
     seed: int = 0
     terminate_on_success: bool = False
     task_first: bool = True
+    egocentric: bool = False
+    """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
     device: str | None = None
     threads: int = 1
     """Torch CPU threads (0: torch's default)."""
@@ -308,14 +310,15 @@ def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: boo
     """One training env of the run (see the module doc for the order of wrappers)."""
     from stable_baselines3.common.monitor import Monitor
 
-    from embodied.envs import FixedTask, StateOnly, TaskFirst, make
+    from embodied.envs import FixedTask, StateOnly, StateView, make
 
-    env = fixed = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success, **spec.env_kwargs()), spec.instruction)
+    env = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success, **spec.env_kwargs()), spec.instruction)
     env = REWARDS[spec.reward](env, spec, reward_model)
     for wrap in algorithm.env_wrappers(spec):
         env = wrap(env)
-    if spec.task_first:
-        env = TaskFirst(env, fixed.task)
+    view = state_view(spec)
+    if view is not None:
+        env = StateView(env, view)
     env = StateOnly(env)
     return Monitor(env) if monitor else env
 
@@ -438,14 +441,27 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
 
 
 def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What the run's policy sees of a state vector: with ``task_first``, the named object and zone in the first slots."""
-    if not spec.task_first:
-        return None
-    from embodied.envs import task_first
+    """What the run's policy sees of state vectors (N, S), in training and evaluation alike: with ``task_first``, the
+    named object and zone in the first slots; with ``egocentric``, the scene's positions relative to the fingertip.
+    None when it sees the state as it is."""
+    from embodied.envs import egocentric, task_first
     from embodied.envs.instructions import parse_instruction
 
-    task = parse_instruction(spec.instruction)
-    return lambda states: task_first(states, task)
+    views: list[Callable[[np.ndarray], np.ndarray]] = []
+    if spec.task_first:
+        task = parse_instruction(spec.instruction)
+        views.append(lambda states: task_first(states, task))
+    if spec.egocentric:
+        views.append(egocentric)
+    if not views:
+        return None
+
+    def view(states: np.ndarray) -> np.ndarray:
+        for v in views:
+            states = v(states)
+        return states
+
+    return view
 
 
 def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:

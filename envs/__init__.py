@@ -22,7 +22,7 @@ from embodied.errors import ConfigError, UnknownEnvError  # noqa: E402
 from .experts import RandomPolicy, ScriptedExpert
 from .splits import ENVS, EnvEntry, env_ids
 from .tabletop import TabletopEnv
-from .wrappers import FixedTask, InstructionAsBytes, StateOnly, TaskFirst, task_first
+from .wrappers import FixedTask, InstructionAsBytes, StateOnly, StateView, TaskFirst, egocentric, task_first
 
 ENTRY_POINT = "embodied.envs.tabletop:TabletopEnv"
 

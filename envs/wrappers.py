@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
 from embodied.specs import (
-    INSTRUCTION, INSTRUCTION_BYTES, N_OBJECTS, N_ZONES, OBJECT_FEATURES, SHAPES, STATE, ZONE_FEATURES, encode_instruction,
-    state_slices,
+    HAZARD_FEATURES, INSTRUCTION, INSTRUCTION_BYTES, N_HAZARDS, N_OBJECTS, N_ZONES, OBJECT_FEATURES, SHAPES, STATE, ZONE_FEATURES,
+    encode_instruction, state_slices,
 )
 
 from .instructions import COLOURS, Task
@@ -95,6 +95,43 @@ def task_first(state: np.ndarray, task: Task) -> np.ndarray:
             named = np.all(np.abs(zones[:, 3:6] - COLOURS[task.zone]) < 1e-3, axis=1)
             row[_SL["zones"]] = zones[np.argsort(~named, kind="stable")].reshape(-1)
     return s
+
+
+def egocentric(state: np.ndarray) -> np.ndarray:
+    """``state`` (S,) or (N, S) with every position of the scene given relative to the fingertip (m): each object's
+    position and start position, each goal zone's centre and each present keep-out zone's centre, minus ``ee_pos``.
+    The fingertip's own position stays in the table frame (workspace bounds are absolute); absent keep-out slots
+    (parked off the table, flag 0) are left as they are.
+
+    A small policy network maps "a keep-out zone 5 cm ahead" to a detour far more easily than it does two absolute
+    positions; Safety-Gymnasium's agents see their hazards through egocentric lidar for the same reason.
+    """
+    s = np.array(state, dtype=np.float32, copy=True)
+    lead = s.shape[:-1]
+    ee = s[..., _SL["ee_pos"]].copy()[..., None, :]  # (..., 1, 2)
+    objects = s[..., _SL["objects"]].reshape(*lead, N_OBJECTS, OBJECT_FEATURES)
+    objects[..., 0:2] -= ee
+    objects[..., 12:14] -= ee
+    zones = s[..., _SL["zones"]].reshape(*lead, N_ZONES, ZONE_FEATURES)
+    zones[..., 0:2] -= ee
+    hazards = s[..., _SL["hazards"]].reshape(*lead, N_HAZARDS, HAZARD_FEATURES)
+    hazards[..., 0:2] -= ee * (hazards[..., 6:7] > 0.5)
+    s[..., _SL["objects"]] = objects.reshape(*lead, -1)
+    s[..., _SL["zones"]] = zones.reshape(*lead, -1)
+    s[..., _SL["hazards"]] = hazards.reshape(*lead, -1)
+    return s
+
+
+class StateView(gym.ObservationWrapper):
+    """The observation's ``state`` through ``view``, a function of state vectors (N, S) -> (N, S) such as
+    :func:`task_first` for a task or :func:`egocentric` (what an RL policy trained on the view sees at run time too)."""
+
+    def __init__(self, env: gym.Env, view: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__(env)
+        self.view = view
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        return {**observation, STATE: self.view(observation[STATE][None])[0]}
 
 
 class TaskFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):

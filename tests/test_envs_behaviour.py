@@ -231,3 +231,30 @@ def test_task_first_puts_the_named_object_and_zone_in_the_first_slots():
     assert moved  # the scene's order varies, so some seeds move something
     assert np.array_equal(envs.task_first(np.stack(rows), env.task), np.stack([envs.task_first(r, env.task) for r in rows]))
     env.close()
+
+
+def test_egocentric_gives_the_scenes_positions_relative_to_the_fingertip():
+    env = envs.make("embodied/PointPushZone-v0", hazards=1)  # one keep-out slot present, one parked
+    sl = state_slices()
+    rows = []
+    for seed in range(4):
+        state = env.reset(seed=seed)[0]["state"]
+        for _ in range(3):  # the fingertip away from its start
+            state = env.step(np.array([0.7, -0.4], np.float32))[0]["state"]
+        out = envs.egocentric(state)
+        ee = state[sl["ee_pos"]]
+        objects, objects2 = state[sl["objects"]].reshape(3, -1), out[sl["objects"]].reshape(3, -1)
+        assert np.allclose(objects2[:, 0:2], objects[:, 0:2] - ee) and np.allclose(objects2[:, 12:14], objects[:, 12:14] - ee)
+        assert np.array_equal(objects2[:, 2:12], objects[:, 2:12])  # yaw, velocity, colour, shape: as they were
+        zones, zones2 = state[sl["zones"]].reshape(3, -1), out[sl["zones"]].reshape(3, -1)
+        assert np.allclose(zones2[:, :2], zones[:, :2] - ee) and np.array_equal(zones2[:, 2:], zones[:, 2:])
+        hz, hz2 = state[sl["hazards"]].reshape(-1, 7), out[sl["hazards"]].reshape(-1, 7)
+        present = hz[:, 6] > 0.5
+        assert present.sum() == 1
+        assert np.allclose(hz2[present, :2], hz[present, :2] - ee) and np.array_equal(hz2[~present], hz[~present])
+        keep = np.ones(STATE_DIM, bool)
+        keep[sl["objects"]] = keep[sl["zones"]] = keep[sl["hazards"]] = False
+        assert np.array_equal(out[keep], state[keep]) and not np.array_equal(ee, 0)  # ee_pos and the arm: table frame
+        rows.append(state)
+    assert np.allclose(envs.egocentric(np.stack(rows)), np.stack([envs.egocentric(r) for r in rows]))
+    env.close()

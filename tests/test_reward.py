@@ -235,3 +235,28 @@ def test_rl_policy_sees_the_named_object_first_in_training_and_evaluation():
     assert np.array_equal(seen[0][0], task_first(state, task)) and state_view(RLSpec(**{**spec.__dict__, "task_first": False})) is None
     for e in (on, off, raw):
         e.close()
+
+
+def test_rl_policy_sees_the_egocentric_view_in_training_and_evaluation():
+    from embodied.envs import egocentric, task_first
+    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, make_env, state_view
+
+    spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", egocentric=True)
+    task = FixedTask(make(spec.env_id), spec.instruction).task
+    env = make_env(spec, None, ALGORITHMS["ppo"](), monitor=False)
+    raw = FixedTask(make(spec.env_id), spec.instruction)
+    for seed in range(3):
+        state = raw.reset(seed=seed)[0]["state"]
+        assert np.allclose(env.reset(seed=seed)[0], egocentric(task_first(state, task)))
+    seen = []
+
+    class Recorder:
+        def predict(self, obs, deterministic=True):
+            seen.append(obs)
+            return np.zeros((len(obs), 2), np.float32), None
+
+    StatePolicy(Recorder(), lambda s: s, state_view(spec)).predict({"state": state}, deterministic=True)  # type: ignore[arg-type]
+    assert np.allclose(seen[0][0], egocentric(task_first(state, task)))
+    assert np.allclose(state_view(RLSpec(**{**spec.__dict__, "task_first": False}))(state[None])[0], egocentric(state))
+    for e in (env, raw):
+        e.close()
