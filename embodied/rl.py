@@ -346,31 +346,36 @@ class StatePolicy:
 
 
 def _progress_callback(log: list[dict[str, Any]], every: int, progress: Callable[[str], None] | None = None) -> "BaseCallback":
-    """An SB3 callback recording (and passing to ``progress``), every ``every`` env steps, the true success and true return of the episodes finished since."""
+    """An SB3 callback recording (and passing to ``progress``), every ``every`` env steps, the true success, true return
+    and cost of the episodes finished since. The true return is the env's own reward: not the learned one, and not
+    the Lagrangian's penalised one."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Progress(BaseCallback):
         def _on_training_start(self) -> None:
             n = self.training_env.num_envs
-            self.ret, self.done_ok, self.done_ret, self.last = np.zeros(n), [], [], 0
+            self.ret, self.cost, self.done_ok, self.done_ret, self.done_cost, self.last = np.zeros(n), np.zeros(n), [], [], [], 0
 
         def _on_step(self) -> bool:
             infos, dones = self.locals["infos"], self.locals["dones"]
             env = self.training_env  # a VecNormalize: its rewards are normalised, the original ones are the env's
             raw = env.get_original_reward() if hasattr(env, "get_original_reward") else self.locals["rewards"]
             for i, info in enumerate(infos):
-                self.ret[i] += float(info.get("true_reward", raw[i]))
+                self.ret[i] += float(info.get("true_reward", info.get("unpenalized_reward", raw[i])))
+                self.cost[i] += float(info.get("cost", 0.0))
                 if dones[i]:
                     self.done_ok.append(bool(info.get("is_success", False)))
                     self.done_ret.append(self.ret[i])
-                    self.ret[i] = 0.0
+                    self.done_cost.append(self.cost[i])
+                    self.ret[i] = self.cost[i] = 0.0
             if self.num_timesteps - self.last >= every and self.done_ok:
                 log.append({"steps": self.num_timesteps, "episodes": len(self.done_ok), "true_success": float(np.mean(self.done_ok)),
-                            "true_return": float(np.mean(self.done_ret))})
+                            "true_return": float(np.mean(self.done_ret)), "mean_episode_cost": float(np.mean(self.done_cost))})
                 if progress:
                     r = log[-1]
-                    progress(f"{r['steps']} steps: {r['episodes']} episodes, true success {r['true_success']:.2f}, true return {r['true_return']:.1f}")
-                self.done_ok, self.done_ret, self.last = [], [], self.num_timesteps
+                    progress(f"{r['steps']} steps: {r['episodes']} episodes, true success {r['true_success']:.2f}, "
+                             f"true return {r['true_return']:.1f}, episode cost {r['mean_episode_cost']:.2f}")
+                self.done_ok, self.done_ret, self.done_cost, self.last = [], [], [], self.num_timesteps
             return True
 
     return Progress()

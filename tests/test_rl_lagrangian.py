@@ -186,3 +186,22 @@ def test_cli_rl_runs_on_the_asked_torch_threads_and_restores_the_callers(tmp_pat
         assert len(err) == 1 and "--threads must be >= 0" in err[0]
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_curve_reports_the_true_return_and_the_cost_not_the_penalised_reward(monkeypatch, tmp_path):
+    """Before PPO's first update both runs act with the same initial policy on the same seeds, so their first logged
+    episodes are the same ones: a curve that logged the penalised reward would differ by the penalty."""
+    import embodied.rl as rl
+
+    def heavy(spec):  # a multiplier that starts (and stays about) at 50
+        return LagrangeMultiplier(spec.cost_limit, 1e-6, value=50.0)
+
+    monkeypatch.setattr(rl, "multiplier_of", heavy)
+    base = dict(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", steps=512, n_envs=2,
+                episodes=1, device="cpu")
+    plain = rl._train_rl(rl.RLSpec(**base), tmp_path / "plain", None, None)["curve"][0]
+    penalised = rl._train_rl(rl.RLSpec(**base, cost_limit=0.0), tmp_path / "lag", None, None)["curve"][0]
+    assert plain["steps"] == penalised["steps"] <= 512 and plain["episodes"] == penalised["episodes"]
+    assert penalised["mean_episode_cost"] > 1.0  # the speed limit is broken at most steps of a random policy
+    assert penalised["true_return"] == pytest.approx(plain["true_return"])
+    assert penalised["mean_episode_cost"] == pytest.approx(plain["mean_episode_cost"])
