@@ -808,6 +808,9 @@ class RLConfig:
     tightens); default: --cost-limit from the start."""
     cost_limit_anneal: float = 0.5
     """Fraction of the training steps (0-1] over which the limit moves from --cost-limit-start to --cost-limit."""
+    squash: bool = False
+    """ppo: act through tanh of the Gaussian instead of clipping it to the action bounds (clipped, a policy rewarded
+    for speed drives its means far past the bounds, where no cost can steer it: a detour or a slower pace)."""
     log_std_init: float = 0.0
     """ppo: initial log standard deviation of the Gaussian policy's actions (SB3's default 0: scale 1 on actions in
     [-1, 1]); lower explores more gently, e.g. under a speed limit that random actions of scale 1 break."""

@@ -71,6 +71,8 @@ class RLSpec:
     """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
     cost_limit_anneal: float = 0.5
     log_std_init: float = 0.0
+    squash: bool = False
+    """ppo: the policy's Gaussian acts through tanh (:func:`squash_actions`) instead of being clipped to the bounds."""
     constraints: tuple[Any, ...] = ()
     """Constraint specs (:mod:`embodied.envs.constraints`) turned on in every env of the run, besides the env's own."""
 
@@ -178,6 +180,41 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
     return CostPenalty(env)
 
 
+SQUASH_BOUND = 5.0
+"""Bound of the squashed policy's raw actions (SB3 needs finite bounds): tanh(5) is 1 - 1e-4, so nothing a policy could
+want lies beyond it."""
+
+
+def squash_actions(env: "gym.Env") -> "gym.Env":
+    """``env`` taking actions ``u`` in [-SQUASH_BOUND, SQUASH_BOUND] and acting with ``tanh(u)`` scaled to its bounds.
+
+    PPO's Gaussian is clipped to the action bounds by default, and a task rewarded for speed pushes its mean far past
+    them (on PointReach with keep-out zones, 2/3 of the action components' means lay beyond 1 and half beyond 2 after
+    1M steps): every sample is then clipped to the same corner, so no change of the mean changes what the env sees,
+    and a cost that asks for a detour or a slower pace has no gradient to act through. Through tanh every change of
+    the mean moves the action.
+    """
+    import gymnasium as gym
+
+    low = np.asarray(env.action_space.low, dtype=np.float64)
+    high = np.asarray(env.action_space.high, dtype=np.float64)
+
+    class SquashedActions(gym.ActionWrapper):
+        def __init__(self, inner: "gym.Env") -> None:
+            super().__init__(inner)
+            self.action_space = gym.spaces.Box(-SQUASH_BOUND, SQUASH_BOUND, shape=inner.action_space.shape, dtype=np.float32)
+
+        def action(self, action: Any) -> np.ndarray:
+            return squashed(action, low, high)
+
+    return SquashedActions(env)
+
+
+def squashed(u: Any, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``tanh(u)`` mapped from (-1, 1) onto ``[low, high]`` (float32)."""
+    return (low + (np.tanh(np.asarray(u, dtype=np.float64)) + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- reward sources
 RewardSource = Callable[["gym.Env", RLSpec, Any], "gym.Env"]
 REWARDS: Registry[RewardSource] = Registry("reward")
@@ -254,7 +291,11 @@ register_algorithm = ALGORITHMS.register
 
 @register_algorithm("ppo")
 class PPOAlgorithm(Algorithm):
-    """PPO: 8 envs x 256 steps per rollout, 10 epochs of minibatches of 256, clipped surrogate."""
+    """PPO: 8 envs x 256 steps per rollout, 10 epochs of minibatches of 256, clipped surrogate; with ``spec.squash``
+    the Gaussian acts through tanh (:func:`squash_actions`, the outermost action wrapper)."""
+
+    def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
+        return super().env_wrappers(spec) + ([squash_actions] if spec.squash else [])
 
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         from stable_baselines3 import PPO
@@ -293,6 +334,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
+    if spec.squash and spec.algo != "ppo":
+        raise ConfigError(f"--squash is for ppo; {spec.algo} squashes its actions already (drop --squash)")
     if spec.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {spec.threads}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
@@ -331,8 +374,9 @@ class StatePolicy:
     """
 
     def __init__(self, model: "BaseAlgorithm", normalize: Callable[[np.ndarray], np.ndarray],
-                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        self.model, self.normalize, self.view = model, normalize, view
+                 view: Callable[[np.ndarray], np.ndarray] | None = None,
+                 act: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.model, self.normalize, self.view, self.act = model, normalize, view, act
 
     def reset(self) -> None:
         """The policy keeps no state between steps."""
@@ -342,6 +386,7 @@ class StatePolicy:
         batched = s.ndim == 2
         s = s if batched else s[None]
         a, _ = self.model.predict(self.normalize(self.view(s) if self.view else s), deterministic=True)
+        a = self.act(a) if self.act else a
         return (a if batched else a[0]), None
 
 
@@ -428,7 +473,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     venv.training = False
     result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device,
               "torch_threads": torch.get_num_threads(), "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
-              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec)), reward_model)}
+              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
         result["lagrange"] = {"cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
@@ -467,6 +512,18 @@ def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
         return states
 
     return view
+
+
+def action_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the env receives of the run's policy's actions (N, A): the squashed action with ``squash``, else None."""
+    if not spec.squash:
+        return None
+    from embodied.envs import make
+
+    env = make(spec.env_id, **spec.env_kwargs())
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    return lambda u: squashed(u, low, high)
 
 
 def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:

@@ -205,3 +205,43 @@ def test_training_curve_reports_the_true_return_and_the_cost_not_the_penalised_r
     assert penalised["mean_episode_cost"] > 1.0  # the speed limit is broken at most steps of a random policy
     assert penalised["true_return"] == pytest.approx(plain["true_return"])
     assert penalised["mean_episode_cost"] == pytest.approx(plain["mean_episode_cost"])
+
+
+def test_squashed_ppo_acts_through_tanh_in_training_and_evaluation(tmp_path, capsys):
+    """A Gaussian clipped to the bounds stops steering once its mean is past them; through tanh every mean moves the action."""
+    from embodied.cli import main
+    from embodied.envs import FixedTask, make
+    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, action_view, make_env
+
+    spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", squash=True, task_first=False)
+    env = make_env(spec, None, ALGORITHMS["ppo"](), monitor=False)
+    raw = FixedTask(make(spec.env_id), spec.instruction)
+    assert (env.action_space.high == 5.0).all() and action_view(RLSpec(**{**spec.__dict__, "squash": False})) is None
+    rng = np.random.default_rng(0)
+    env.reset(seed=3)
+    raw.reset(seed=3)
+    for _ in range(10):
+        u = rng.normal(0, 3, 2).astype(np.float32)
+        got, want = env.step(u)[0], raw.step(np.tanh(u))[0]["state"]
+        assert np.allclose(got, want, atol=1e-5)  # the env moved by tanh(u), not by the clipped u
+    far = env.step(np.array([50.0, -50.0], np.float32))[4]
+    assert far["cost_speed"] in (0.0, 1.0)
+    act = action_view(spec)
+    assert np.allclose(act(np.array([[0.5, 8.0]])), [[np.tanh(0.5), 1.0]], atol=1e-6)
+
+    class Fixed:
+        def predict(self, obs, deterministic=True):
+            return np.full((len(obs), 2), 0.5, np.float32), None
+
+    a, _ = StatePolicy(Fixed(), lambda s: s, None, act).predict({"state": np.zeros(raw.observation_space["state"].shape, np.float32)})  # type: ignore[arg-type]
+    assert np.allclose(a, np.tanh(0.5))
+    out = tmp_path / "squash"
+    assert main(["rl", "--env", spec.env_id, "--instruction", spec.instruction, "--reward", "true", "--steps", "512", "--envs", "2",
+                 "--episodes", "1", "--squash", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "rl.json").read_text())["spec"]["squash"] is True
+    capsys.readouterr()
+    assert main(["rl", "--env", spec.env_id, "--instruction", spec.instruction, "--reward", "true", "--algo", "sac", "--squash"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--squash is for ppo" in err[0]
+    for e in (env, raw):
+        e.close()
