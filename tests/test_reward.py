@@ -212,9 +212,24 @@ def test_rl_smoke_sac_on_the_true_reward(tmp_path):
     assert (tmp_path / "sac" / "rl.json").exists()
 
 
+def _seen_by_rl_policy(spec, state):
+    """The state vector an RL run's evaluation policy (:class:`embodied.rl.StatePolicy`) hands its model for ``state``."""
+    from embodied.rl import StatePolicy, state_view
+
+    seen = []
+
+    class Recorder:
+        def predict(self, obs, deterministic=True):
+            seen.append(obs)
+            return np.zeros((len(obs), 2), np.float32), None
+
+    StatePolicy(Recorder(), lambda s: s, state_view(spec)).predict({"state": state}, deterministic=True)  # type: ignore[arg-type]
+    return seen[0][0]
+
+
 def test_rl_policy_sees_the_named_object_first_in_training_and_evaluation():
     from embodied.envs import task_first
-    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, make_env, state_view
+    from embodied.rl import ALGORITHMS, RLSpec, make_env, state_view
 
     spec = RLSpec(env_id="embodied/PointPushZone-v0", instruction="push the red cube into the green zone", reward="true")
     task = FixedTask(make(spec.env_id), spec.instruction).task
@@ -224,22 +239,14 @@ def test_rl_policy_sees_the_named_object_first_in_training_and_evaluation():
         state = raw.reset(seed=seed)[0]["state"]
         assert np.array_equal(off.reset(seed=seed)[0], state)
         assert np.array_equal(on.reset(seed=seed)[0], task_first(state, task))
-    seen = []
-
-    class Recorder:
-        def predict(self, obs, deterministic=True):
-            seen.append(obs)
-            return np.zeros((len(obs), 2), np.float32), None
-
-    StatePolicy(Recorder(), lambda s: s, state_view(spec)).predict({"state": state}, deterministic=True)  # type: ignore[arg-type]
-    assert np.array_equal(seen[0][0], task_first(state, task)) and state_view(RLSpec(**{**spec.__dict__, "task_first": False})) is None
+    assert np.array_equal(_seen_by_rl_policy(spec, state), task_first(state, task)) and state_view(RLSpec(**{**spec.__dict__, "task_first": False})) is None
     for e in (on, off, raw):
         e.close()
 
 
 def test_rl_policy_sees_the_egocentric_view_in_training_and_evaluation():
     from embodied.envs import egocentric, task_first
-    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, make_env, state_view
+    from embodied.rl import ALGORITHMS, RLSpec, make_env, state_view
 
     spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", egocentric=True)
     task = FixedTask(make(spec.env_id), spec.instruction).task
@@ -248,15 +255,7 @@ def test_rl_policy_sees_the_egocentric_view_in_training_and_evaluation():
     for seed in range(3):
         state = raw.reset(seed=seed)[0]["state"]
         assert np.allclose(env.reset(seed=seed)[0], egocentric(task_first(state, task)))
-    seen = []
-
-    class Recorder:
-        def predict(self, obs, deterministic=True):
-            seen.append(obs)
-            return np.zeros((len(obs), 2), np.float32), None
-
-    StatePolicy(Recorder(), lambda s: s, state_view(spec)).predict({"state": state}, deterministic=True)  # type: ignore[arg-type]
-    assert np.allclose(seen[0][0], egocentric(task_first(state, task)))
+    assert np.allclose(_seen_by_rl_policy(spec, state), egocentric(task_first(state, task)))
     assert np.allclose(state_view(RLSpec(**{**spec.__dict__, "task_first": False}))(state[None])[0], egocentric(state))
     for e in (env, raw):
         e.close()
