@@ -6,7 +6,8 @@ foundation model's score of each step for that instruction (``learned``:
 :class:`embodied.policies.LearnedReward`); stable-baselines3 trains on it. The policy sees
 the state vector only, normalised by running statistics, with the instruction's object and zone
 moved to the first slots (``task_first``, :func:`embodied.envs.task_first`: the scene's slot order
-is random, and the policy gets no other word of which object the fixed instruction means). Evaluation always uses the true
+is random, and the policy gets no other word of which object the fixed instruction means), and with ``egocentric`` the
+scene's positions relative to the fingertip (:func:`state_view` serves training and evaluation). Evaluation always uses the true
 success, on the fixed evaluation seeds (never a training seed), with a 95% Wilson interval
 (:mod:`embodied.evaluate`); when a reward model is at hand, the evaluation episodes are also
 scored by it and episodes it believes solved but that are not are listed (reward hacking).
@@ -14,7 +15,8 @@ scored by it and episodes it believes solved but that are not are listed (reward
 Each env of a run is built as::
 
     make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source
-        -> algorithm's env wrappers -> TaskFirst (with task_first) -> StateOnly -> Monitor
+        -> algorithm's env wrappers (cost penalty; ppo --squash: tanh of the actions)
+        -> StateView (task_first, egocentric) -> StateOnly -> Monitor
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
@@ -181,7 +183,7 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
 
 
 SQUASH_BOUND = 5.0
-"""Bound of the squashed policy's raw actions (SB3 needs finite bounds): tanh(5) is 1 - 1e-4, so nothing a policy could
+"""Bound of the squashed policy's raw actions (SB3 needs finite bounds): tanh(5) is 0.9999, so nothing a policy could
 want lies beyond it."""
 
 
@@ -292,7 +294,7 @@ register_algorithm = ALGORITHMS.register
 @register_algorithm("ppo")
 class PPOAlgorithm(Algorithm):
     """PPO: 8 envs x 256 steps per rollout, 10 epochs of minibatches of 256, clipped surrogate; with ``spec.squash``
-    the Gaussian acts through tanh (:func:`squash_actions`, the outermost action wrapper)."""
+    the Gaussian acts through tanh (:func:`squash_actions`, after the cost penalty)."""
 
     def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
         return super().env_wrappers(spec) + ([squash_actions] if spec.squash else [])
