@@ -391,6 +391,32 @@ class StatePolicy:
         a = self.act(a) if self.act else a
         return (a if batched else a[0]), None
 
+    def mean_actions(self, states: np.ndarray) -> np.ndarray | None:
+        """The Gaussian's mean (N, A) for raw state vectors (N, S), before any clipping or squashing; None for a model
+        without one (SAC's actor)."""
+        import torch
+
+        policy = self.model.policy
+        if not hasattr(policy, "get_distribution"):
+            return None
+        obs = self.normalize(self.view(states) if self.view else states)
+        with torch.no_grad():
+            dist = policy.get_distribution(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=policy.device))
+        return dist.distribution.mean.cpu().numpy()
+
+
+FLAT_SLOPE = 0.1
+"""An action component is saturated where the env's action moves less than this per unit of the policy's mean."""
+
+
+def saturated(mean: np.ndarray, low: np.ndarray, high: np.ndarray, squash: bool) -> np.ndarray:
+    """Which components of the policy's means (N, A) are saturated (bool (N, A)): clipped, outside ``[low, high]``,
+    where the env's action does not move with the mean at all; squashed, where tanh's slope is below
+    :data:`FLAT_SLOPE` (``|u| > 1.82``). A cost reaches the policy only through the components that are not."""
+    if squash:
+        return 1.0 - np.tanh(mean) ** 2 < FLAT_SLOPE
+    return (mean < low) | (mean > high)
+
 
 def _progress_callback(log: list[dict[str, Any]], every: int, progress: Callable[[str], None] | None = None) -> "BaseCallback":
     """An SB3 callback recording (and passing to ``progress``), every ``every`` env steps, the true success, true return
@@ -529,7 +555,10 @@ def action_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
 
 
 def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> dict[str, Any]:
-    """True success of ``policy`` on the evaluation seeds (registered env, ending on success), with the reward model's view."""
+    """True success of ``policy`` on the evaluation seeds (registered env, ending on success), with the reward model's view.
+
+    ``eval.saturated_actions``: the fraction of the policy's action components saturated (:func:`saturated`) over the
+    states its evaluation episodes acted in (ppo): a penalty cannot steer a policy through saturated components."""
     from embodied import specs
     from embodied.bench_reward import record_episode, reward_metrics, score_episodes, success_reward_level
     from embodied.envs import FixedTask, make
@@ -549,6 +578,10 @@ def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> 
     runs = [{"success": e["success"] and not e["invalid"], "return": float(e["reward"].sum()), "cost": float(e["cost"].sum()),
              "length": len(e["action"]), "invalid": e["invalid"]} for e in eps]
     out: dict[str, Any] = {"eval": summarize(spec.env_id, env.unwrapped.family.name, "fixed", runs, None, seeds)}
+    means = policy.mean_actions(np.concatenate([e["state"][:-1] for e in eps]))
+    if means is not None:  # the states the evaluation episodes acted in
+        space = env.action_space
+        out["eval"]["saturated_actions"] = float(saturated(means, space.low, space.high, spec.squash).mean())
     if reward_model is not None:
         score_episodes(reward_model, eps + experts)
         out["reward_check"] = reward_metrics(eps, reward_level=success_reward_level(experts))
@@ -561,7 +594,8 @@ def format_result(r: dict[str, Any]) -> str:
     lines = [f"{s['algo']} on the {s['reward']} reward, {s['steps']} steps ({r['train_seconds']:.0f} s, {r['env_steps_per_s']:.0f} steps/s on {r['device']}): "
              f"{s['env_id']} {s['instruction']!r}",
              f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}, "
-             f"mean episode cost {e['mean_cost']:.2f}"]
+             f"mean episode cost {e['mean_cost']:.2f}"
+             + ("" if e.get("saturated_actions") is None else f", saturated action components {e['saturated_actions']:.0%}")]
     if "lagrange" in r:
         g = r["lagrange"]
         start = "" if g.get("cost_limit_start") is None else f" (annealed from {g['cost_limit_start']:g} over the first {g['cost_limit_anneal']:.0%} of the steps)"

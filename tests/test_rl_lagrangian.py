@@ -238,10 +238,34 @@ def test_squashed_ppo_acts_through_tanh_in_training_and_evaluation(tmp_path, cap
     out = tmp_path / "squash"
     assert main(["rl", "--env", spec.env_id, "--instruction", spec.instruction, "--reward", "true", "--steps", "512", "--envs", "2",
                  "--episodes", "1", "--squash", "--out", str(out), "--device", "cpu"]) == 0
-    assert json.loads((out / "rl.json").read_text())["spec"]["squash"] is True
+    r = json.loads((out / "rl.json").read_text())
+    assert r["spec"]["squash"] is True and 0.0 <= r["eval"]["saturated_actions"] <= 1.0
     capsys.readouterr()
     assert main(["rl", "--env", spec.env_id, "--instruction", spec.instruction, "--reward", "true", "--algo", "sac", "--squash"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--squash is for ppo" in err[0]
     for e in (env, raw):
         e.close()
+
+
+@pytest.mark.parametrize("squash, bias, expect", [(False, 0.5, 0.0), (False, 3.0, 1.0), (True, 1.5, 0.0), (True, 2.5, 1.0)])
+def test_saturated_actions_are_where_the_env_stops_following_the_mean(squash, bias, expect):
+    """Clipped: a mean past the bounds moves nothing; squashed: tanh's slope is under 0.1 past |u| = 1.82."""
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from embodied.rl import ALGORITHMS, RLSpec, StatePolicy, action_view, evaluate_rl, make_env, state_view
+
+    spec = RLSpec(env_id="embodied/PointReach-v0", instruction="touch the red cube", reward="true", n_envs=1, episodes=2,
+                  squash=squash, terminate_on_success=True)
+    algo = ALGORITHMS["ppo"]()
+    venv = DummyVecEnv([lambda: make_env(spec, None, algo)])
+    model = algo.build(venv, spec, "cpu")
+    with torch.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.fill_(bias)
+    policy = StatePolicy(model, lambda s: s, state_view(spec), action_view(spec))
+    assert np.allclose(policy.mean_actions(np.zeros((3, venv.observation_space.shape[0]), np.float32)), bias)
+    r = evaluate_rl(spec, policy)
+    assert r["eval"]["saturated_actions"] == expect
+    venv.close()
