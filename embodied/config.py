@@ -808,6 +808,9 @@ class RLConfig:
     tightens); default: --cost-limit from the start."""
     cost_limit_anneal: float = 0.5
     """Fraction of the training steps (0-1] over which the limit moves from --cost-limit-start to --cost-limit."""
+    ent_coef: float = 0.0
+    """ppo: weight of the entropy bonus in the loss (SB3's ent_coef); a wider Gaussian keeps some of its samples inside
+    the action bounds when its mean has left them."""
     squash: bool = False
     """ppo: act through tanh of the Gaussian instead of clipping it to the action bounds (clipped, a policy rewarded
     for speed drives its means far past the bounds, where no cost can steer it: a detour or a slower pace)."""

@@ -73,6 +73,8 @@ class RLSpec:
     """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
     cost_limit_anneal: float = 0.5
     log_std_init: float = 0.0
+    ent_coef: float = 0.0
+    """ppo: weight of the entropy bonus in the loss (SB3's ent_coef)."""
     squash: bool = False
     """ppo: the policy's Gaussian acts through tanh (:func:`squash_actions`) instead of being clipped to the bounds."""
     constraints: tuple[Any, ...] = ()
@@ -303,7 +305,7 @@ class PPOAlgorithm(Algorithm):
         from stable_baselines3 import PPO
 
         return PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99,
-                   gae_lambda=0.95, seed=spec.seed, device=device, verbose=0,
+                   gae_lambda=0.95, ent_coef=spec.ent_coef, seed=spec.seed, device=device, verbose=0,
                    policy_kwargs={"log_std_init": spec.log_std_init})
 
 
@@ -336,6 +338,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
+    if spec.ent_coef < 0:
+        raise ConfigError(f"--ent-coef must be >= 0, got {spec.ent_coef}")
     if spec.squash and spec.algo != "ppo":
         raise ConfigError(f"--squash is for ppo; {spec.algo} squashes its actions already (drop --squash)")
     if spec.threads < 0:

@@ -118,18 +118,24 @@ def test_cli_rl_turns_on_plain_language_constraints_and_refuses_unknown_ones(tmp
     assert len(err) == 1 and "Closest supported" in err[0]
 
 
-def test_ppo_starts_from_the_asked_exploration_scale():
+def test_ppo_starts_from_the_asked_exploration_scale_and_entropy_bonus(capsys):
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from embodied.cli import main
     from embodied.rl import ALGORITHMS, RLSpec, make_env
 
-    for log_std in (0.0, -1.0):
-        spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", log_std_init=log_std)
+    for log_std, ent in ((0.0, 0.0), (-1.0, 0.05)):
+        spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", log_std_init=log_std,
+                      ent_coef=ent)
         algo = ALGORITHMS["ppo"]()
         venv = DummyVecEnv([lambda: make_env(spec, None, algo)])
         model = algo.build(venv, spec, "cpu")
-        assert np.allclose(model.policy.log_std.detach().numpy(), log_std)
+        assert np.allclose(model.policy.log_std.detach().numpy(), log_std) and model.ent_coef == ent
         venv.close()
+    assert main(["rl", "--env", "embodied/PointReachHazard-v0", "--instruction", "touch the red cube", "--reward", "true",
+                 "--ent-coef", "-0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ent-coef must be >= 0" in err[0]
 
 
 def test_annealed_limit_lets_the_task_come_first_then_tightens():
