@@ -505,7 +505,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     venv.training = False
     result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device,
               "torch_threads": torch.get_num_threads(), "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
-              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec)), reward_model)}
+              "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec, venv.unwrapped.envs[0].unwrapped.action_space)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
         result["lagrange"] = {"cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
@@ -546,15 +546,12 @@ def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
     return view
 
 
-def action_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What the env receives of the run's policy's actions (N, A): the squashed action with ``squash``, else None."""
+def action_view(spec: RLSpec, space: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the env, of action space ``space`` (a Box), receives of the run's policy's actions (N, A): the squashed
+    action with ``squash``, else None."""
     if not spec.squash:
         return None
-    from embodied.envs import make
-
-    env = make(spec.env_id, **spec.env_kwargs())
-    low, high = env.action_space.low, env.action_space.high
-    env.close()
+    low, high = space.low, space.high
     return lambda u: squashed(u, low, high)
 
 

@@ -134,13 +134,10 @@ class StateView(gym.ObservationWrapper):
         return {**observation, STATE: self.view(observation[STATE][None])[0]}
 
 
-class TaskFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+class TaskFirst(StateView, gym.utils.RecordConstructorArgs):
     """The observation's ``state`` with the object and zone that ``task`` names in the first slots (:func:`task_first`)."""
 
     def __init__(self, env: gym.Env, task: Task) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, task=task)
-        super().__init__(env)
+        super().__init__(env, lambda states: task_first(states, task))
         self.task = task
-
-    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
-        return {**observation, STATE: task_first(observation[STATE], self.task)}

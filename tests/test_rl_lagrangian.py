@@ -222,7 +222,7 @@ def test_squashed_ppo_acts_through_tanh_in_training_and_evaluation(tmp_path, cap
     spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", squash=True, task_first=False)
     env = make_env(spec, None, ALGORITHMS["ppo"](), monitor=False)
     raw = FixedTask(make(spec.env_id), spec.instruction)
-    assert (env.action_space.high == 5.0).all() and action_view(RLSpec(**{**spec.__dict__, "squash": False})) is None
+    assert (env.action_space.high == 5.0).all() and action_view(RLSpec(**{**spec.__dict__, "squash": False}), raw.action_space) is None
     rng = np.random.default_rng(0)
     env.reset(seed=3)
     raw.reset(seed=3)
@@ -232,7 +232,7 @@ def test_squashed_ppo_acts_through_tanh_in_training_and_evaluation(tmp_path, cap
         assert np.allclose(got, want, atol=1e-5)  # the env moved by tanh(u), not by the clipped u
     far = env.step(np.array([50.0, -50.0], np.float32))[4]
     assert far["cost_speed"] in (0.0, 1.0)
-    act = action_view(spec)
+    act = action_view(spec, raw.action_space)
     assert np.allclose(act(np.array([[0.5, 8.0]])), [[np.tanh(0.5), 1.0]], atol=1e-6)
 
     class Fixed:
@@ -270,7 +270,7 @@ def test_saturated_actions_are_where_the_env_stops_following_the_mean(squash, bi
     with torch.no_grad():
         model.policy.action_net.weight.zero_()
         model.policy.action_net.bias.fill_(bias)
-    policy = StatePolicy(model, lambda s: s, state_view(spec), action_view(spec))
+    policy = StatePolicy(model, lambda s: s, state_view(spec), action_view(spec, venv.envs[0].unwrapped.action_space))
     assert np.allclose(policy.mean_actions(np.zeros((3, venv.observation_space.shape[0]), np.float32)), bias)
     r = evaluate_rl(spec, policy)
     assert r["eval"]["saturated_actions"] == expect
