@@ -54,7 +54,7 @@ def cmd_rl(cfg: RLConfig) -> int:
                   terminate_on_success=cfg.terminate_on_success, task_first=cfg.task_first, egocentric=cfg.egocentric, device=cfg.device, threads=cfg.threads, cost_limit=cfg.cost_limit, lagrange_lr=cfg.lagrange_lr,
                   lagrange_optimizer=cfg.lagrange_optimizer, cost_limit_start=cfg.cost_limit_start, cost_limit_anneal=cfg.cost_limit_anneal,
                   log_std_init=cfg.log_std_init, squash=cfg.squash, ent_coef=cfg.ent_coef,
-                  constraints=constraints)
+                  net_arch=cfg.net_arch, constraints=constraints)
     check_spec(spec)
     r = train_rl(spec, cfg.out, progress=lambda s: print(s, file=sys.stderr))
     print_json(r) if cfg.json else print(format_result(r))

@@ -817,6 +817,9 @@ class RLConfig:
     log_std_init: float = 0.0
     """ppo: initial log standard deviation of the Gaussian policy's actions (SB3's default 0: scale 1 on actions in
     [-1, 1]); lower explores more gently, e.g. under a speed limit that random actions of scale 1 break."""
+    net_arch: tuple[int, ...] = field(default=(), metadata={"metavar": "WIDTH"})
+    """Widths of the hidden layers of the policy's actor and critic, e.g. --net-arch 256 256 (default: 64 64 for ppo,
+    256 256 for sac, stable-baselines3's)."""
     constraint: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
     """A constraint in plain language turned on in every env of the run, e.g. "stay out of the blue zone" (repeat for
     several); its cost joins the env's own in info["cost"], which --cost-limit constrains."""

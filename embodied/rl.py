@@ -73,6 +73,9 @@ class RLSpec:
     """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
     cost_limit_anneal: float = 0.5
     log_std_init: float = 0.0
+    net_arch: tuple[int, ...] = ()
+    """Widths of the hidden layers of the policy's actor and critic alike; () for the algorithm's default
+    (:attr:`Algorithm.default_net_arch`)."""
     ent_coef: float = 0.0
     """ppo: weight of the entropy bonus in the loss (SB3's ent_coef)."""
     squash: bool = False
@@ -253,6 +256,8 @@ class Algorithm:
 
     name: str
     default_envs: int = 8
+    default_net_arch: tuple[int, ...] = (64, 64)
+    """Hidden widths of actor and critic unless the spec names them (stable-baselines3's defaults)."""
 
     def __init__(self) -> None:
         self.multiplier: LagrangeMultiplier | None = None
@@ -306,7 +311,7 @@ class PPOAlgorithm(Algorithm):
 
         return PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99,
                    gae_lambda=0.95, ent_coef=spec.ent_coef, seed=spec.seed, device=device, verbose=0,
-                   policy_kwargs={"log_std_init": spec.log_std_init})
+                   policy_kwargs={"log_std_init": spec.log_std_init, "net_arch": list(spec.net_arch or self.default_net_arch)})
 
 
 @register_algorithm("sac")
@@ -314,12 +319,13 @@ class SACAlgorithm(Algorithm):
     """SAC: one env, a gradient step every 2 env steps after 1000 random ones."""
 
     default_envs = 1
+    default_net_arch = (256, 256)
 
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         from stable_baselines3 import SAC
 
         return SAC("MlpPolicy", venv, learning_starts=1000, train_freq=2, gradient_steps=1, gamma=0.99,
-                   seed=spec.seed, device=device, verbose=0)
+                   seed=spec.seed, device=device, verbose=0, policy_kwargs={"net_arch": list(spec.net_arch or self.default_net_arch)})
 
 
 # ---------------------------------------------------------------------------- the run
@@ -342,6 +348,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError(f"--ent-coef must be >= 0, got {spec.ent_coef}")
     if spec.squash and spec.algo != "ppo":
         raise ConfigError(f"--squash is for ppo; {spec.algo} squashes its actions already (drop --squash)")
+    if spec.net_arch and min(spec.net_arch) < 1:
+        raise ConfigError(f"--net-arch takes one width >= 1 per hidden layer, e.g. --net-arch 256 256; got {list(spec.net_arch)}")
     if spec.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {spec.threads}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:

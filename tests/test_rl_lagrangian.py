@@ -138,6 +138,33 @@ def test_ppo_starts_from_the_asked_exploration_scale_and_entropy_bonus(capsys):
     assert len(err) == 1 and "--ent-coef must be >= 0" in err[0]
 
 
+def test_actor_and_critic_take_the_asked_widths_and_the_algorithms_defaults_otherwise(capsys):
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from embodied.cli import main
+    from embodied.rl import ALGORITHMS, RLSpec, make_env
+
+    def widths(net: torch.nn.Module) -> list[int]:
+        return [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+    for algo_name, arch, want in (("ppo", (), [64, 64]), ("ppo", (256, 128), [256, 128]), ("sac", (), [256, 256]), ("sac", (32,), [32])):
+        spec = RLSpec(env_id="embodied/PointReach-v0", instruction="touch the red cube", reward="true", algo=algo_name, net_arch=arch)
+        algo = ALGORITHMS[algo_name]()
+        venv = DummyVecEnv([lambda: make_env(spec, None, algo)])
+        policy = algo.build(venv, spec, "cpu").policy
+        if algo_name == "ppo":
+            actor, critic = policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net
+        else:
+            actor, critic = policy.actor.latent_pi, policy.critic.qf0
+        assert widths(actor) == want and widths(critic)[: len(want)] == want, (algo_name, arch)
+        venv.close()
+    assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "true",
+                 "--net-arch", "64", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--net-arch takes one width >= 1" in err[0]
+
+
 def test_annealed_limit_lets_the_task_come_first_then_tightens():
     m = LagrangeMultiplier(limit=5.0, lr=0.5, start=41.0, anneal=0.5)
     assert [m.limit_at(p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([41.0, 23.0, 5.0, 5.0])
