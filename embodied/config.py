@@ -808,6 +808,10 @@ class RLConfig:
     tightens); default: --cost-limit from the start."""
     cost_limit_anneal: float = 0.5
     """Fraction of the training steps (0-1] over which the limit moves from --cost-limit-start to --cost-limit."""
+    cost_critic: bool = False
+    """PPO-Lagrangian (with --cost-limit) as OmniSafe runs it: the reward stays the env's, a second critic learns the
+    cost, and the policy's advantage is (A_reward - multiplier x A_cost) / (1 + multiplier); default: one critic on the
+    penalised reward."""
     ent_coef: float = 0.0
     """ppo: weight of the entropy bonus in the loss (SB3's ent_coef); a wider Gaussian keeps some of its samples inside
     the action bounds when its mean has left them."""

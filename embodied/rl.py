@@ -22,7 +22,9 @@ Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algori
 builds its SB3 model and may add env wrappers (after the reward source) and training
 callbacks. With ``--cost-limit C`` an algorithm runs as its Lagrangian variant (PPO-Lagrangian for
 ``ppo``): a wrapper subtracts ``multiplier x info["cost"]`` from the reward and a callback raises or
-lowers the multiplier from the episode costs at each rollout's end (:class:`LagrangeMultiplier`).
+lowers the multiplier from the episode costs at each rollout's end (:class:`LagrangeMultiplier`); with
+``--cost-critic`` the reward stays the env's and a second critic's cost advantage is weighed into the policy's
+(:mod:`embodied.rl_cost`).
 Reward sources are functions in :data:`REWARDS` (``@register_reward``).
 """
 
@@ -72,6 +74,9 @@ class RLSpec:
     cost_limit_start: float | None = None
     """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
     cost_limit_anneal: float = 0.5
+    cost_critic: bool = False
+    """ppo with a cost limit: a second critic learns the cost, and the policy's advantage weighs the cost's against the
+    reward's (:mod:`embodied.rl_cost`), instead of one critic on the penalised reward."""
     log_std_init: float = 0.0
     net_arch: tuple[int, ...] = ()
     """Widths of the hidden layers of the policy's actor and critic alike; () for the algorithm's default
@@ -165,9 +170,10 @@ def multiplier_of(spec: RLSpec) -> LagrangeMultiplier:
                               start=spec.cost_limit_start, anneal=spec.cost_limit_anneal)
 
 
-def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
+def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool = True) -> "gym.Env":
     """``env`` with reward ``(r - lambda * cost) / (1 + lambda)`` (OmniSafe's scaling); the raw reward stays in
-    ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier``."""
+    ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier``. ``penalise=False`` leaves
+    the reward alone (the cost critic's form weighs the cost in the advantage instead) and only reports the costs."""
     import gymnasium as gym
 
     class CostPenalty(gym.Wrapper):
@@ -181,7 +187,7 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier) -> "gym.Env":
             self.episode_cost += cost
             if terminated or truncated:
                 multiplier.record(self.episode_cost)
-            lam = multiplier.value
+            lam = multiplier.value if penalise else 0.0
             return obs, (float(reward) - lam * cost) / (1.0 + lam), terminated, truncated, {**info, "unpenalized_reward": reward}
 
     return CostPenalty(env)
@@ -273,7 +279,7 @@ class Algorithm:
     def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
         """Wrappers applied after the reward source: the cost penalty under a cost limit, else none."""
         m = self.multiplier
-        return [] if m is None else [lambda env: cost_penalty(env, m)]
+        return [] if m is None else [lambda env: cost_penalty(env, m, penalise=not spec.cost_critic)]
 
     def callbacks(self, spec: RLSpec) -> list["BaseCallback"]:
         """Extra SB3 callbacks: the multiplier's update at each rollout's end under a cost limit, else none."""
@@ -309,9 +315,15 @@ class PPOAlgorithm(Algorithm):
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         from stable_baselines3 import PPO
 
-        return PPO("MlpPolicy", venv, n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99,
-                   gae_lambda=0.95, ent_coef=spec.ent_coef, seed=spec.seed, device=device, verbose=0,
-                   policy_kwargs={"log_std_init": spec.log_std_init, "net_arch": list(spec.net_arch or self.default_net_arch)})
+        arch = list(spec.net_arch or self.default_net_arch)
+        kwargs = dict(n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=spec.ent_coef,
+                      seed=spec.seed, device=device, verbose=0, policy_kwargs={"log_std_init": spec.log_std_init, "net_arch": arch})
+        if spec.cost_critic and self.multiplier is not None:
+            from embodied.rl_cost import CostRecorder, lagrangian_ppo
+
+            m = self.multiplier
+            return lagrangian_ppo(lambda: m.value, arch, policy="MlpPolicy", env=CostRecorder(venv), **kwargs)
+        return PPO("MlpPolicy", venv, **kwargs)
 
 
 @register_algorithm("sac")
@@ -342,6 +354,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         multiplier_of(spec)  # its own checks, one line each
     elif spec.cost_limit_start is not None:
         raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
+    if spec.cost_critic and (spec.cost_limit is None or spec.algo != "ppo"):
+        raise ConfigError("--cost-critic is PPO-Lagrangian's: use it with --algo ppo and --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
         raise ConfigError(f"--steps, --episodes and --envs must be >= 1, got {spec.steps}, {spec.episodes}, {spec.n_envs}")
     if spec.ent_coef < 0:
@@ -516,7 +530,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec, venv.unwrapped.envs[0].unwrapped.action_space)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
-        result["lagrange"] = {"cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
+        result["lagrange"] = {"cost_critic": spec.cost_critic, "cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
     venv.close()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
