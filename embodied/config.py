@@ -808,6 +808,10 @@ class RLConfig:
     tightens); default: --cost-limit from the start."""
     cost_limit_anneal: float = 0.5
     """Fraction of the training steps (0-1] over which the limit moves from --cost-limit-start to --cost-limit."""
+    cost_margin: float = 0.0
+    """With --cost-limit: a conservative cost for the Lagrangian, counting every step within this of breaking a
+    constraint the state shows (m for keep-out zones and the workspace, m/s for the speed limit); evaluation still
+    counts the env's own cost."""
     cost_critic: bool = False
     """PPO-Lagrangian (with --cost-limit) as OmniSafe runs it: the reward stays the env's, a second critic learns the
     cost, and the policy's advantage is (A_reward - multiplier x A_cost) / (1 + multiplier); default: one critic on the

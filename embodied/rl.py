@@ -74,6 +74,9 @@ class RLSpec:
     cost_limit_start: float | None = None
     """Where the limit starts: it moves linearly to ``cost_limit`` over the first ``cost_limit_anneal`` of the steps."""
     cost_limit_anneal: float = 0.5
+    cost_margin: float = 0.0
+    """With a cost limit: the Lagrangian counts a cost wherever the state is within this of breaking a constraint the state
+    shows (m, or m/s for speeds; see :func:`cost_penalty`)."""
     cost_critic: bool = False
     """ppo with a cost limit: a second critic learns the cost, and the policy's advantage weighs the cost's against the
     reward's (:mod:`embodied.rl_cost`), instead of one critic on the penalised reward."""
@@ -170,11 +173,20 @@ def multiplier_of(spec: RLSpec) -> LagrangeMultiplier:
                               start=spec.cost_limit_start, anneal=spec.cost_limit_anneal)
 
 
-def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool = True) -> "gym.Env":
+def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool = True, margin: float = 0.0) -> "gym.Env":
     """``env`` with reward ``(r - lambda * cost) / (1 + lambda)`` (OmniSafe's scaling); the raw reward stays in
     ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier``. ``penalise=False`` leaves
-    the reward alone (the cost critic's form weighs the cost in the advantage instead) and only reports the costs."""
+    the reward alone (the cost critic's form weighs the cost in the advantage instead) and only reports the costs.
+
+    The cost the Lagrangian sees is ``info["lagrangian_cost"]``: the env's ``info["cost"]``, or with ``margin`` > 0 a
+    conservative one that also counts every step whose state lies within ``margin`` (m, or m/s for speeds) of breaking a
+    constraint the state shows (keep-out zones, speed limit, workspace: :func:`embodied.envs.constraints.state_cost`).
+    Evaluation and the logged costs stay the env's own."""
     import gymnasium as gym
+
+    from embodied.envs.constraints import state_cost
+
+    near = state_cost(env.unwrapped.constraints, margin) if margin > 0 else None
 
     class CostPenalty(gym.Wrapper):
         def reset(self, **kwargs: Any) -> Any:
@@ -184,11 +196,15 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool 
         def step(self, action: Any) -> Any:
             obs, reward, terminated, truncated, info = self.env.step(action)
             cost = float(info.get("cost", 0.0))
+            if near is not None:
+                s = np.asarray(obs["state"], dtype=np.float64)
+                cost = max(cost, float(near(s, s[None, None])[0, 0]))
             self.episode_cost += cost
             if terminated or truncated:
                 multiplier.record(self.episode_cost)
             lam = multiplier.value if penalise else 0.0
-            return obs, (float(reward) - lam * cost) / (1.0 + lam), terminated, truncated, {**info, "unpenalized_reward": reward}
+            return obs, (float(reward) - lam * cost) / (1.0 + lam), terminated, truncated, {
+                **info, "unpenalized_reward": reward, "lagrangian_cost": cost}
 
     return CostPenalty(env)
 
@@ -279,7 +295,7 @@ class Algorithm:
     def env_wrappers(self, spec: RLSpec) -> list[Callable[["gym.Env"], "gym.Env"]]:
         """Wrappers applied after the reward source: the cost penalty under a cost limit, else none."""
         m = self.multiplier
-        return [] if m is None else [lambda env: cost_penalty(env, m, penalise=not spec.cost_critic)]
+        return [] if m is None else [lambda env: cost_penalty(env, m, penalise=not spec.cost_critic, margin=spec.cost_margin)]
 
     def callbacks(self, spec: RLSpec) -> list["BaseCallback"]:
         """Extra SB3 callbacks: the multiplier's update at each rollout's end under a cost limit, else none."""
@@ -354,6 +370,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         multiplier_of(spec)  # its own checks, one line each
     elif spec.cost_limit_start is not None:
         raise ConfigError("--cost-limit-start needs the limit it anneals to: add --cost-limit C")
+    if spec.cost_margin < 0 or (spec.cost_margin > 0 and spec.cost_limit is None):
+        raise ConfigError(f"--cost-margin must be >= 0 and goes with --cost-limit C, got {spec.cost_margin}")
     if spec.cost_critic and (spec.cost_limit is None or spec.algo != "ppo"):
         raise ConfigError("--cost-critic is PPO-Lagrangian's: use it with --algo ppo and --cost-limit C")
     if spec.steps < 1 or spec.episodes < 1 or spec.n_envs < 1:
@@ -530,7 +548,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec, venv.unwrapped.envs[0].unwrapped.action_space)), reward_model)}
     if algorithm.multiplier is not None:
         m = algorithm.multiplier
-        result["lagrange"] = {"cost_critic": spec.cost_critic, "cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
+        result["lagrange"] = {"cost_critic": spec.cost_critic, "cost_margin": spec.cost_margin, "cost_limit": m.limit, "cost_limit_start": m.start, "cost_limit_anneal": m.anneal, "lr": m.lr, "optimizer": m.optimizer, "final_multiplier": m.value, "updates": m.history}
     venv.close()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from torch import nn
 
 
 class CostRecorder(VecEnvWrapper):
-    """Passes ``venv`` through, keeping per step the envs' costs (n_envs,) and, for episodes cut by the time limit, their
+    """Passes ``venv`` through, keeping per step the envs' costs (n_envs,: ``info["lagrangian_cost"]``, else
+    ``info["cost"]``) and, for episodes cut by the time limit, their
     last observations (what the cost critic bootstraps from)."""
 
     def __init__(self, venv: VecEnv) -> None:
@@ -40,7 +41,7 @@ class CostRecorder(VecEnvWrapper):
 
     def step_wait(self) -> Any:
         obs, rewards, dones, infos = self.venv.step_wait()
-        self.costs.append(np.array([float(i.get("cost", 0.0)) for i in infos], dtype=np.float32))
+        self.costs.append(np.array([float(i.get("lagrangian_cost", i.get("cost", 0.0))) for i in infos], dtype=np.float32))
         self.truncated.append([(k, np.asarray(i["terminal_observation"], dtype=np.float32)) for k, (d, i) in enumerate(zip(dones, infos))
                                if d and i.get("TimeLimit.truncated", False) and i.get("terminal_observation") is not None])
         return obs, rewards, dones, infos

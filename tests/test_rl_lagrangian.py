@@ -302,3 +302,30 @@ def test_saturated_actions_are_where_the_env_stops_following_the_mean(squash, bi
     r = evaluate_rl(spec, policy)
     assert r["eval"]["saturated_actions"] == expect
     venv.close()
+
+
+def test_cost_margin_counts_the_steps_near_a_keep_out_zone_for_the_lagrangian_only():
+    from embodied.envs import FixedTask, make
+    from embodied.envs.constraints import _SL, parse_constraint
+
+    cs = (parse_constraint("stay out of the blue zone"), parse_constraint("stay out of the yellow zone"))
+    m = LagrangeMultiplier(limit=0.1)
+    env = cost_penalty(FixedTask(make("embodied/PointReach-v0", constraints=cs), "touch the red cube"), m, margin=0.05)
+    rng = np.random.default_rng(0)
+    near_only = inside = 0
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        zones = obs["state"][_SL["hazards"]].reshape(-1, 7)
+        zones = zones[zones[:, 6] > 0.5]
+        done, total = False, 0.0
+        while not done:
+            to_zone = zones[0, :2] - obs["state"][_SL["ee_pos"]]  # wander towards a zone: through its margin, then in
+            obs, _, term, trunc, info = env.step(np.clip(to_zone / 0.05 + rng.normal(0, 0.5, size=2), -1, 1))
+            done = term or trunc
+            d = np.linalg.norm(zones[:, :2] - obs["state"][_SL["ee_pos"]], axis=1).min()
+            assert info["cost"] == float(d < 0.07) and info["lagrangian_cost"] == float(d < 0.07 + 0.05)
+            near_only += info["lagrangian_cost"] > info["cost"]
+            inside += info["cost"] > 0
+            total += info["lagrangian_cost"]
+        assert m._costs[-1] == total  # the multiplier follows the conservative cost
+    assert near_only > 0 and inside > 0
