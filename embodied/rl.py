@@ -543,7 +543,8 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     if progress:
         progress(f"trained {spec.algo} on the {spec.reward} reward for {spec.steps} steps in {train_s:.0f} s; evaluating")
     venv.training = False
-    result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints]}, "device": device,
+    result = {"spec": {**asdict(spec), "constraints": [c.describe() for c in spec.constraints],
+                       "constraint_specs": [c.to_dict() for c in spec.constraints]}, "device": device,
               "torch_threads": torch.get_num_threads(), "train_seconds": train_s, "env_steps_per_s": spec.steps / max(train_s, 1e-9),
               "curve": curve, **evaluate_rl(spec, StatePolicy(model, venv.normalize_obs, state_view(spec), action_view(spec, venv.unwrapped.envs[0].unwrapped.action_space)), reward_model)}
     if algorithm.multiplier is not None:
@@ -560,6 +561,53 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     tmp.replace(folder / "rl.json")
     result["out"] = str(folder)
     return result
+
+
+def load_rl_policy(folder: str | Path, device: str = "cpu") -> tuple[StatePolicy, RLSpec]:
+    """The policy an ``embodied rl`` run saved in ``folder`` (``rl.json`` + ``policy.safetensors``), with its spec.
+
+    Rebuilt as it acted in the run's evaluation: the same network, observation normaliser, state view and action map,
+    so :func:`evaluate_rl` on it gives the run's ``eval`` again. Nothing is unpickled: the weights go through
+    :func:`embodied.checkpoint.load_tensors` (a pickle or a tampered file is a one-line error)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from embodied.checkpoint import load_tensors, read_json
+    from embodied.envs.constraints import constraint_from
+
+    folder = Path(folder)
+    if not (folder / "rl.json").is_file():
+        raise ConfigError(f"no rl.json in {folder}: give the --out folder of an `embodied rl` run")
+    record = read_json(folder / "rl.json")
+    try:
+        fields = {k: v for k, v in record["spec"].items() if k in RLSpec.__dataclass_fields__}
+        fields["constraints"] = tuple(constraint_from(c) for c in record["spec"].get("constraint_specs", []))
+        fields["net_arch"] = tuple(fields.get("net_arch", ()))
+        spec = RLSpec(**{**fields, "device": device})
+        norm = record["obs_normalizer"]
+        mean, var = np.asarray(norm["mean"], dtype=np.float64), np.asarray(norm["var"], dtype=np.float64)
+        clip, eps = float(norm["clip"]), float(norm["epsilon"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{folder / 'rl.json'} is not an `embodied rl` record ({type(e).__name__}: {e}); rerun `embodied rl --out {folder}`") from None
+    if spec.constraints == () and record["spec"].get("constraints"):
+        raise ConfigError(f"{folder / 'rl.json'} names constraints without their specs (an older run); rerun `embodied rl --out {folder}`")
+    algorithm = ALGORITHMS[spec.algo]()
+    algorithm.constrain(spec)
+    venv = DummyVecEnv([lambda: make_env(spec, None, algorithm, monitor=False)])
+    try:
+        model = algorithm.build(venv, spec, device)
+        weights = load_tensors(folder / "policy.safetensors", map_location=device)
+        try:
+            model.policy.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ConfigError(f"{folder / 'policy.safetensors'} does not fit the network rl.json describes ({str(e).splitlines()[0]})") from None
+        space = venv.envs[0].unwrapped.action_space
+    finally:
+        venv.close()
+
+    def normalize(obs: np.ndarray) -> np.ndarray:
+        return np.clip((obs - mean) / np.sqrt(var + eps), -clip, clip).astype(np.float32)
+
+    return StatePolicy(model, normalize, state_view(spec), action_view(spec, space)), spec
 
 
 def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:

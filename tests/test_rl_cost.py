@@ -105,3 +105,4 @@ def test_cli_runs_the_cost_critic_form_and_refuses_it_without_a_limit(tmp_path, 
     assert main([*base, "--cost-limit", "1", "--out", str(tmp_path / "cc")]) == 0
     r = json.loads((tmp_path / "cc" / "rl.json").read_text())
     assert r["lagrange"]["cost_critic"] is True and r["spec"]["cost_critic"] is True
+
