@@ -789,6 +789,9 @@ class RLConfig:
     egocentric: bool = False
     """Show the policy every position of the scene (objects, goal and keep-out zones) relative to the fingertip, as
     Safety-Gymnasium's lidar does: what it needs to steer around a keep-out zone on its way."""
+    lidar: bool = False
+    """Also show the policy Safety-Gymnasium's hazard lidar: 16 rays round the fingertip, each reading how near along
+    it a keep-out zone lies (1 inside, 0 beyond 0.3 m)."""
     device: str | None = None
     """Torch device of the policy and reward model (default: the GPU if any, else cpu)."""
     threads: int = 1

@@ -65,6 +65,8 @@ class RLSpec:
     task_first: bool = True
     egocentric: bool = False
     """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
+    lidar: bool = False
+    """The policy also sees Safety-Gymnasium's hazard lidar of the keep-out zones (:func:`embodied.envs.keep_out_lidar`)."""
     device: str | None = None
     threads: int = 1
     """Torch CPU threads (0: torch's default)."""
@@ -612,15 +614,18 @@ def load_rl_policy(folder: str | Path, device: str = "cpu") -> tuple[StatePolicy
 
 def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:
     """What the run's policy sees of state vectors (N, S), in training and evaluation alike: with ``task_first``, the
-    named object and zone in the first slots; with ``egocentric``, the scene's positions relative to the fingertip.
+    named object and zone in the first slots; with ``egocentric``, the scene's positions relative to the fingertip; with
+    ``lidar``, the keep-out zones' lidar readings appended.
     None when it sees the state as it is."""
-    from embodied.envs import egocentric, task_first
+    from embodied.envs import egocentric, task_first, with_keep_out_lidar
     from embodied.envs.instructions import parse_instruction
 
     views: list[Callable[[np.ndarray], np.ndarray]] = []
     if spec.task_first:
         task = parse_instruction(spec.instruction)
         views.append(lambda states: task_first(states, task))
+    if spec.lidar:  # before egocentric: it reads table-frame positions (egocentric leaves the appended readings alone)
+        views.append(with_keep_out_lidar)
     if spec.egocentric:
         views.append(egocentric)
     if not views:

@@ -22,7 +22,9 @@ from embodied.errors import ConfigError, UnknownEnvError  # noqa: E402
 from .experts import RandomPolicy, ScriptedExpert
 from .splits import ENVS, EnvEntry, env_ids
 from .tabletop import TabletopEnv
-from .wrappers import FixedTask, InstructionAsBytes, StateOnly, StateView, TaskFirst, egocentric, task_first
+from .wrappers import (
+    FixedTask, InstructionAsBytes, StateOnly, StateView, TaskFirst, egocentric, keep_out_lidar, task_first, with_keep_out_lidar,
+)
 
 ENTRY_POINT = "embodied.envs.tabletop:TabletopEnv"
 

@@ -122,13 +122,59 @@ def egocentric(state: np.ndarray) -> np.ndarray:
     return s
 
 
+LIDAR_BINS = 16
+"""Rays of :func:`keep_out_lidar`, evenly spaced round the fingertip (Safety-Gymnasium's default count)."""
+LIDAR_REACH = 0.3
+"""How far (m) :func:`keep_out_lidar` sees: a zone this far along a ray or farther reads 0."""
+
+
+def keep_out_lidar(state: np.ndarray, bins: int = LIDAR_BINS, reach: float = LIDAR_REACH) -> np.ndarray:
+    """Safety-Gymnasium's hazard lidar for ``state`` (S,) or (N, S): (..., bins) readings in [0, 1], one per ray.
+
+    Ray ``k`` leaves the fingertip at angle ``2 pi k / bins`` (table frame, counter-clockwise from +x) and reads
+    ``1 - t / reach`` where it first meets a present keep-out zone's disc at distance ``t`` (1 inside a zone, 0 when
+    no zone lies within ``reach`` along it). A small network reads "a zone ahead, on the way" off these directly.
+    """
+    s = np.asarray(state, dtype=np.float64)
+    lead = s.shape[:-1]
+    ee = s[..., _SL["ee_pos"]]  # (..., 2)
+    hazards = s[..., _SL["hazards"]].reshape(*lead, N_HAZARDS, HAZARD_FEATURES)
+    rel = hazards[..., 0:2] - ee[..., None, :]  # (..., H, 2) zone centres from the fingertip
+    radius, present = hazards[..., 2], hazards[..., 6] > 0.5  # (..., H)
+    angles = 2 * np.pi * np.arange(bins) / bins
+    rays = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (B, 2)
+    along = np.einsum("...hc,bc->...hb", rel, rays)  # (..., H, B) centre's projection on each ray
+    d2 = (rel ** 2).sum(-1)[..., None]  # (..., H, 1)
+    r2 = (radius ** 2)[..., None]
+    disc = r2 - (d2 - along ** 2)  # >= 0 where the ray's line meets the disc
+    t = along - np.sqrt(np.maximum(disc, 0.0))  # distance to the entry point
+    hit = (disc >= 0) & (t >= 0) & present[..., None]
+    inside = (d2 <= r2) & present[..., None]  # (..., H, 1)
+    reading = np.where(hit, np.clip(1.0 - t / reach, 0.0, 1.0), 0.0)
+    reading = np.where(inside, 1.0, reading)
+    return reading.max(axis=-2).astype(np.float32) if N_HAZARDS else np.zeros((*lead, bins), np.float32)
+
+
+def with_keep_out_lidar(state: np.ndarray) -> np.ndarray:
+    """``state`` (..., S) with :func:`keep_out_lidar`'s readings appended: (..., S + LIDAR_BINS)."""
+    s = np.asarray(state, dtype=np.float32)
+    return np.concatenate([s, keep_out_lidar(s)], axis=-1)
+
+
 class StateView(gym.ObservationWrapper):
-    """The observation's ``state`` through ``view``, a function of state vectors (N, S) -> (N, S) such as
-    :func:`task_first` for a task or :func:`egocentric` (what an RL policy trained on the view sees at run time too)."""
+    """The observation's ``state`` through ``view``, a function of state vectors (N, S) -> (N, S') such as
+    :func:`task_first` for a task, :func:`egocentric` or :func:`with_keep_out_lidar` (what an RL policy trained on the
+    view sees at run time too). A view that changes the length gets an unbounded ``state`` space of its length."""
 
     def __init__(self, env: gym.Env, view: Callable[[np.ndarray], np.ndarray]) -> None:
         super().__init__(env)
         self.view = view
+        space = env.observation_space[STATE]  # type: ignore[index]
+        width = view(np.zeros((1, space.shape[0]), dtype=space.dtype)).shape[-1]
+        if width != space.shape[0]:
+            spaces = dict(env.observation_space.spaces)  # type: ignore[attr-defined]
+            spaces[STATE] = gym.spaces.Box(-np.inf, np.inf, shape=(width,), dtype=np.float32)
+            self.observation_space = gym.spaces.Dict(spaces)
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         return {**observation, STATE: self.view(observation[STATE][None])[0]}

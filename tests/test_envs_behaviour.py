@@ -233,6 +233,33 @@ def test_task_first_puts_the_named_object_and_zone_in_the_first_slots():
     env.close()
 
 
+def test_keep_out_lidar_reads_how_near_a_zone_lies_along_each_ray():
+    sl = state_slices()
+    state = np.zeros(STATE_DIM, np.float32)
+    state[sl["ee_pos"]] = (0.1, -0.05)
+    hz = np.zeros((2, 7), np.float32)
+    hz[0, :3], hz[0, 6] = (0.25, -0.05, 0.07), 1.0  # 0.15 m along +x: its edge 0.08 m away
+    hz[1, :3], hz[1, 6] = (0.1, 0.15, 0.07), 0.0  # absent (flag 0): never seen
+    state[sl["hazards"]] = hz.ravel()
+    out = envs.keep_out_lidar(state)
+    assert out.shape == (envs.wrappers.LIDAR_BINS,)
+    assert out[0] == pytest.approx(1 - 0.08 / 0.3, abs=1e-5)  # ray 0 points along +x
+    assert 0 < out[1] < out[0] and out[15] == pytest.approx(out[1], abs=1e-5)  # the next rays graze the disc, farther
+    assert np.all(out[3:14] == 0)  # behind and beside: nothing; the absent zone straight up (ray 4) reads 0 too
+    hz[1, 6] = 1.0
+    state[sl["hazards"]] = hz.ravel()
+    assert envs.keep_out_lidar(state)[4] == pytest.approx(1 - 0.13 / 0.3, abs=1e-5)
+    state[sl["ee_pos"]] = (0.29, -0.04)  # inside the first zone: every ray reads 1
+    assert np.all(envs.keep_out_lidar(state) == 1)
+    far = state.copy()
+    far[sl["ee_pos"]] = (-0.5, -0.5)
+    rows = np.stack([state, far])
+    assert np.allclose(envs.keep_out_lidar(rows), np.stack([envs.keep_out_lidar(r) for r in rows]))
+    assert np.all(envs.keep_out_lidar(far) == 0)  # both zones beyond the lidar's reach
+    w = envs.with_keep_out_lidar(rows)
+    assert w.shape == (2, STATE_DIM + 16) and np.array_equal(w[:, :STATE_DIM], rows)
+
+
 def test_egocentric_gives_the_scenes_positions_relative_to_the_fingertip():
     env = envs.make("embodied/PointPushZone-v0", hazards=1)  # one keep-out slot present, one parked
     sl = state_slices()

@@ -244,6 +244,24 @@ def test_rl_policy_sees_the_named_object_first_in_training_and_evaluation():
         e.close()
 
 
+def test_rl_policy_sees_the_keep_out_lidar_in_training_and_evaluation():
+    from embodied.envs import egocentric, task_first, with_keep_out_lidar
+    from embodied.rl import ALGORITHMS, RLSpec, make_env
+
+    spec = RLSpec(env_id="embodied/PointReachHazard-v0", instruction="touch the red cube", reward="true", egocentric=True, lidar=True)
+    task = FixedTask(make(spec.env_id), spec.instruction).task
+    env = make_env(spec, None, ALGORITHMS["ppo"](), monitor=False)
+    raw = FixedTask(make(spec.env_id), spec.instruction)
+    assert env.observation_space.shape == (raw.observation_space["state"].shape[0] + 16,)
+    for seed in range(3):
+        state = raw.reset(seed=seed)[0]["state"]
+        want = egocentric(with_keep_out_lidar(task_first(state, task)))
+        assert np.allclose(env.reset(seed=seed)[0], want) and want[-16:].max() > 0  # a zone within the lidar's reach
+    assert np.allclose(_seen_by_rl_policy(spec, state), want)
+    for e in (env, raw):
+        e.close()
+
+
 def test_rl_policy_sees_the_egocentric_view_in_training_and_evaluation():
     from embodied.envs import egocentric, task_first
     from embodied.rl import ALGORITHMS, RLSpec, make_env, state_view

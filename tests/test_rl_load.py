@@ -16,10 +16,10 @@ def test_a_saved_rl_policy_loads_and_acts_as_in_its_runs_evaluation(tmp_path, ca
     out = tmp_path / "run"
     assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "true", "--steps", "2000",
                  "--envs", "2", "--episodes", "3", "--constraint", "stay out of the blue zone", "--cost-limit", "0.5", "--cost-critic",
-                 "--egocentric", "--squash", "--net-arch", "32", "32", "--out", str(out), "--device", "cpu"]) == 0
+                 "--egocentric", "--lidar", "--squash", "--net-arch", "32", "32", "--out", str(out), "--device", "cpu"]) == 0
     record = json.loads((out / "rl.json").read_text())
     policy, spec = load_rl_policy(out)
-    assert spec.egocentric and spec.squash and spec.net_arch == (32, 32) and spec.constraints[0].colour == "blue"
+    assert spec.egocentric and spec.lidar and spec.squash and spec.net_arch == (32, 32) and spec.constraints[0].colour == "blue"
     again = evaluate_rl(spec, policy)["eval"]
     for key in ("success", "mean_return", "mean_cost", "mean_length", "saturated_actions"):
         assert again[key] == pytest.approx(record["eval"][key]), key
