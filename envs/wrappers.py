@@ -132,8 +132,11 @@ def keep_out_lidar(state: np.ndarray, bins: int = LIDAR_BINS, reach: float = LID
     """Safety-Gymnasium's hazard lidar for ``state`` (S,) or (N, S): (..., bins) readings in [0, 1], one per ray.
 
     Ray ``k`` leaves the fingertip at angle ``2 pi k / bins`` (table frame, counter-clockwise from +x) and reads
-    ``1 - t / reach`` where it first meets a present keep-out zone's disc at distance ``t`` (1 inside a zone, 0 when
-    no zone lies within ``reach`` along it). A small network reads "a zone ahead, on the way" off these directly.
+    ``1 - t / reach`` where it first meets a present keep-out zone's disc at distance ``t`` (0 when no zone lies
+    within ``reach`` along it). A small network reads "a zone ahead, on the way" off these directly. Inside a zone
+    a ray reads ``0.5 + 0.5 x (its way out) / (the zone's diameter)``: highest towards the centre, lowest towards the
+    nearest edge, so the readings still point the way out (a flat 1 on every ray left a trained policy parked at a
+    zone's centre).
     """
     s = np.asarray(state, dtype=np.float64)
     lead = s.shape[:-1]
@@ -147,11 +150,13 @@ def keep_out_lidar(state: np.ndarray, bins: int = LIDAR_BINS, reach: float = LID
     d2 = (rel ** 2).sum(-1)[..., None]  # (..., H, 1)
     r2 = (radius ** 2)[..., None]
     disc = r2 - (d2 - along ** 2)  # >= 0 where the ray's line meets the disc
-    t = along - np.sqrt(np.maximum(disc, 0.0))  # distance to the entry point
+    root = np.sqrt(np.maximum(disc, 0.0))
+    t = along - root  # distance to the entry point
     hit = (disc >= 0) & (t >= 0) & present[..., None]
     inside = (d2 <= r2) & present[..., None]  # (..., H, 1)
     reading = np.where(hit, np.clip(1.0 - t / reach, 0.0, 1.0), 0.0)
-    reading = np.where(inside, 1.0, reading)
+    way_out = (along + root) / np.maximum(2 * radius[..., None], 1e-9)  # the exit's distance over the diameter
+    reading = np.where(inside, 0.5 + 0.5 * np.clip(way_out, 0.0, 1.0), reading)
     return reading.max(axis=-2).astype(np.float32) if N_HAZARDS else np.zeros((*lead, bins), np.float32)
 
 

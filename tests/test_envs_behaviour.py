@@ -249,8 +249,10 @@ def test_keep_out_lidar_reads_how_near_a_zone_lies_along_each_ray():
     hz[1, 6] = 1.0
     state[sl["hazards"]] = hz.ravel()
     assert envs.keep_out_lidar(state)[4] == pytest.approx(1 - 0.13 / 0.3, abs=1e-5)
-    state[sl["ee_pos"]] = (0.29, -0.04)  # inside the first zone: every ray reads 1
-    assert np.all(envs.keep_out_lidar(state) == 1)
+    state[sl["ee_pos"]] = (0.29, -0.05)  # inside the first zone, 4 cm right of its centre: the rays point the way out
+    inside = envs.keep_out_lidar(state)
+    assert np.all(inside >= 0.5) and inside.argmax() == 8 and inside.argmin() == 0  # most zone to the left, least right
+    assert inside[0] == pytest.approx(0.5 + 0.5 * 0.03 / 0.14, abs=1e-5)  # 3 cm out to the right over a 14 cm diameter
     far = state.copy()
     far[sl["ee_pos"]] = (-0.5, -0.5)
     rows = np.stack([state, far])
