@@ -24,6 +24,18 @@ def test_a_saved_rl_policy_loads_and_acts_as_in_its_runs_evaluation(tmp_path, ca
     for key in ("success", "mean_return", "mean_cost", "mean_length", "saturated_actions"):
         assert again[key] == pytest.approx(record["eval"][key]), key
 
+    # benchmarks/rl_probe.py reads the same policy: the same episodes, so the same cost
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "rl_probe.py"), str(out), "--episodes", "3"],
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    p = json.loads(probe.stdout)
+    assert p["mean_cost"] == pytest.approx(record["eval"]["mean_cost"]) and 0 <= p["crossing_starts"] <= 3
+    assert len(p["sensitivity"]["keep_out_zones"]) == 2 and p["sensitivity"]["target"] >= 0
+
     with pytest.raises(ConfigError, match="no rl.json"):
         load_rl_policy(tmp_path / "nowhere")
     weights = (out / "policy.safetensors").read_bytes()
