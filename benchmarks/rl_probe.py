@@ -31,16 +31,10 @@ SHIFT = 0.05
 """How far (m) the probe moves a zone or the target."""
 
 
-def segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    """Distance (m) from point ``p`` to the segment ``a``-``b`` (all (2,))."""
-    ab = b - a
-    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-12), 0.0, 1.0))
-    return float(np.linalg.norm(a + t * ab - p))
-
-
 def probe(run: str, episodes: int) -> dict[str, Any]:
     from embodied import specs
     from embodied.envs import FixedTask, make
+    from embodied.envs.layouts import segment_distance
     from embodied.rl import load_rl_policy
     from embodied.specs import HAZARD_FEATURES, N_HAZARDS, OBJECT_FEATURES, state_slices
 
