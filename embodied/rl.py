@@ -16,7 +16,7 @@ Each env of a run is built as::
 
     make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source
         -> algorithm's env wrappers (cost penalty; ppo --squash: tanh of the actions)
-        -> StateView (task_first, egocentric) -> StateOnly -> Monitor
+        -> StateView (task_first, keep-out lidar, egocentric) -> StateOnly -> Monitor
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
