@@ -571,7 +571,7 @@ def load_rl_policy(folder: str | Path, device: str = "cpu") -> tuple[StatePolicy
     Rebuilt as it acted in the run's evaluation: the same network, observation normaliser, state view and action map,
     so :func:`evaluate_rl` on it gives the run's ``eval`` again. Nothing is unpickled: the weights go through
     :func:`embodied.checkpoint.load_tensors` (a pickle or a tampered file is a one-line error)."""
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from embodied.checkpoint import load_tensors, read_json
     from embodied.envs.constraints import constraint_from
@@ -603,13 +603,11 @@ def load_rl_policy(folder: str | Path, device: str = "cpu") -> tuple[StatePolicy
         except RuntimeError as e:
             raise ConfigError(f"{folder / 'policy.safetensors'} does not fit the network rl.json describes ({str(e).splitlines()[0]})") from None
         space = venv.envs[0].unwrapped.action_space
+        normalizer = VecNormalize(venv, training=False, norm_reward=False, clip_obs=clip, epsilon=eps)  # the run's own normalisation
+        normalizer.obs_rms.mean, normalizer.obs_rms.var = mean, var
     finally:
         venv.close()
-
-    def normalize(obs: np.ndarray) -> np.ndarray:
-        return np.clip((obs - mean) / np.sqrt(var + eps), -clip, clip).astype(np.float32)
-
-    return StatePolicy(model, normalize, state_view(spec), action_view(spec, space)), spec
+    return StatePolicy(model, normalizer.normalize_obs, state_view(spec), action_view(spec, space)), spec
 
 
 def state_view(spec: RLSpec) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from torch import nn
 
@@ -57,22 +59,16 @@ class CostRecorder(VecEnvWrapper):
 
 def cost_advantages(costs: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
                     last_dones: np.ndarray, gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
-    """GAE(lambda) of a rollout's costs, exactly as SB3's ``compute_returns_and_advantage`` does for rewards.
+    """GAE(lambda) of a rollout's costs: SB3's own ``RolloutBuffer.compute_returns_and_advantage``, run on the costs.
 
     ``costs``, ``values`` (the cost critic's), ``episode_starts``: (T, n_envs); ``last_values``, ``last_dones``: (n_envs,)
     for the observation after the last step. Returns advantages and the critic's targets (advantages + values), both
     (T, n_envs)."""
-    adv = np.zeros_like(costs, dtype=np.float32)
-    gae = np.zeros(costs.shape[1], dtype=np.float32)
-    for t in reversed(range(len(costs))):
-        if t == len(costs) - 1:
-            nonterminal, next_values = 1.0 - last_dones.astype(np.float32), last_values
-        else:
-            nonterminal, next_values = 1.0 - episode_starts[t + 1], values[t + 1]
-        delta = costs[t] + gamma * next_values * nonterminal - values[t]
-        gae = delta + gamma * gae_lambda * nonterminal * gae
-        adv[t] = gae
-    return adv, adv + values
+    scalar = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)  # the buffer's own observation/action arrays go unused
+    buf = RolloutBuffer(len(costs), scalar, scalar, gamma=gamma, gae_lambda=gae_lambda, n_envs=costs.shape[1])
+    buf.rewards, buf.values, buf.episode_starts = (np.asarray(a, dtype=np.float32) for a in (costs, values, episode_starts))
+    buf.compute_returns_and_advantage(torch.as_tensor(np.asarray(last_values, dtype=np.float32)), np.asarray(last_dones))
+    return buf.advantages, buf.returns
 
 
 def cost_critic(obs_dim: int, net_arch: list[int]) -> nn.Sequential:
@@ -102,7 +98,7 @@ class _LagrangianPPO(PPO):
             raise TypeError("PPO-Lagrangian with a cost critic steps a CostRecorder env")
         self.multiplier_value = multiplier_value
         self.cost_critic = cost_critic(int(np.prod(self.observation_space.shape)), net_arch).to(self.device)
-        self.cost_optimizer = torch.optim.Adam(self.cost_critic.parameters(), lr=self.learning_rate if isinstance(self.learning_rate, float) else 3e-4)
+        self.cost_optimizer = torch.optim.Adam(self.cost_critic.parameters(), lr=self.lr_schedule(1.0))
         self.cost_log: list[dict[str, float]] = []
 
     def _cost_values(self, obs: np.ndarray) -> np.ndarray:

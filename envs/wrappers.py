@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -144,8 +145,7 @@ def keep_out_lidar(state: np.ndarray, bins: int = LIDAR_BINS, reach: float = LID
     hazards = s[..., _SL["hazards"]].reshape(*lead, N_HAZARDS, HAZARD_FEATURES)
     rel = hazards[..., 0:2] - ee[..., None, :]  # (..., H, 2) zone centres from the fingertip
     radius, present = hazards[..., 2], hazards[..., 6] > 0.5  # (..., H)
-    angles = 2 * np.pi * np.arange(bins) / bins
-    rays = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (B, 2)
+    rays = _rays(bins)  # (B, 2)
     along = np.einsum("...hc,bc->...hb", rel, rays)  # (..., H, B) centre's projection on each ray
     d2 = (rel ** 2).sum(-1)[..., None]  # (..., H, 1)
     r2 = (radius ** 2)[..., None]
@@ -158,6 +158,16 @@ def keep_out_lidar(state: np.ndarray, bins: int = LIDAR_BINS, reach: float = LID
     way_out = (along + root) / np.maximum(2 * radius[..., None], 1e-9)  # the exit's distance over the diameter
     reading = np.where(inside, 0.5 + 0.5 * np.clip(way_out, 0.0, 1.0), reading)
     return reading.max(axis=-2).astype(np.float32) if N_HAZARDS else np.zeros((*lead, bins), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _rays(bins: int) -> np.ndarray:
+    """Unit directions (bins, 2) of the lidar's rays, counter-clockwise from +x (computed once per count: the lidar runs
+    every env step)."""
+    angles = 2 * np.pi * np.arange(bins) / bins
+    rays = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    rays.flags.writeable = False
+    return rays
 
 
 def with_keep_out_lidar(state: np.ndarray) -> np.ndarray:
