@@ -2,8 +2,8 @@
 
 One instruction fixes the task of a run (:class:`embodied.envs.FixedTask`: every episode's
 scene contains what it names). The reward is either the env's own (``true``) or the
-foundation model's score of each step for that instruction (``learned``:
-:class:`embodied.policies.LearnedReward`); stable-baselines3 trains on it. The policy sees
+foundation model's score of each step for that instruction (``learned``: every env's step scored in
+one batch, :class:`embodied.policies.vec_reward.VecLearnedReward`); stable-baselines3 trains on it. The policy sees
 the state vector only, normalised by running statistics, with the instruction's object and zone
 moved to the first slots (``task_first``, :func:`embodied.envs.task_first`: the scene's slot order
 is random, and the policy gets no other word of which object the fixed instruction means), and with ``egocentric`` the
@@ -14,9 +14,11 @@ scored by it and episodes it believes solved but that are not are listed (reward
 
 Each env of a run is built as::
 
-    make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source
+    make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source (learned: RewardTap)
         -> algorithm's env wrappers (cost penalty; ppo --squash: tanh of the actions)
         -> StateView (task_first, keep-out lidar, egocentric) -> StateOnly -> Monitor
+
+and the vector of them as ``DummyVecEnv -> reward source (learned: VecLearnedReward) -> VecNormalize``.
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
@@ -25,7 +27,7 @@ callbacks. With ``--cost-limit C`` an algorithm runs as its Lagrangian variant (
 lowers the multiplier from the episode costs at each rollout's end (:class:`LagrangeMultiplier`); with
 ``--cost-critic`` the reward stays the env's and a second critic's cost advantage is weighed into the policy's
 (:mod:`embodied.rl_cost`).
-Reward sources are functions in :data:`REWARDS` (``@register_reward``).
+Reward sources are classes in :data:`REWARDS` (``@register_reward``).
 """
 
 from __future__ import annotations
@@ -247,26 +249,44 @@ def squashed(u: Any, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- reward sources
-RewardSource = Callable[["gym.Env", RLSpec, Any], "gym.Env"]
-REWARDS: Registry[RewardSource] = Registry("reward")
+class RewardSource:
+    """Where a run's reward comes from: a wrapper of each env (after the task is fixed) and one of the vector of envs."""
+
+    def wrap(self, env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+        """One training env with this source's per-env wrapper (none by default)."""
+        return env
+
+    def wrap_vec(self, venv: "VecEnv", spec: RLSpec, reward_model: Any) -> "VecEnv":
+        """The vector of training envs with this source's wrapper (none by default)."""
+        return venv
+
+
+REWARDS: Registry[type[RewardSource]] = Registry("reward")
 register_reward = REWARDS.register
-"""Function decorator: ``@register_reward("name")`` adds ``source(env, spec, reward_model) -> env``."""
+"""Class decorator: ``@register_reward("name")`` adds a :class:`RewardSource`."""
 
 
 @register_reward("true")
-def true_reward(env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+class TrueReward(RewardSource):
     """The env's own reward."""
-    return env
 
 
 @register_reward("learned")
-def learned_reward(env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
-    """The model's score of each step for the run's instruction (true reward in ``info``)."""
-    from embodied.policies import LearnedReward
+class LearnedRewardSource(RewardSource):
+    """The model's score of each step for the run's instruction (true reward in ``info``), all envs scored in one batch
+    per step (:class:`embodied.policies.vec_reward.VecLearnedReward`)."""
 
-    if reward_model is None:
-        raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
-    return LearnedReward(env, reward_model, spec.instruction)
+    def wrap(self, env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+        from embodied.policies.vec_reward import RewardTap
+
+        if reward_model is None:
+            raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
+        return RewardTap(env)
+
+    def wrap_vec(self, venv: "VecEnv", spec: RLSpec, reward_model: Any) -> "VecEnv":
+        from embodied.policies.vec_reward import VecLearnedReward
+
+        return VecLearnedReward(venv, reward_model, spec.instruction)
 
 
 # ---------------------------------------------------------------------------- algorithms
@@ -404,7 +424,7 @@ def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: boo
     from embodied.envs import FixedTask, StateOnly, StateView, make
 
     env = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success, **spec.env_kwargs()), spec.instruction)
-    env = REWARDS[spec.reward](env, spec, reward_model)
+    env = REWARDS[spec.reward]().wrap(env, spec, reward_model)
     for wrap in algorithm.env_wrappers(spec):
         env = wrap(env)
     view = state_view(spec)
@@ -536,6 +556,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
             raise ConfigError(f"{spec.reward_ckpt} scores pixels; `embodied rl` runs state-only envs: use a state-only model")
     venv = DummyVecEnv([lambda: make_env(spec, reward_model, algorithm) for _ in range(spec.n_envs)])
     venv.seed(spec.seed)
+    venv = REWARDS[spec.reward]().wrap_vec(venv, spec, reward_model)
     venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=0.99)
     model = algorithm.build(venv, spec, device)
     curve: list[dict[str, Any]] = []

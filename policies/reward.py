@@ -119,6 +119,50 @@ class RewardModel:
             _, ctx.cache = self.model.observe(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
         return self._decode(out)
 
+    @torch.inference_mode()
+    def step_each(self, contexts: Sequence[RewardContext], action: np.ndarray, next_state: np.ndarray,
+                  observe: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`step` for N one-trajectory contexts at once, each at its own timestep (state-only models).
+
+        Contexts whose caches hold the same number of tokens run as one batch; once ``context``
+        timesteps are held every cache does, so N envs stepped together cost one batched pass
+        per token instead of N. ``action`` (N, A) is scored; ``next_state`` (N, S) is appended
+        where ``observe`` (N,) bool is True (default: everywhere): leave it False where a
+        trajectory ended. Returns ``reward``, ``success`` and ``cost``, each (N,).
+        """
+        if self.model.pixel_enc is not None:
+            raise ConfigError("step_each scores state-only models; step a pixel model's trajectories with step()")
+        n = len(contexts)
+        if any(c.batch != 1 for c in contexts):
+            raise ConfigError("step_each takes contexts of one trajectory each (start them one by one)")
+        a = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self.device).clamp(-1.0, 1.0)
+        s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)
+        if a.shape != (n, self.model.cfg.action_dim) or s.shape != (n, self.model.cfg.state_dim):
+            raise ConfigError(f"need actions ({n}, {self.model.cfg.action_dim}) and states ({n}, {self.model.cfg.state_dim}), "
+                              f"got {tuple(a.shape)} and {tuple(s.shape)}")
+        keep = np.ones(n, dtype=bool) if observe is None else np.asarray(observe, dtype=bool).reshape(n)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(contexts):
+            groups.setdefault(c.cache[0][0].shape[2], []).append(i)
+        out = {k: np.empty(n, dtype=np.float32) for k in ("reward", "success", "cost")}
+        for rows in groups.values():
+            cache = KVCache.cat([contexts[i].cache for i in rows]) if len(rows) > 1 else contexts[rows[0]].cache
+            t = torch.tensor([contexts[i].t for i in rows], dtype=torch.long, device=self.device)
+            o, cache = self.model.act(cache, a[rows], t)
+            for k, v in self._decode(o).items():
+                out[k][rows] = v
+            going = [j for j, i in enumerate(rows) if keep[i]]
+            if going:
+                if len(going) < len(rows):
+                    cache = cache.map(lambda x: x[going], rows=True)
+                _, cache = self.model.observe(cache, s[[rows[j] for j in going]], t[going] + 1)
+            for r, j in enumerate(going):
+                ctx = contexts[rows[j]]
+                ctx.cache = cache if len(going) == 1 else cache.map(lambda x: x[r:r + 1], rows=True)
+            for i in rows:
+                contexts[i].t += 1
+        return out
+
     # ------------------------------------------------------------------ whole trajectories
     def score(self, observations: Any, actions: np.ndarray, instruction: str) -> Score:
         """Score one trajectory: observations (T or T + 1 states, or a dict with ``state`` [and ``pixels``]), actions (T, A).

@@ -1,0 +1,113 @@
+"""The learned reward for a vector of envs, scored in one batch per step (stable-baselines3).
+
+:class:`~embodied.policies.LearnedReward` scores each env's step on its own: two one-token
+passes of the model per env step, which on a CPU costs more than the env and the policy
+together. Here the envs of an SB3 ``VecEnv`` are scored together:
+
+- each env carries a :class:`RewardTap` where a ``LearnedReward`` would sit (right after the
+  task is fixed). It leaves the reward alone and writes what the model needs into ``info``:
+  the raw state after the step (``score_state``; also in the reset's info), the action as the
+  env took it (``score_action``) and the env's own reward (``true_reward``);
+- :class:`VecLearnedReward` wraps the ``VecEnv`` and, after each step, scores every env's
+  action in one batch (:meth:`RewardModel.step_each`), each env with its own key/value-cached
+  context, restarted from the reset's info when its episode ends.
+
+The reward reaching the vector is the per-env chain's: the env's reward plus whatever the
+wrappers after the tap add to it (a Lagrangian cost penalty subtracts ``multiplier x cost``).
+:class:`VecLearnedReward` swaps the env's reward for the model's inside that sum, so what SB3
+sees is what a ``LearnedReward`` in the tap's place would have given the same wrappers
+(tests/test_vec_reward.py checks both agree step by step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from embodied import specs
+from embodied.errors import ConfigError
+
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel
+
+SCORE_STATE = "score_state"
+"""``info`` key of :class:`RewardTap`: (S,) float32 raw state after the step (at reset: the first state)."""
+SCORE_ACTION = "score_action"
+"""``info`` key of :class:`RewardTap`: (A,) float32 action as the tapped env took it."""
+
+
+class RewardTap(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Put what the reward model scores into ``info``: ``score_state``, ``score_action`` and ``true_reward``.
+
+    Observations, rewards and episode ends pass unchanged. Wrap the suite's dict-observation env
+    (before ``StateOnly`` and any view of the state).
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Dict) or specs.STATE not in space.spaces:
+            raise ConfigError("RewardTap needs the suite's dict observations with a 'state' (wrap before StateOnly)")
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, {**info, SCORE_STATE: np.array(obs[specs.STATE], dtype=np.float32)}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = {**info, SCORE_STATE: np.array(obs[specs.STATE], dtype=np.float32),
+                SCORE_ACTION: np.array(action, dtype=np.float32), TRUE_REWARD: float(reward)}
+        return obs, reward, terminated, truncated, info
+
+
+class VecLearnedReward(VecEnvWrapper):
+    """Replace each env's reward (as tapped by :class:`RewardTap`) by the model's score for one instruction.
+
+    Every step scores all envs' actions in one batch. ``info`` gains ``learned_success`` and
+    ``learned_cost`` (the env's ``true_reward``, reward terms and ``is_success`` stay). The
+    instruction is fixed for the vector: the task of each env must be the one it names
+    (:class:`embodied.envs.FixedTask`).
+    """
+
+    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str) -> None:
+        super().__init__(venv)
+        want = (reward_model.model.cfg.action_dim,)
+        if venv.action_space.shape != want:
+            raise ConfigError(f"the model scores actions of shape {want}, these envs take {venv.action_space.shape}; use control='ee'")
+        if reward_model.model.pixel_enc is not None:
+            raise ConfigError("VecLearnedReward scores state-only models; wrap each env in LearnedReward for a pixel model")
+        self.reward_model = reward_model
+        self.instruction = instruction
+        self._contexts: list[RewardContext] = []
+
+    def _start(self, info: dict[str, Any]) -> RewardContext:
+        if SCORE_STATE not in info:
+            raise ConfigError("VecLearnedReward needs each env wrapped in RewardTap (no 'score_state' in the reset's info)")
+        return self.reward_model.start([self.instruction], info[SCORE_STATE][None])
+
+    def reset(self) -> Any:
+        obs = self.venv.reset()
+        self._contexts = [self._start(info) for info in self.venv.reset_infos]
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        if not self._contexts:
+            raise RuntimeError("call reset() before step()")
+        if any(SCORE_ACTION not in info for info in infos):
+            raise ConfigError("VecLearnedReward needs each env wrapped in RewardTap (no 'score_action' in a step's info)")
+        actions = np.stack([info[SCORE_ACTION] for info in infos])
+        states = np.stack([info[SCORE_STATE] for info in infos])
+        out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
+        true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
+        rewards = (np.asarray(rewards, dtype=np.float64) - true + out["reward"]).astype(np.float32)
+        for i, info in enumerate(infos):
+            info[LEARNED_SUCCESS] = float(out["success"][i])
+            info[LEARNED_COST] = float(out["cost"][i])
+            if dones[i]:
+                self._contexts[i] = self._start(self.venv.reset_infos[i])
+        return obs, rewards, dones, infos

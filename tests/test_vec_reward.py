@@ -1,0 +1,105 @@
+"""The batched learned reward (VecLearnedReward + RewardTap) gives what per-env LearnedReward gives, step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from embodied.config import preset
+from embodied.envs import FixedTask, StateOnly, make
+from embodied.errors import ConfigError
+from embodied.model import TrajectoryModel
+from embodied.policies import LearnedReward, RewardModel
+from embodied.policies.vec_reward import RewardTap, VecLearnedReward
+from conftest import fake_encode
+
+INSTRUCTION = "push the red cube to the right"
+
+
+@pytest.fixture(scope="module")
+def reward_model():
+    torch.manual_seed(1)
+    model = TrajectoryModel(preset("tiny", context=8))
+    for p in model.outcome_head.parameters():  # outputs large enough that a wrong context would show
+        torch.nn.init.normal_(p, std=0.5)
+    model.set_normalizer(torch.zeros(model.cfg.state_dim), torch.ones(model.cfg.state_dim), reward_mean=-1.0, reward_std=2.0)
+    return RewardModel(model, fake_encode, device="cpu")
+
+
+class _Penalty:
+    """A reward wrapper after the tap, like the Lagrangian's: reward - 0.5 x |action|_1 (additive, as the real one is)."""
+
+    @staticmethod
+    def wrap(env):
+        import gymnasium as gym
+
+        class Penalised(gym.Wrapper):
+            def step(self, action):
+                obs, r, te, tr, info = self.env.step(action)
+                return obs, r - 0.5 * float(np.abs(action).sum()), te, tr, info
+
+        return Penalised(env)
+
+
+def _venv(wrap, n, max_steps):
+    def make_one(i):
+        return lambda: StateOnly(_Penalty.wrap(wrap(FixedTask(make("embodied/PointPushDir-v0", max_episode_steps=max_steps[i]), INSTRUCTION))))
+    venv = DummyVecEnv([make_one(i) for i in range(n)])
+    venv.seed(5)
+    return venv
+
+
+def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model):
+    n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
+    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION), n, lengths)
+    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION)
+    o_ref, o_fast = ref.reset(), fast.reset()
+    np.testing.assert_array_equal(o_ref, o_fast)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(30):
+        a = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+        ref.step_async(a)
+        fast.step_async(a)
+        o_ref, r_ref, d_ref, i_ref = ref.step_wait()
+        o_fast, r_fast, d_fast, i_fast = fast.step_wait()
+        np.testing.assert_array_equal(d_ref, d_fast)
+        np.testing.assert_array_equal(o_ref, o_fast)
+        np.testing.assert_allclose(r_fast, r_ref, atol=1e-4)  # the model's reward, with the later wrapper's penalty kept
+        for a_info, b_info in zip(i_ref, i_fast):
+            assert b_info["true_reward"] == pytest.approx(a_info["true_reward"])
+            assert b_info["learned_success"] == pytest.approx(a_info["learned_success"], abs=1e-5)
+            assert b_info["learned_cost"] == pytest.approx(a_info["learned_cost"], abs=1e-5)
+        ends += int(d_ref.sum())
+    assert ends >= 6
+    true = np.array([i["true_reward"] for i in i_fast]) - 0.5 * np.abs(a).sum(1)
+    assert not np.allclose(r_fast, true, atol=1e-3)  # the env's own reward was replaced
+
+
+def test_step_each_matches_step_for_contexts_at_different_timesteps(reward_model):
+    rng = np.random.default_rng(1)
+    S, A = reward_model.model.cfg.state_dim, reward_model.model.cfg.action_dim
+    firsts = rng.normal(size=(3, S)).astype(np.float32)
+    solo = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(3)]
+    many = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(3)]
+    for i, lead in enumerate((0, 3, 11)):  # staggered: caches of different lengths, one past the context
+        for _ in range(lead):
+            a, s = rng.uniform(-1, 1, (1, A)).astype(np.float32), rng.normal(size=(1, S)).astype(np.float32)
+            reward_model.step(solo[i], a, s)
+            reward_model.step_each([many[i]], a, s)
+    for _ in range(10):
+        a, s = rng.uniform(-1, 1, (3, A)).astype(np.float32), rng.normal(size=(3, S)).astype(np.float32)
+        want = [reward_model.step(solo[i], a[i:i + 1], s[i:i + 1]) for i in range(3)]
+        got = reward_model.step_each(many, a, s)
+        for k in ("reward", "success", "cost"):
+            np.testing.assert_allclose(got[k], np.concatenate([w[k] for w in want]), atol=1e-4)
+
+
+def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
+    venv = VecLearnedReward(_venv(lambda e: e, 1, [5]), reward_model, INSTRUCTION)
+    with pytest.raises(ConfigError, match="RewardTap"):
+        venv.reset()
+    with pytest.raises(ConfigError, match="dict observations"):
+        RewardTap(StateOnly(make("embodied/PointPushDir-v0")))
