@@ -59,6 +59,9 @@ class RewardContext:
     cache: KVCache
     t: int
     batch: int
+    shared: tuple[KVCache, int] | None = None
+    """Set by :meth:`RewardModel.step_each`: the batched cache this one-trajectory context is a row of, and the row
+    (``cache`` is a view of it); the next call reuses it instead of stacking the rows again."""
 
 
 class RewardModel:
@@ -146,7 +149,7 @@ class RewardModel:
             groups.setdefault(c.cache[0][0].shape[2], []).append(i)
         out = {k: np.empty(n, dtype=np.float32) for k in ("reward", "success", "cost")}
         for rows in groups.values():
-            cache = KVCache.cat([contexts[i].cache for i in rows]) if len(rows) > 1 else contexts[rows[0]].cache
+            cache = _shared_cache([contexts[i] for i in rows])
             t = torch.tensor([contexts[i].t for i in rows], dtype=torch.long, device=self.device)
             o, cache = self.model.act(cache, a[rows], t)
             for k, v in self._decode(o).items():
@@ -159,6 +162,7 @@ class RewardModel:
             for r, j in enumerate(going):
                 ctx = contexts[rows[j]]
                 ctx.cache = cache if len(going) == 1 else cache.map(lambda x: x[r:r + 1], rows=True)
+                ctx.shared = (cache, r) if len(going) > 1 else None
             for i in rows:
                 contexts[i].t += 1
         return out
@@ -222,6 +226,17 @@ class RewardModel:
             "success": torch.sigmoid(out["success_logit"].float()).cpu().numpy().astype(np.float32),
             "cost": torch.sigmoid(out["cost_logit"].float()).cpu().numpy().astype(np.float32),
         }
+
+
+def _shared_cache(contexts: list[RewardContext]) -> KVCache:
+    """The rows' caches stacked along the batch: the batched cache they are views of when they are all of it, in order."""
+    first = contexts[0].shared
+    if len(contexts) == 1:
+        return contexts[0].cache
+    if first is not None and first[0][0][0].shape[0] == len(contexts) and all(
+            c.shared is not None and c.shared[0] is first[0] and c.shared[1] == r for r, c in enumerate(contexts)):
+        return first[0]
+    return KVCache.cat([c.cache for c in contexts])
 
 
 def _split_observations(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
