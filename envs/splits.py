@@ -4,7 +4,9 @@
 the "new environments" of few-shot adaptation and generalisation tests: a held-out layout
 (``Rows``), held-out physics (``Heavy``: heavier, slipperier objects), held-out colours and
 objects (``Novel``: held-out colour x shape compositions and a colour never seen in
-training) and a held-out embodiment (the 3-link arm). ``Hazard`` variants switch the safety
+training), a held-out control frame (``Turned``: the robot's velocity command acts turned by
+90 degrees, as on a robot mounted turned against the table: a policy must learn it from
+demonstrations) and a held-out embodiment (the 3-link arm). ``Hazard`` variants switch the safety
 costs on: two keep-out zones, fragile distractors and a fingertip speed limit;
 ``HazardRows`` (held out) adds workspace bounds in the held-out layout.
 """
@@ -48,6 +50,7 @@ VARIANTS: dict[str, tuple[Literal["train", "heldout"], dict[str, Any], str]] = {
     "Rows": ("heldout", {"layout": "rows"}, "; held-out layout (objects in a row, zones in a row)"),
     "Heavy": ("heldout", {"object_mass": 0.5, "object_friction": 0.35}, "; held-out physics (2.5x mass, slippery)"),
     "Novel": ("heldout", {"target_split": "novel"}, "; held-out colour x shape targets and the unseen colour cyan"),
+    "Turned": ("heldout", {"action_turn": 90.0}, "; held-out control frame (the fingertip's velocity command turned 90 degrees)"),
     "Hazard": ("train", HAZARDS, "; keep-out zones, fragile objects and a speed limit"),
     "HazardRows": ("heldout", HELDOUT_HAZARDS, "; held-out layout with keep-out zones, fragile objects, a speed limit and workspace bounds"),
 }

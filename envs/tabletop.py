@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Any, Sequence
 
@@ -89,8 +90,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     **Variants** are keyword arguments: ``embodiment`` (point, arm2, arm3), ``family``
     (reach, push_zone, push_dir), ``layout`` (scatter, rows), ``target_split`` (train,
     composition, novel), ``instruction_split`` (train, paraphrase, all), ``object_mass``
-    (kg), ``object_friction``, ``hazards``, ``fragile``, ``speed_limit``, ``workspace``,
-    ``constraints`` and the reward weights.
+    (kg), ``object_friction``, ``action_turn`` (degrees: the end-effector velocity command is
+    turned by this angle before it drives the fingertip, as on a robot mounted turned against
+    the table frame the observations use; ``control="ee"`` only), ``hazards``, ``fragile``,
+    ``speed_limit``, ``workspace``, ``constraints`` and the reward weights.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -105,6 +108,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         instruction_split: str = "train",
         object_mass: float = 0.2,
         object_friction: float = 0.6,
+        action_turn: float = 0.0,
         pixels: int | None = None,
         control: str = "ee",
         hazards: int = 0,
@@ -136,6 +140,11 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         for name, value in (("object_mass", object_mass), ("object_friction", object_friction), ("frame_skip", frame_skip)):
             if not value > 0:
                 raise ConfigError(f"{name}={value} must be positive")
+        if action_turn and control != "ee":
+            raise ConfigError(f"action_turn={action_turn} turns the end-effector command: use control='ee' with it")
+        turn = math.radians(float(action_turn))
+        self.action_turn = float(action_turn)
+        self._turn = None if not action_turn else np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
         self.embodiment = make_embodiment(embodiment)
         self.family = make_family(family)
         self.layout, self.target_split, self.instruction_split = layout, target_split, instruction_split
@@ -341,7 +350,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         if a.shape != self.action_space.shape:
             raise ValueError(f"action has shape {a.shape}; this env takes {self.action_space.shape}")
         d = self.data
-        self.embodiment.set_action(d, a, self.control)
+        command = a if self._turn is None else np.clip(self._turn @ a, -1.0, 1.0)
+        self.embodiment.set_action(d, command, self.control)
         mujoco.mj_step(self.model, d, nstep=self.frame_skip)
         reward, info = self._step_info(a)
         terminated = (info[INFO_SUCCESS] and self.terminate_on_success) or info[INFO_INVALID]
@@ -436,7 +446,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         obj = d.qpos[self.h.obj_qpos[g.target, :2]]
         v = self.family.expert_velocity(g, ee, obj, emb.max_speed * 0.9)
         if self.control == "ee":
-            return np.clip(v / emb.max_speed, -1.0, 1.0).astype(np.float32)
+            a = v / emb.max_speed
+            if self._turn is not None:  # the action that the turned mounting turns into v
+                a = self._turn.T @ a
+            return np.clip(a, -1.0, 1.0).astype(np.float32)
         qd = emb.joint_velocity_for(d, v)
         return np.clip(qd / emb.max_joint_speed, -1.0, 1.0).astype(np.float32)
 

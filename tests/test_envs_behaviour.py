@@ -287,3 +287,26 @@ def test_egocentric_gives_the_scenes_positions_relative_to_the_fingertip():
         rows.append(state)
     assert np.allclose(envs.egocentric(np.stack(rows)), np.stack([envs.egocentric(r) for r in rows]))
     env.close()
+
+
+@pytest.mark.parametrize("emb", ["Point", "Arm2"])
+def test_a_turned_control_frame_turns_the_command_and_the_expert_knows_it(emb):
+    plain, turned = envs.make(f"embodied/{emb}Reach-v0"), envs.make(f"embodied/{emb}ReachTurned-v0")
+    moves = []
+    for env in (plain, turned):
+        env.reset(seed=4)
+        u = env.unwrapped
+        start = u.embodiment.ee_pos(u.data)[:2].copy()
+        for _ in range(3):
+            env.step(np.array([0.6, 0.0], np.float32))
+        moves.append(u.embodiment.ee_pos(u.data)[:2] - start)
+    (px, py), (tx, ty) = moves
+    assert abs(px) > 3 * abs(py) and px > 0  # plain: +x goes to +x
+    assert abs(ty) > 3 * abs(tx) and ty > 0  # turned 90 degrees: +x goes to +y
+    # the expert acts in the turned frame: its action differs from the plain expert's and it still succeeds
+    turned.reset(seed=4)
+    plain.reset(seed=4)
+    a_t, a_p = turned.unwrapped.expert_action(), plain.unwrapped.expert_action()
+    np.testing.assert_allclose(a_t, [a_p[1], -a_p[0]], atol=1e-5)
+    with pytest.raises(ConfigError, match="control='ee'"):
+        envs.make(f"embodied/{emb}Reach-v0", action_turn=90.0, control="joint")
