@@ -1,6 +1,6 @@
 """The K-shot adaptation curve (issue 6, part 3), with the target checked.
 
-Usage: python benchmarks/adapt_curve.py --ckpt runs/R [--env embodied/PointPushZoneHeavy-v0] [--ks 1 5 10 25] [--out DIR]
+Usage: python benchmarks/adapt_curve.py --ckpt runs/R [--env embodied/PointReachTurned-v0] [--ks 1 5 10 25] [--out DIR]
 (the options of `embodied bench adapt`). Target: at K = 10 the best adapted model's success is
 at least 2x that of the same architecture trained from scratch on the same demos, and above
 the unadapted model's. Writes DIR/adapt_curve.json (`embodied report DIR` plots it); exits 1
