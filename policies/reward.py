@@ -116,6 +116,7 @@ class RewardModel:
         if a.shape != (ctx.batch, self.model.cfg.action_dim):
             raise ConfigError(f"actions must be ({ctx.batch}, {self.model.cfg.action_dim}), got {tuple(a.shape)}")
         out, ctx.cache = self.model.act(ctx.cache, a, self._time(ctx.t, ctx.batch))
+        ctx.shared = None  # the cache is this context's own now, no longer a row of step_each's batch
         ctx.t += 1
         if next_state is not None:
             s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)

@@ -103,3 +103,20 @@ def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
         venv.reset()
     with pytest.raises(ConfigError, match="dict observations"):
         RewardTap(StateOnly(make("embodied/PointPushDir-v0")))
+
+
+def test_step_after_step_each_is_not_undone_by_the_next_batch(reward_model):
+    rng = np.random.default_rng(2)
+    S, A = reward_model.model.cfg.state_dim, reward_model.model.cfg.action_dim
+    firsts = rng.normal(size=(2, S)).astype(np.float32)
+    mixed = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(2)]
+    solo = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(2)]
+    for k in range(6):  # batched, then one context stepped alone, then batched again
+        a, s = rng.uniform(-1, 1, (2, A)).astype(np.float32), rng.normal(size=(2, S)).astype(np.float32)
+        want = [reward_model.step(solo[i], a[i:i + 1], s[i:i + 1]) for i in range(2)]
+        if k == 3:
+            got = [reward_model.step(mixed[i], a[i:i + 1], s[i:i + 1])["reward"] for i in range(2)]
+            got = np.concatenate(got)
+        else:
+            got = reward_model.step_each(mixed, a, s)["reward"]
+        np.testing.assert_allclose(got, np.concatenate([w["reward"] for w in want]), atol=1e-4)
