@@ -78,19 +78,28 @@ def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward
     assert not np.allclose(r_fast, true, atol=1e-3)  # the env's own reward was replaced
 
 
-def test_step_each_matches_step_for_contexts_at_different_timesteps(reward_model):
-    rng = np.random.default_rng(1)
+def _twin_contexts(reward_model, n, seed):
+    """A random source, a draw of (n, A) actions and (n, S) states from it, and two identical sets of n contexts."""
+    rng = np.random.default_rng(seed)
     S, A = reward_model.model.cfg.state_dim, reward_model.model.cfg.action_dim
-    firsts = rng.normal(size=(3, S)).astype(np.float32)
-    solo = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(3)]
-    many = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(3)]
+
+    def draw(k):
+        return rng.uniform(-1, 1, (k, A)).astype(np.float32), rng.normal(size=(k, S)).astype(np.float32)
+
+    firsts = draw(n)[1]
+    twins = [[reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(n)] for _ in range(2)]
+    return draw, twins[0], twins[1]
+
+
+def test_step_each_matches_step_for_contexts_at_different_timesteps(reward_model):
+    draw, solo, many = _twin_contexts(reward_model, 3, seed=1)
     for i, lead in enumerate((0, 3, 11)):  # staggered: caches of different lengths, one past the context
         for _ in range(lead):
-            a, s = rng.uniform(-1, 1, (1, A)).astype(np.float32), rng.normal(size=(1, S)).astype(np.float32)
+            a, s = draw(1)
             reward_model.step(solo[i], a, s)
             reward_model.step_each([many[i]], a, s)
     for _ in range(10):
-        a, s = rng.uniform(-1, 1, (3, A)).astype(np.float32), rng.normal(size=(3, S)).astype(np.float32)
+        a, s = draw(3)
         want = [reward_model.step(solo[i], a[i:i + 1], s[i:i + 1]) for i in range(3)]
         got = reward_model.step_each(many, a, s)
         for k in ("reward", "success", "cost"):
@@ -106,13 +115,9 @@ def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
 
 
 def test_step_after_step_each_is_not_undone_by_the_next_batch(reward_model):
-    rng = np.random.default_rng(2)
-    S, A = reward_model.model.cfg.state_dim, reward_model.model.cfg.action_dim
-    firsts = rng.normal(size=(2, S)).astype(np.float32)
-    mixed = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(2)]
-    solo = [reward_model.start([INSTRUCTION], firsts[i:i + 1]) for i in range(2)]
+    draw, solo, mixed = _twin_contexts(reward_model, 2, seed=2)
     for k in range(6):  # batched, then one context stepped alone, then batched again
-        a, s = rng.uniform(-1, 1, (2, A)).astype(np.float32), rng.normal(size=(2, S)).astype(np.float32)
+        a, s = draw(2)
         want = [reward_model.step(solo[i], a[i:i + 1], s[i:i + 1]) for i in range(2)]
         if k == 3:
             got = [reward_model.step(mixed[i], a[i:i + 1], s[i:i + 1])["reward"] for i in range(2)]
