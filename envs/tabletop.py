@@ -143,7 +143,6 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         if action_turn and control != "ee":
             raise ConfigError(f"action_turn={action_turn} turns the end-effector command: use control='ee' with it")
         turn = math.radians(float(action_turn))
-        self.action_turn = float(action_turn)
         self._turn = None if not action_turn else np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
         self.embodiment = make_embodiment(embodiment)
         self.family = make_family(family)
