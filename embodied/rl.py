@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -615,7 +615,9 @@ def load_rl_policy(folder: str | Path, device: str = "cpu") -> tuple[StatePolicy
         raise ConfigError(f"{folder / 'rl.json'} names constraints without their specs (an older run); rerun `embodied rl --out {folder}`")
     algorithm = ALGORITHMS[spec.algo]()
     algorithm.constrain(spec)
-    venv = DummyVecEnv([lambda: make_env(spec, None, algorithm, monitor=False)])
+    # the network's spaces do not depend on where the reward came from: a learned-reward run rebuilds without its model
+    shell = replace(spec, reward="true")
+    venv = DummyVecEnv([lambda: make_env(shell, None, algorithm, monitor=False)])
     try:
         model = algorithm.build(venv, spec, device)
         weights = load_tensors(folder / "policy.safetensors", map_location=device)

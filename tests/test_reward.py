@@ -202,6 +202,13 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path):
     assert (out / "policy.safetensors").stat().st_size > 1000
     assert len(r["obs_normalizer"]["mean"]) == specs.STATE_DIM
 
+    from embodied.rl import evaluate_rl, load_rl_policy
+
+    policy, spec = load_rl_policy(out)  # a learned-reward run loads back without its reward model
+    assert spec.reward == "learned" and spec.reward_ckpt == str(tiny_run)
+    again = evaluate_rl(spec, policy)["eval"]
+    assert again["mean_return"] == pytest.approx(r["eval"]["mean_return"]) and again["success"] == r["eval"]["success"]
+
 
 def test_rl_smoke_sac_on_the_true_reward(tmp_path):
     from embodied.rl import RLSpec, train_rl
