@@ -27,7 +27,7 @@ import numpy as np
 from embodied import specs
 from embodied.errors import ConfigError
 
-POLICIES = ("expert", "noisy:SIGMA", "random")
+POLICIES = ("expert", "noisy:SIGMA", "random", "halt")
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,11 @@ class EpisodeJob:
 
 
 def parse_policy(spec: str) -> tuple[str, float]:
-    """``"expert"`` -> ("expert", 0), ``"noisy:0.3"`` -> ("expert", 0.3), ``"random"`` -> ("random", 0)."""
+    """``"expert"`` -> ("expert", 0), ``"noisy:0.3"`` -> ("expert", 0.3), ``"random"`` -> ("random", 0),
+    ``"halt"`` -> ("halt", 0) (the expert that stops at a random step: :class:`embodied.envs.HaltingExpert`)."""
     kind, _, arg = spec.partition(":")
-    if kind == "expert" and not arg:
-        return "expert", 0.0
-    if kind == "random" and not arg:
-        return "random", 0.0
+    if kind in ("expert", "random", "halt") and not arg:
+        return kind, 0.0
     if kind == "noisy":
         try:
             sigma = float(arg)
@@ -64,11 +63,16 @@ def parse_policy(spec: str) -> tuple[str, float]:
 
 
 def _make_policy(env: Any, spec: str, seed: int) -> Any:
-    from embodied.envs import RandomPolicy, ScriptedExpert
+    from embodied.envs import HaltingExpert, RandomPolicy, ScriptedExpert
 
     kind, sigma = parse_policy(spec)
     if kind == "random":
         return RandomPolicy(env.action_space, seed=seed)
+    if kind == "halt":
+        horizon = getattr(env.spec, "max_episode_steps", None)
+        if not horizon:
+            raise ConfigError("policy 'halt' needs a registered env with a step limit (make it with embodied.envs.make)")
+        return HaltingExpert(env, horizon=horizon, seed=seed)
     return ScriptedExpert(env, noise=sigma, seed=seed)
 
 

@@ -53,6 +53,49 @@ class ScriptedExpert:
         return _like(observation, a), None
 
 
+class HaltingExpert(ScriptedExpert):
+    """The expert that stalls: it acts as :class:`ScriptedExpert` until a step drawn uniformly from
+    ``[0, horizon)`` at each reset, then commands zero velocity to the episode's end.
+
+    A failure that neither action noise nor random play shows: the fingertip comes to rest,
+    often beside the object it was about to push, and the task stays undone. Episodes whose
+    halt falls after the expert has solved the task stay solved. A reward model that never saw
+    this failure can read "at rest beside the object, late in the episode" as success (what
+    PPO on the learned reward of PointPushDir found and exploited).
+    """
+
+    def __init__(self, env: gym.Env, horizon: int, noise: float = 0.0, seed: int | None = None) -> None:
+        """``horizon``: the episode's step limit (steps, >= 1); ``noise`` as in :class:`ScriptedExpert`."""
+        if horizon < 1:
+            raise ValueError(f"horizon={horizon} must be >= 1")
+        super().__init__(env, noise=noise, seed=seed)
+        self.horizon = int(horizon)
+        self.halt_step = 0
+        self._t = 0
+
+    def reset(self) -> None:
+        """Forget the noise state and draw the step at which this episode's expert halts."""
+        super().reset()
+        self.halt_step = int(self.rng.integers(0, self.horizon))
+        self._t = 0
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
+        """The expert's action before the halt step, zero from it on."""
+        if episode_start is not None and np.any(episode_start):
+            self.reset()
+        if self._t >= self.halt_step:
+            self._t += 1
+            return _like(observation, np.zeros(self._n.shape, dtype=np.float32)), None
+        self._t += 1
+        return super().predict(observation, deterministic=deterministic)
+
+
 class RandomPolicy:
     """Uniform random actions, with the same ``predict`` protocol as the experts."""
 

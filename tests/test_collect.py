@@ -42,6 +42,23 @@ def test_collect_records_frames_and_provenance_and_regenerates(tmp_path):
             assert set(again) >= {"expert_action", "action"}
 
 
+def test_halt_collection_stops_each_episode_at_its_own_step_and_regenerates(tmp_path):
+    out = str(tmp_path / "h.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointPushDir-v0",), episodes=4, policy="halt", seed=3), progress=False)
+    rests = []
+    with EpisodeStore.open(out) as s:
+        for i in range(4):
+            m, ep = s.meta(i), s.episode(i)
+            acted = ep["action"][: m["steps"]]
+            moving = np.flatnonzero(np.abs(acted).sum(axis=1) > 0)
+            rest = 0 if len(moving) == 0 else moving[-1] + 1
+            assert not np.any(acted[rest:]) and m["policy"] == "halt"
+            rests.append(rest)
+            again = regenerate(m)
+            assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
+    assert len(set(rests)) > 1
+
+
 def test_append_resumes_numbering_with_new_seeds(tmp_path):
     out = str(tmp_path / "d.zarr")
     collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=2), progress=False)
@@ -108,7 +125,8 @@ def test_policies_parse_or_fail_clearly():
     assert parse_policy("expert") == ("expert", 0.0)
     assert parse_policy("noisy:0.25") == ("expert", 0.25)
     assert parse_policy("random") == ("random", 0.0)
-    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", ""):
+    assert parse_policy("halt") == ("halt", 0.0)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", ""):
         with pytest.raises(ConfigError):
             parse_policy(bad)
 

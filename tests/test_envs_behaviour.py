@@ -159,6 +159,33 @@ def test_noise_knob_yields_failures():
     env.close()
 
 
+def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episode():
+    env = envs.make("embodied/PointPushDir-v0")
+    halting = envs.HaltingExpert(env, horizon=env.spec.max_episode_steps, seed=0)
+    halts, solved = [], 0
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        halting.reset()
+        halts.append(halting.halt_step)
+        done, t, success = False, 0, False
+        while not done:
+            expert = env.unwrapped.expert_action()
+            action, _ = halting.predict(obs)
+            if t < halting.halt_step:
+                np.testing.assert_array_equal(action, expert)
+            else:
+                assert not np.any(action)
+            obs, _, terminated, truncated, info = env.step(action)
+            success |= bool(info["is_success"])
+            done, t = terminated or truncated, t + 1
+        solved += success
+    assert len(set(halts)) >= 6 and all(0 <= h < env.spec.max_episode_steps for h in halts)
+    assert 0 < solved < 12  # late halts still solve the task, early ones leave it undone
+    with pytest.raises(ValueError, match="horizon"):
+        envs.HaltingExpert(env, horizon=0)
+    env.close()
+
+
 def test_unknown_id_and_bad_keywords():
     with pytest.raises(UnknownEnvError, match="PointPushZone-v0"):
         envs.make("embodied/PointPushZon-v0")
