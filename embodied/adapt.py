@@ -113,8 +113,11 @@ class AdaptMethod:
                                           "adapt again from this base")
                 expected[name].copy_(t.to(expected[name].dtype))
 
-    def fit(self, model: TrajectoryModel, batches: Iterator[Batch], goals: torch.Tensor, cfg: AdaptConfig, device: torch.device) -> list[float]:
+    def fit(self, model: TrajectoryModel, batches: Iterator[Batch], goals: torch.Tensor, cfg: AdaptConfig, device: torch.device,
+            on_step: Callable[[int, float], None] | None = None) -> list[float]:
         """Train :meth:`trainable` on ``batches`` for ``cfg.steps`` steps; returns the loss of each step.
+
+        ``on_step(step, loss)`` (optional) hears each finished step (1-based), e.g. to move a progress bar.
 
         AdamW (betas 0.9, 0.95) over the model's weight-decay groups of the trainable
         parameters, linear warmup then cosine to a tenth of the peak, gradients clipped; every
@@ -144,6 +147,8 @@ class AdaptMethod:
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(step + 1, losses[-1])
         for p in model.parameters():
             p.requires_grad_(True)
         model.eval()
@@ -248,11 +253,13 @@ def mean_loss(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Ten
 
 
 def adapt(model: TrajectoryModel, method: AdaptMethod, batches: Iterable[Batch], goals: torch.Tensor, cfg: AdaptConfig,
-          eval_batches: list[Batch] | None = None, device: str | None = None) -> AdaptResult:
+          eval_batches: list[Batch] | None = None, device: str | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> AdaptResult:
     """Adapt ``model`` in place with ``method`` on the demonstrations' ``batches``.
 
     ``goals`` is (n_instructions, goal_dim), indexed by each batch's ``instruction``;
-    ``eval_batches`` (optional) measure the mean loss before and after.
+    ``eval_batches`` (optional) measure the mean loss before and after; ``on_step(step, loss)``
+    (optional) hears each gradient step.
     """
     if cfg.window > model.cfg.context:
         raise ConfigError(f"--window {cfg.window} exceeds the base model's context ({model.cfg.context}); pass --window {model.cfg.context} or less")
@@ -263,7 +270,7 @@ def adapt(model: TrajectoryModel, method: AdaptMethod, batches: Iterable[Batch],
     goals = goals.to(dev)
     before = mean_loss(model, eval_batches, goals, dev) if eval_batches else None
     t0 = time.perf_counter()
-    losses = method.fit(model, iter(batches), goals, cfg, dev)
+    losses = method.fit(model, iter(batches), goals, cfg, dev, on_step=on_step)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = time.perf_counter() - t0

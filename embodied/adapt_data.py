@@ -26,8 +26,10 @@ LOSS_BATCHES = 4
 """Batches (of a second, fixed draw of the demonstrations' windows) on which the loss before and after is measured."""
 
 
-def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
-    """Adapt ``run.ckpt`` on the episodes of ``run.data`` into ``run.out``; returns the ``adapt.json`` record."""
+def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig, progress: bool = True) -> dict[str, Any]:
+    """Adapt ``run.ckpt`` on the episodes of ``run.data`` into ``run.out``; returns the ``adapt.json`` record.
+
+    With ``progress``, a bar on stderr shows the gradient steps and the latest loss."""
     from embodied.adapt import adapt, is_adapted, load_model, make_method, resolve_checkpoint, save_adapted
     from embodied.cli_data import ensure_embeddings
     from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler
@@ -75,7 +77,23 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig) -> dict[str, Any]:
             yield sampler.batch(k)
             k += 1
 
-    result = adapt(model, method, batches(), goals, cfg, eval_batches=[probe.batch(k) for k in range(LOSS_BATCHES)], device=run.device)
+    from tqdm import tqdm
+
+    bars: list[Any] = []  # opened at the first step, so that a refused setting prints its one-line error alone
+
+    def on_step(step: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=cfg.steps, unit="step", desc=f"adapt ({method.name})", disable=not progress, dynamic_ncols=True))
+        bars[0].update(1)
+        if step % 10 == 0 or step == cfg.steps:
+            bars[0].set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    try:
+        result = adapt(model, method, batches(), goals, cfg, eval_batches=[probe.batch(k) for k in range(LOSS_BATCHES)],
+                       device=run.device, on_step=on_step)
+    finally:
+        for bar in bars:
+            bar.close()
     spend = {
         "demos": len(sampler.episodes), "frames": int(sampler.lengths.sum()), "gradient_steps": result.steps,
         "trainable_params": result.trainable_params, "total_params": result.total_params, "wall_s": round(result.wall_s, 3),

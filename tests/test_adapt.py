@@ -82,6 +82,23 @@ def test_full_adaptation_reduces_the_loss_on_the_demos_and_records_its_spend(tin
     assert not torch.equal(model.blocks[0].attn.qkv.weight, base.blocks[0].attn.qkv.weight)
 
 
+def test_adapt_shows_its_steps_and_loss_as_it_goes(tiny_run, demos, tmp_path, capsys):
+    from embodied.adapt_data import adapt_from_stores
+
+    heard: list[tuple[int, float]] = []
+    model, _ = load_model(tiny_run)
+    batches, goals = _demo_batches(demos, 2)
+    result = adapt(model, make_method("full"), batches * 3, goals, AdaptConfig(steps=6, warmup=1, window=4),
+                   on_step=lambda step, loss: heard.append((step, loss)))
+    assert [s for s, _ in heard] == list(range(1, 7)) and [loss for _, loss in heard] == result.losses
+    capsys.readouterr()
+    adapt_from_stores(AdaptRunConfig(ckpt=str(tiny_run), data=(demos,), method="head", out=str(tmp_path / "a")), FAST)
+    err = capsys.readouterr().err
+    assert f"{FAST.steps}/{FAST.steps}" in err and "loss=" in err and "adapt (head)" in err
+    adapt_from_stores(AdaptRunConfig(ckpt=str(tiny_run), data=(demos,), method="head", out=str(tmp_path / "b")), FAST, progress=False)
+    assert "adapt (head)" not in capsys.readouterr().err
+
+
 def test_head_trains_only_the_heads(tiny_run, demos):
     model, _ = load_model(tiny_run)
     before = {k: v.clone() for k, v in model.state_dict().items()}
