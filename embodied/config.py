@@ -782,7 +782,10 @@ class RLConfig:
     seed: int = 0
     """Seed of the policy, the envs and the training."""
     terminate_on_success: bool = False
-    """End training episodes when the task is truly solved (off: the learned reward gets no true signal through episode ends)."""
+    """End training episodes where the task is solved: with --reward true where the env says so, with --reward learned
+    where the model's success probability exceeds --success-threshold (the run never sees the true success)."""
+    success_threshold: float = 0.5
+    """--reward learned --terminate-on-success: the model's success probability that ends a training episode."""
     task_first: bool = True
     """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
     and the policy sees no instruction); --no-task-first: the scene's order."""

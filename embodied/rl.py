@@ -14,11 +14,13 @@ scored by it and episodes it believes solved but that are not are listed (reward
 
 Each env of a run is built as::
 
-    make(env, terminate_on_success=...) -> FixedTask(instruction) -> reward source (learned: RewardTap)
+    make(env, terminate_on_success=... (true reward only)) -> FixedTask(instruction) -> reward source (learned: RewardTap)
         -> algorithm's env wrappers (cost penalty; ppo --squash: tanh of the actions)
         -> StateView (task_first, keep-out lidar, egocentric) -> StateOnly -> Monitor
 
-and the vector of them as ``DummyVecEnv -> reward source (learned: VecLearnedReward) -> VecNormalize``.
+and the vector of them as ``DummyVecEnv -> reward source (learned: VecLearnedReward) -> VecNormalize``. With
+``--terminate-on-success`` a learned-reward run ends its episodes where the model believes the task solved
+(``--success-threshold``), so nothing of the true success reaches its training.
 
 Algorithms are classes in :data:`ALGORITHMS`, registered with ``@register_algorithm``. Each
 builds its SB3 model and may add env wrappers (after the reward source) and training
@@ -36,7 +38,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -64,6 +66,9 @@ class RLSpec:
     episodes: int = 50
     seed: int = 0
     terminate_on_success: bool = False
+    """End training episodes where the task is solved: for the true reward where the env says so, for the learned reward
+    where the model's success probability exceeds ``success_threshold`` (the run never sees the true success)."""
+    success_threshold: float = 0.5
     task_first: bool = True
     egocentric: bool = False
     """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
@@ -252,6 +257,9 @@ def squashed(u: Any, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 class RewardSource:
     """Where a run's reward comes from: a wrapper of each env (after the task is fixed) and one of the vector of envs."""
 
+    env_ends_on_success: ClassVar[bool] = True
+    """With ``terminate_on_success``, whether the env's own success ends episodes (False: the source ends them)."""
+
     def wrap(self, env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
         """One training env with this source's per-env wrapper (none by default)."""
         return env
@@ -274,7 +282,10 @@ class TrueReward(RewardSource):
 @register_reward("learned")
 class LearnedRewardSource(RewardSource):
     """The model's score of each step for the run's instruction (true reward in ``info``), all envs scored in one batch
-    per step (:class:`embodied.policies.vec_reward.VecLearnedReward`)."""
+    per step (:class:`embodied.policies.vec_reward.VecLearnedReward`). With ``terminate_on_success`` the model's success
+    ends episodes, not the env's."""
+
+    env_ends_on_success = False
 
     def wrap(self, env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
         from embodied.policies.vec_reward import RewardTap
@@ -286,7 +297,8 @@ class LearnedRewardSource(RewardSource):
     def wrap_vec(self, venv: "VecEnv", spec: RLSpec, reward_model: Any) -> "VecEnv":
         from embodied.policies.vec_reward import VecLearnedReward
 
-        return VecLearnedReward(venv, reward_model, spec.instruction)
+        return VecLearnedReward(venv, reward_model, spec.instruction,
+                                end_on_success=spec.success_threshold if spec.terminate_on_success else None)
 
 
 # ---------------------------------------------------------------------------- algorithms
@@ -406,6 +418,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError(f"--net-arch takes one width >= 1 per hidden layer, e.g. --net-arch 256 256; got {list(spec.net_arch)}")
     if spec.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {spec.threads}")
+    if not 0.0 < spec.success_threshold < 1.0:
+        raise ConfigError(f"--success-threshold is a probability in (0, 1), got {spec.success_threshold}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
@@ -423,8 +437,10 @@ def make_env(spec: RLSpec, reward_model: Any, algorithm: Algorithm, monitor: boo
 
     from embodied.envs import FixedTask, StateOnly, StateView, make
 
-    env = FixedTask(make(spec.env_id, terminate_on_success=spec.terminate_on_success, **spec.env_kwargs()), spec.instruction)
-    env = REWARDS[spec.reward]().wrap(env, spec, reward_model)
+    source = REWARDS[spec.reward]()
+    ends = spec.terminate_on_success and source.env_ends_on_success
+    env = FixedTask(make(spec.env_id, terminate_on_success=ends, **spec.env_kwargs()), spec.instruction)
+    env = source.wrap(env, spec, reward_model)
     for wrap in algorithm.env_wrappers(spec):
         env = wrap(env)
     view = state_view(spec)

@@ -270,12 +270,17 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     ``pixels``]). Each episode keeps a key/value-cached context of the model, so scoring a
     step costs two one-token passes. ``info`` gains ``true_reward`` (the env's reward; its
     terms ``reward_*`` and ``is_success`` stay as the env wrote them), ``learned_success``
-    and ``learned_cost``. Episodes still end where the env ends them.
+    and ``learned_cost``. Episodes end where the env ends them, and with ``end_on_success`` also
+    where the model's success probability first exceeds it (``terminated``): the task as the
+    model sees it, so a run that should not see the true success ends its episodes without it.
     """
 
-    def __init__(self, env: gym.Env, reward_model: RewardModel, instruction: str | None = None) -> None:
-        """``instruction`` is what the reward asks for (default: each episode's own observation instruction)."""
-        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction)
+    def __init__(self, env: gym.Env, reward_model: RewardModel, instruction: str | None = None,
+                 end_on_success: float | None = None) -> None:
+        """``instruction`` is what the reward asks for (default: each episode's own observation instruction);
+        ``end_on_success`` a success probability in (0, 1) that ends the episode, or None."""
+        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction, end_on_success=end_on_success)
+        check_threshold(end_on_success)
         super().__init__(env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Dict) or specs.STATE not in space.spaces:
@@ -285,6 +290,7 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
             raise ConfigError(f"the model scores actions of shape {want}, this env takes {env.action_space.shape}; use control='ee'")
         self.reward_model = reward_model
         self.fixed_instruction = instruction
+        self.end_on_success = end_on_success
         self._ctx: RewardContext | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -302,4 +308,12 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         out = self.reward_model.step(self._ctx, np.asarray(action, dtype=np.float32)[None], obs[specs.STATE][None],
                                      None if pixels is None else pixels[None])
         info = {**info, TRUE_REWARD: float(reward), LEARNED_SUCCESS: float(out["success"][0]), LEARNED_COST: float(out["cost"][0])}
+        if self.end_on_success is not None and out["success"][0] > self.end_on_success:
+            terminated = True
         return obs, float(out["reward"][0]), terminated, truncated, info
+
+
+def check_threshold(end_on_success: float | None) -> None:
+    """Refuse a success probability that cannot end an episode sensibly (None: episodes end where the env ends them)."""
+    if end_on_success is not None and not 0.0 < end_on_success < 1.0:
+        raise ConfigError(f"the success threshold must be a probability in (0, 1), got {end_on_success}")

@@ -12,6 +12,12 @@ together. Here the envs of an SB3 ``VecEnv`` are scored together:
   action in one batch (:meth:`RewardModel.step_each`), each env with its own key/value-cached
   context, restarted from the reset's info when its episode ends.
 
+With ``end_on_success``, an env's episode also ends where the model's success probability
+first exceeds it, as with :class:`~embodied.policies.LearnedReward`: the step is returned
+``done`` with ``terminal_observation`` in its info, and the env is reset (through
+``env_method``) so the next observation is the new episode's first, as SB3's auto-reset
+leaves it.
+
 The reward reaching the vector is the per-env chain's: the env's reward plus whatever the
 wrappers after the tap add to it (a Lagrangian cost penalty subtracts ``multiplier x cost``).
 :class:`VecLearnedReward` swaps the env's reward for the model's inside that sum, so what SB3
@@ -31,7 +37,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from embodied import specs
 from embodied.errors import ConfigError
 
-from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel, check_threshold
 
 SCORE_STATE = "score_state"
 """``info`` key of :class:`RewardTap`: (S,) float32 raw state after the step (at reset: the first state)."""
@@ -70,11 +76,12 @@ class VecLearnedReward(VecEnvWrapper):
     Every step scores all envs' actions in one batch. ``info`` gains ``learned_success`` and
     ``learned_cost`` (the env's ``true_reward``, reward terms and ``is_success`` stay). The
     instruction is fixed for the vector: the task of each env must be the one it names
-    (:class:`embodied.envs.FixedTask`).
+    (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc.
     """
 
-    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str) -> None:
+    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str, end_on_success: float | None = None) -> None:
         super().__init__(venv)
+        check_threshold(end_on_success)
         want = (reward_model.model.cfg.action_dim,)
         if venv.action_space.shape != want:
             raise ConfigError(f"the model scores actions of shape {want}, these envs take {venv.action_space.shape}; use control='ee'")
@@ -82,6 +89,7 @@ class VecLearnedReward(VecEnvWrapper):
             raise ConfigError("VecLearnedReward scores state-only models; wrap each env in LearnedReward for a pixel model")
         self.reward_model = reward_model
         self.instruction = instruction
+        self.end_on_success = end_on_success
         self._contexts: list[RewardContext] = []
 
     def _start(self, info: dict[str, Any]) -> RewardContext:
@@ -105,9 +113,21 @@ class VecLearnedReward(VecEnvWrapper):
         out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
         true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
         rewards = (np.asarray(rewards, dtype=np.float64) - true + out["reward"]).astype(np.float32)
+        dones = np.array(dones, dtype=bool)
         for i, info in enumerate(infos):
             info[LEARNED_SUCCESS] = float(out["success"][i])
             info[LEARNED_COST] = float(out["cost"][i])
             if dones[i]:
                 self._contexts[i] = self._start(self.venv.reset_infos[i])
+            elif self.end_on_success is not None and out["success"][i] > self.end_on_success:
+                first, reset_info = self.venv.env_method("reset", indices=[i])[0]
+                if isinstance(obs, dict):
+                    info["terminal_observation"] = {k: v[i].copy() for k, v in obs.items()}
+                    for k, v in obs.items():
+                        v[i] = first[k]
+                else:
+                    info["terminal_observation"] = obs[i].copy()
+                    obs[i] = first
+                dones[i] = True
+                self._contexts[i] = self._start(reset_info)
         return obs, rewards, dones, infos

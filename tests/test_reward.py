@@ -177,6 +177,8 @@ def test_reward_metrics_find_the_hacking_episodes():
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left"], "needs the reward model"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--algo", "dqn"], "unknown algorithm 'dqn'"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "magic"], "unknown reward 'magic'"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
+          "--success-threshold", "1.5"], "--success-threshold"),
         (["bench", "reward", "--ckpt", "nowhere/run"], "no checkpoint at nowhere/run"),
     ],
 )
@@ -208,6 +210,23 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path):
     assert spec.reward == "learned" and spec.reward_ckpt == str(tiny_run)
     again = evaluate_rl(spec, policy)["eval"]
     assert again["mean_return"] == pytest.approx(r["eval"]["mean_return"]) and again["success"] == r["eval"]["success"]
+
+
+def test_terminate_on_success_ends_a_learned_run_by_the_model_not_the_env(tiny_run):
+    from embodied.policies import RewardModel
+    from embodied.policies.vec_reward import VecLearnedReward
+    from embodied.rl import ALGORITHMS, REWARDS, RLSpec, make_env
+
+    rm = RewardModel.load(tiny_run, device="cpu")
+    for reward, env_ends in (("true", True), ("learned", False)):
+        spec = RLSpec(env_id="embodied/PointReach-v0", instruction="touch the red cube", reward=reward, terminate_on_success=True,
+                      success_threshold=0.7)
+        env = make_env(spec, rm, ALGORITHMS["ppo"]())
+        assert env.unwrapped.terminate_on_success is env_ends
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = REWARDS["learned"]().wrap_vec(DummyVecEnv([lambda: make_env(spec, rm, ALGORITHMS["ppo"]())]), spec, rm)
+    assert isinstance(venv, VecLearnedReward) and venv.end_on_success == 0.7
 
 
 def test_rl_smoke_sac_on_the_true_reward(tmp_path):

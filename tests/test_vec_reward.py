@@ -51,14 +51,15 @@ def _venv(wrap, n, max_steps):
     return venv
 
 
-def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model):
+@pytest.mark.parametrize("end_on_success", [None, 0.6])
+def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, end_on_success):
     n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
-    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION), n, lengths)
-    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION)
+    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success), n, lengths)
+    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success)
     o_ref, o_fast = ref.reset(), fast.reset()
     np.testing.assert_array_equal(o_ref, o_fast)
     rng = np.random.default_rng(0)
-    ends = 0
+    ends = learned_ends = 0
     for _ in range(30):
         a = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
         ref.step_async(a)
@@ -72,8 +73,16 @@ def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward
             assert b_info["true_reward"] == pytest.approx(a_info["true_reward"])
             assert b_info["learned_success"] == pytest.approx(a_info["learned_success"], abs=1e-5)
             assert b_info["learned_cost"] == pytest.approx(a_info["learned_cost"], abs=1e-5)
+            if "terminal_observation" in a_info:  # where the next episode began, and what the last one ended in
+                np.testing.assert_array_equal(a_info["terminal_observation"], b_info["terminal_observation"])
+            believed = end_on_success is not None and b_info["learned_success"] > end_on_success
+            learned_ends += int(believed)
+            if believed:
+                assert not a_info["TimeLimit.truncated"]  # a success ends the episode (no bootstrapping past it)
         ends += int(d_ref.sum())
     assert ends >= 6
+    if end_on_success is not None:  # episodes the model believed solved ended, besides those of the step limit
+        assert learned_ends >= 3 and ends >= learned_ends
     true = np.array([i["true_reward"] for i in i_fast]) - 0.5 * np.abs(a).sum(1)
     assert not np.allclose(r_fast, true, atol=1e-3)  # the env's own reward was replaced
 
@@ -104,6 +113,23 @@ def test_step_each_matches_step_for_contexts_at_different_timesteps(reward_model
         got = reward_model.step_each(many, a, s)
         for k in ("reward", "success", "cost"):
             np.testing.assert_allclose(got[k], np.concatenate([w[k] for w in want]), atol=1e-4)
+
+
+def test_learned_success_ends_only_the_episodes_the_model_believes_solved(reward_model):
+    env = LearnedReward(FixedTask(make("embodied/PointPushDir-v0"), INSTRUCTION), reward_model, INSTRUCTION, end_on_success=0.6)
+    env.reset(seed=3)
+    rng = np.random.default_rng(1)
+    for t in range(100):
+        _, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        assert terminated == (info["learned_success"] > 0.6) and not info["is_success"]  # not the env's success
+        if terminated or truncated:
+            break
+    assert terminated
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="probability"):
+            LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=bad)
+        with pytest.raises(ConfigError, match="probability"):
+            VecLearnedReward(_venv(RewardTap, 1, [5]), reward_model, INSTRUCTION, end_on_success=bad)
 
 
 def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
