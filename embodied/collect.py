@@ -72,7 +72,7 @@ def _make_policy(env: Any, spec: str, seed: int) -> Any:
         horizon = getattr(env.spec, "max_episode_steps", None)
         if not horizon:
             raise ConfigError("policy 'halt' needs a registered env with a step limit (make it with embodied.envs.make)")
-        return HaltingExpert(env, horizon=horizon, seed=seed)
+        return HaltingExpert(env, horizon=max(horizon // 2, 1), seed=seed)  # halts in the first half: mostly before success
     return ScriptedExpert(env, noise=sigma, seed=seed)
 
 

@@ -55,28 +55,34 @@ class ScriptedExpert:
 
 class HaltingExpert(ScriptedExpert):
     """The expert that stalls: it acts as :class:`ScriptedExpert` until a step drawn uniformly from
-    ``[0, horizon)`` at each reset, then commands zero velocity to the episode's end.
+    ``[0, horizon)`` at each reset, then sends the expert's command shrunk by a gain drawn
+    uniformly from ``[0, max_gain]`` (0: it stops dead) to the episode's end.
 
-    A failure that neither action noise nor random play shows: the fingertip comes to rest,
-    often beside the object it was about to push, and the task stays undone. Episodes whose
-    halt falls after the expert has solved the task stay solved. A reward model that never saw
-    this failure can read "at rest beside the object, late in the episode" as success (what
-    PPO on the learned reward of PointPushDir found and exploited).
+    A failure that neither action noise nor random play shows: the fingertip comes to rest
+    beside the object it was about to push, or leans on it too weakly to move it, and the task
+    stays undone. Episodes whose halt falls after the expert has solved the task stay solved. A
+    reward model that never saw this failure reads "at rest against the object, late in the
+    episode" as success (what PPO on the learned reward of PointPushDir found and exploited).
     """
 
-    def __init__(self, env: gym.Env, horizon: int, noise: float = 0.0, seed: int | None = None) -> None:
-        """``horizon``: the episode's step limit (steps, >= 1); ``noise`` as in :class:`ScriptedExpert`."""
+    def __init__(self, env: gym.Env, horizon: int, noise: float = 0.0, seed: int | None = None, max_gain: float = 0.1) -> None:
+        """``horizon``: steps (>= 1) the halt is drawn from; ``noise`` as in :class:`ScriptedExpert`; ``max_gain`` in [0, 1]."""
         if horizon < 1:
             raise ValueError(f"horizon={horizon} must be >= 1")
+        if not 0.0 <= max_gain <= 1.0:
+            raise ValueError(f"max_gain={max_gain} must be in [0, 1]")
         super().__init__(env, noise=noise, seed=seed)
         self.horizon = int(horizon)
+        self.max_gain = float(max_gain)
         self.halt_step = 0
+        self.gain = 0.0
         self._t = 0
 
     def reset(self) -> None:
-        """Forget the noise state and draw the step at which this episode's expert halts."""
+        """Forget the noise state and draw the step at which this episode's expert halts, and its gain after it."""
         super().reset()
         self.halt_step = int(self.rng.integers(0, self.horizon))
+        self.gain = float(self.rng.uniform(0.0, self.max_gain))
         self._t = 0
 
     def predict(
@@ -86,13 +92,12 @@ class HaltingExpert(ScriptedExpert):
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
     ) -> tuple[np.ndarray, None]:
-        """The expert's action before the halt step, zero from it on."""
+        """The expert's action before the halt step, ``gain`` times the noise-free expert's from it on."""
         if episode_start is not None and np.any(episode_start):
             self.reset()
-        if self._t >= self.halt_step:
-            self._t += 1
-            return _like(observation, np.zeros(self._n.shape, dtype=np.float32)), None
         self._t += 1
+        if self._t > self.halt_step:
+            return _like(observation, (self.gain * self.env.expert_action()).astype(np.float32)), None
         return super().predict(observation, deterministic=deterministic)
 
 

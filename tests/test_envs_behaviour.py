@@ -174,7 +174,8 @@ def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episod
             if t < halting.halt_step:
                 np.testing.assert_array_equal(action, expert)
             else:
-                assert not np.any(action)
+                np.testing.assert_allclose(action, halting.gain * expert, rtol=1e-6)
+                assert 0 <= halting.gain <= 0.1
             obs, _, terminated, truncated, info = env.step(action)
             success |= bool(info["is_success"])
             done, t = terminated or truncated, t + 1
@@ -183,6 +184,8 @@ def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episod
     assert 0 < solved < 12  # late halts still solve the task, early ones leave it undone
     with pytest.raises(ValueError, match="horizon"):
         envs.HaltingExpert(env, horizon=0)
+    with pytest.raises(ValueError, match="max_gain"):
+        envs.HaltingExpert(env, horizon=10, max_gain=2.0)
     env.close()
 
 
