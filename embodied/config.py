@@ -581,6 +581,10 @@ class ModelConfig:
     n_entity_queries: int = 4
     """Attention heads of the "entities" encoder, each one instruction query (what to attend to: the object to move,
     the zone, ...); d_model must divide by it."""
+    moved_readout: bool = True
+    """"entities": the trajectory's observation token (not the policy's) also reads how far the entities each instruction
+    query attends to have moved from their start positions, so the success, reward and dynamics heads can tell a pushed
+    object from one merely touched (:class:`embodied.model.EntityEncoder`)."""
     policy_history: bool = False
     """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
     (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
@@ -630,6 +634,8 @@ class ModelConfig:
             d = {**d, "lang_tokens": 0}
         if "cost_terms" not in d:  # written before the per-term cost outputs: the total alone
             d = {**d, "cost_terms": 0}
+        if "moved_readout" not in d:  # written before the trajectory token read the attended objects' displacement
+            d = {**d, "moved_readout": False}
         return cls(**d)
 
 

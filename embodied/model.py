@@ -188,6 +188,13 @@ class EntityEncoder(nn.Module):
     the green cube into the red zone" are at cosine 0.986 pooled. (A probe on the whitened embeddings of
     held-out paraphrases: the zone's colour is read correctly 73% of the time from the pooled vector, 100% with
     one such word pick.)
+
+    With ``moved_readout``, each query also reads the displacement from the start position of what it attends to
+    (objects; zones and hazards do not move), with the same attention weights: (Q, 2) numbers, projected, that the
+    trajectory's observation token adds and the policy's does not. The start positions stay out of the entity
+    embeddings (the policy's shortcut above); the success and reward heads need them, since the displacement of the
+    named object is what decides push_dir, and without it a learned reward believed a fingertip resting against an
+    unmoved cube late in an episode had solved the task (PPO on that reward found it).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -212,6 +219,8 @@ class EntityEncoder(nn.Module):
         self.key = nn.Linear(d, d, bias=False)
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
+        self.moved = nn.Linear(2 * self.n_query, d) if cfg.moved_readout else None
+        self.objects = sl["objects"]
 
     def queries(self, sentence: torch.Tensor, words: torch.Tensor | None) -> torch.Tensor:
         """The whitened instruction (:meth:`TrajectoryModel.goal_parts`: (B, lang_dim) sentence, (B, L, lang_dim) words
@@ -224,9 +233,10 @@ class EntityEncoder(nn.Module):
             q = q + torch.einsum("bqc,qce->bqe", picked, self.word_query).to(q.dtype)
         return q
 
-    def forward(self, s: torch.Tensor, raw: torch.Tensor, q: torch.Tensor, pos_scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, raw: torch.Tensor, q: torch.Tensor, pos_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``s`` (B, T, S) normalised (masked) states, ``raw`` (B, T, S) the same in raw units, ``q`` (B, Q, dh) the
-        instruction's :meth:`queries`, ``pos_scale`` () metres per unit of relative position -> (B, T, d)."""
+        instruction's :meth:`queries`, ``pos_scale`` () metres per unit of relative position -> the scene (B, T, d),
+        and with ``moved_readout`` the attended displacement's projection (B, T, d), else None."""
         B, T, _ = s.shape
         ee = raw[..., self.ee][..., None, :]  # (B, T, 1, 2)
         ents = []
@@ -241,7 +251,16 @@ class EntityEncoder(nn.Module):
         v = self.value(e).view(B * T, E, Q, -1).transpose(1, 2)
         q = q.to(e.dtype)[:, None].expand(B, T, Q, k.shape[-1]).reshape(B * T, Q, 1, -1)  # (B * T, Q, 1, dh)
         y = F.scaled_dot_product_attention(q, k, v)  # (B * T, Q, 1, dh)
-        return self.out(y.view(B, T, -1))  # (B, T, Q * dh) -> (B, T, d)
+        scene = self.out(y.view(B, T, -1))  # (B, T, Q * dh) -> (B, T, d)
+        if self.moved is None:
+            return scene, None
+        n, f = specs.N_OBJECTS, specs.OBJECT_FEATURES
+        objs = raw[..., self.objects].unflatten(-1, (n, f))
+        disp = torch.zeros(B, T, E, 2, device=e.device, dtype=e.dtype)  # zones and hazards: no displacement
+        disp[:, :, :n] = ((objs[..., :2] - objs[..., 12:14]) / pos_scale).to(e.dtype)
+        w = (q @ k.transpose(-1, -2) / math.sqrt(k.shape[-1])).softmax(-1)  # (B * T, Q, 1, E): the weights SDPA used
+        moved = (w @ disp.view(B * T, 1, E, 2)).view(B, T, Q * 2)  # (B, T, Q x 2): each query's object's displacement
+        return scene, self.moved(moved)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -415,11 +434,12 @@ class TrajectoryModel(nn.Module):
         against 0.0001 on 2,000 reach demos.)"""
         s = (state.float() - self.state_mean) / self.state_std * self.state_input_mask
         scene = torch.zeros((), device=s.device)  # the entity attention's share of the state's part
+        moved = None  # and the displacement readout's, the trajectory's token only
         if self.entity_enc is not None:
             if goal is None:
                 raise ValueError('a model with obs_encoder="entities" needs the goal for its observation tokens '
                                  "(start closed-loop caches with TrajectoryModel.start)")
-            scene = self.entity_enc(s, state.float(), self.entity_queries(goal), self.state_std[self.entity_enc.ee].mean())
+            scene, moved = self.entity_enc(s, state.float(), self.entity_queries(goal), self.state_std[self.entity_enc.ee].mean())
         extra = self.modality.weight[OBS] + self._time(timestep)
         if self.pixel_enc is not None and pixels is not None:
             p = self.pixel_latent(pixels)
@@ -432,6 +452,8 @@ class TrajectoryModel(nn.Module):
             return x + extra
 
         obs = view(self.state_enc(s))
+        if moved is not None:
+            obs = obs + moved if state_mask is None else torch.where(state_mask[..., None], obs + moved, obs)
         if not policy:
             return obs, obs
         return obs, view(self.state_enc(s * self.policy_state_mask)) if self.entity_enc is not None else obs

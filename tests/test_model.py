@@ -529,3 +529,33 @@ def test_each_cost_term_is_learned_and_imagined():
     assert old.cost_terms == 0 and TrajectoryModel(old).term_head is None
     with pytest.raises(ConfigError, match="cost_terms"):
         preset("tiny", cost_terms=3)
+
+
+def test_the_trajectory_token_reads_how_far_the_objects_moved_and_the_policy_does_not():
+    """moved_readout: the success, reward and dynamics heads read the attended objects' displacement from their
+    starts (without it, a fingertip resting against an unmoved cube looked like a finished push); the present-only
+    policy never sees the start positions (its shortcut). Configs written before the readout load without it."""
+    from embodied import specs
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    m = TrajectoryModel(cfg).eval()
+    b, goal = _batch(2, 5, cfg), torch.randn(2, cfg.goal_dim)
+    start = {**b, "state": b["state"].clone()}
+    objs = start["state"][..., specs.state_slices()["objects"]].unflatten(-1, (specs.N_OBJECTS, specs.OBJECT_FEATURES))
+    objs[..., 12:14] += 0.2  # every object started 0.2 m elsewhere: the same scene now, another displacement
+    start["state"][..., specs.state_slices()["objects"]] = objs.flatten(-2)
+    with torch.no_grad():
+        here, there = m(b, goal), m(start, goal)
+        def readout(state: torch.Tensor) -> torch.Tensor:
+            s = (state - m.state_mean) / m.state_std * m.state_input_mask
+            return m.entity_enc(s, state, m.entity_queries(goal), m.state_std[m.entity_enc.ee].mean())[1]
+
+        moved, still = readout(start["state"]), readout(b["state"])
+    torch.testing.assert_close(there["h_pol"], here["h_pol"])
+    assert not torch.allclose(there["h_obs"], here["h_obs"]) and not torch.allclose(there["h_act"], here["h_act"])
+    assert not torch.allclose(moved, still)  # the readout itself changed, not only the flat state encoder's input
+    old = {k: v for k, v in preset("tiny").to_json().items() if k != "moved_readout"}
+    assert cfg.moved_readout and not ModelConfig.from_json(old).moved_readout
+    assert "entity_enc.moved.weight" in m.state_dict()
+    assert "entity_enc.moved.weight" not in TrajectoryModel(ModelConfig.from_json(old)).state_dict()

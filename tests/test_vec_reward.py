@@ -51,9 +51,20 @@ def _venv(wrap, n, max_steps):
     return venv
 
 
-@pytest.mark.parametrize("end_on_success", [None, 0.6])
-def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, end_on_success):
+def _median_success(reward_model) -> float:
+    """The median success probability the (random) model gives on random play: a threshold some steps pass."""
+    env = LearnedReward(FixedTask(make("embodied/PointPushDir-v0"), INSTRUCTION), reward_model, INSTRUCTION)
+    env.reset(seed=11)
+    rng = np.random.default_rng(1)
+    p = [env.step(rng.uniform(-1, 1, 2).astype(np.float32))[4]["learned_success"] for _ in range(20)]
+    env.close()
+    return float(np.median(p))
+
+
+@pytest.mark.parametrize("ends", ["env", "model"])
+def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends):
     n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
+    end_on_success = _median_success(reward_model) if ends == "model" else None
     ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success), n, lengths)
     fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success)
     o_ref, o_fast = ref.reset(), fast.reset()
