@@ -27,7 +27,7 @@ import numpy as np
 from embodied import specs
 from embodied.errors import ConfigError
 
-POLICIES = ("expert", "noisy:SIGMA", "random", "halt")
+POLICIES = ("expert", "noisy:SIGMA", "random", "halt", "wander")
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,10 @@ class EpisodeJob:
 
 def parse_policy(spec: str) -> tuple[str, float]:
     """``"expert"`` -> ("expert", 0), ``"noisy:0.3"`` -> ("expert", 0.3), ``"random"`` -> ("random", 0),
-    ``"halt"`` -> ("halt", 0) (the expert that stops at a random step: :class:`embodied.envs.HaltingExpert`)."""
+    ``"halt"`` -> ("halt", 0) (the expert that stops at a random step: :class:`embodied.envs.HaltingExpert`),
+    ``"wander"`` -> ("wander", 0) (random commands held for 5 to 30 steps: :class:`embodied.envs.WanderPolicy`)."""
     kind, _, arg = spec.partition(":")
-    if kind in ("expert", "random", "halt") and not arg:
+    if kind in ("expert", "random", "halt", "wander") and not arg:
         return kind, 0.0
     if kind == "noisy":
         try:
@@ -63,11 +64,13 @@ def parse_policy(spec: str) -> tuple[str, float]:
 
 
 def _make_policy(env: Any, spec: str, seed: int) -> Any:
-    from embodied.envs import HaltingExpert, RandomPolicy, ScriptedExpert
+    from embodied.envs import HaltingExpert, RandomPolicy, ScriptedExpert, WanderPolicy
 
     kind, sigma = parse_policy(spec)
     if kind == "random":
         return RandomPolicy(env.action_space, seed=seed)
+    if kind == "wander":
+        return WanderPolicy(env.action_space, seed=seed)
     if kind == "halt":
         horizon = getattr(env.spec, "max_episode_steps", None)
         if not horizon:

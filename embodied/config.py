@@ -375,7 +375,8 @@ class CollectConfig:
     episodes: int = 100
     """Episodes to record (added to what --append finds)."""
     policy: str = "expert"
-    """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale) or random."""
+    """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale), random, halt (the expert stalls at a
+    random step) or wander (random commands held for 5 to 30 steps: across the table, into its edges)."""
     out: str = "data/episodes.zarr"
     """The episode store to write (a folder or an fsspec URL)."""
     pixels: int | None = None

@@ -116,6 +116,40 @@ class RandomPolicy:
         return _like(observation, self.rng.uniform(low, high).astype(self.action_space.dtype)), None
 
 
+class WanderPolicy:
+    """Random commands held for a while: a direction and magnitude drawn uniformly from the action box, kept for a
+    number of steps drawn uniformly from ``[min_hold, max_hold]``, then drawn again.
+
+    Where :class:`RandomPolicy` (a fresh command each step) jitters near the start, this crosses the table, runs into
+    its edges and corners and bumps objects on the way: states no demonstration visits. A reward model that never
+    saw them guesses their reward, and PPO on the learned reward of PointPushDir found such a guess to exploit (the
+    fingertip pinned in a corner of the table with a saturated command).
+    """
+
+    def __init__(self, action_space: gym.spaces.Box, seed: int | None = None, min_hold: int = 5, max_hold: int = 30) -> None:
+        """``min_hold`` <= ``max_hold``: steps (>= 1) each command is held."""
+        if not 1 <= min_hold <= max_hold:
+            raise ValueError(f"need 1 <= min_hold <= max_hold, got {min_hold} and {max_hold}")
+        self.action_space = action_space
+        self.rng = np.random.default_rng(seed)
+        self.min_hold, self.max_hold = int(min_hold), int(max_hold)
+        self._left = 0
+        self._command = np.zeros(action_space.shape, dtype=action_space.dtype)
+
+    def reset(self) -> None:
+        """Draw a new command at the next step."""
+        self._left = 0
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> tuple[np.ndarray, None]:
+        if episode_start is not None and np.any(episode_start):
+            self.reset()
+        if self._left == 0:
+            self._command = self.rng.uniform(self.action_space.low, self.action_space.high).astype(self.action_space.dtype)
+            self._left = int(self.rng.integers(self.min_hold, self.max_hold + 1))
+        self._left -= 1
+        return _like(observation, self._command.copy()), None
+
+
 def _like(observation: Any, action: np.ndarray) -> np.ndarray:
     """``action`` as ``(1, A)`` when the observation comes batched from a one-env VecEnv (SB3's ``evaluate_policy``)."""
     state = observation.get("state") if isinstance(observation, dict) else None

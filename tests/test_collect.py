@@ -65,6 +65,21 @@ def test_halt_collection_stops_each_episode_at_its_own_step_and_regenerates(tmp_
     assert len(set(rests)) > 1
 
 
+def test_wander_collection_regenerates_and_its_actions_train_no_policy(tmp_path):
+    from embodied.training_data import imitation_mask
+
+    out = str(tmp_path / "w.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointReach-v0",), episodes=2, policy="wander", seed=2), progress=False)
+    with EpisodeStore.open(out) as s:
+        for i in range(2):
+            m, ep = s.meta(i), s.episode(i)
+            assert m["policy"] == "wander"
+            again = regenerate(m)
+            assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
+            assert (np.diff(ep["action"][: m["steps"]], axis=0) == 0).all(1).mean() > 0.5  # commands are held
+    assert imitation_mask(["expert", "wander", "halt", "noisy:0.3", "random"], "clean").tolist() == [True, False, False, False, False]
+
+
 def test_append_resumes_numbering_with_new_seeds(tmp_path):
     out = str(tmp_path / "d.zarr")
     collect(CollectSpec(out=out, env_ids=ENVS[:1], episodes=2), progress=False)
@@ -132,7 +147,8 @@ def test_policies_parse_or_fail_clearly():
     assert parse_policy("noisy:0.25") == ("expert", 0.25)
     assert parse_policy("random") == ("random", 0.0)
     assert parse_policy("halt") == ("halt", 0.0)
-    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", ""):
+    assert parse_policy("wander") == ("wander", 0.0)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", ""):
         with pytest.raises(ConfigError):
             parse_policy(bad)
 

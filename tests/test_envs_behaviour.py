@@ -189,6 +189,36 @@ def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episod
     env.close()
 
 
+def test_wander_holds_random_commands_and_reaches_the_tables_edges_that_random_play_does_not():
+    env = envs.make("embodied/PointPushDir-v0")
+    ee = state_slices()["ee_pos"]
+
+    def reach(policy, seed: int) -> tuple[float, list[np.ndarray]]:
+        obs, _ = env.reset(seed=seed)
+        policy.reset()
+        start, far, actions = obs["state"][ee].copy(), 0.0, []
+        for _ in range(env.spec.max_episode_steps):
+            action, _ = policy.predict(obs)
+            assert env.action_space.contains(action)
+            actions.append(action)
+            obs, *_ = env.step(action)
+            far = max(far, float(np.linalg.norm(obs["state"][ee] - start)))
+        return far, actions
+
+    wander, random = envs.WanderPolicy(env.action_space, seed=0), envs.RandomPolicy(env.action_space, seed=0)
+    wander_far, random_far = zip(*[(reach(wander, s)[0], reach(random, s)[0]) for s in range(4)])
+    assert np.median(wander_far) > 2 * np.median(random_far)  # across the table, not jitter around the start
+    _, actions = reach(envs.WanderPolicy(env.action_space, seed=1, min_hold=5, max_hold=8), 9)
+    changes = [t for t in range(1, len(actions)) if not np.array_equal(actions[t], actions[t - 1])]
+    holds = np.diff([0, *changes])
+    assert len(changes) >= 10 and holds.min() >= 5 and holds.max() <= 8  # each command held for 5 to 8 steps
+    again = reach(envs.WanderPolicy(env.action_space, seed=1, min_hold=5, max_hold=8), 9)[1]
+    np.testing.assert_array_equal(actions, again)  # seeded
+    with pytest.raises(ValueError, match="min_hold"):
+        envs.WanderPolicy(env.action_space, min_hold=0)
+    env.close()
+
+
 def test_unknown_id_and_bad_keywords():
     with pytest.raises(UnknownEnvError, match="PointPushZone-v0"):
         envs.make("embodied/PointPushZon-v0")
