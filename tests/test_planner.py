@@ -109,26 +109,27 @@ class _Uniform:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known shortfall (issue 6.1 report): the briefly trained reward head does not rank candidates "
-                   "(imagined vs true return correlation about -0.2 on PointReach); with an oracle score on the same imagined "
-                   "states the planner succeeds, so this fails on the reward head, not on imagine or the search")
-def test_planning_on_a_briefly_trained_tiny_model_beats_random_actions(tmp_path):
+def test_planning_on_briefly_trained_tiny_models_beats_random_actions(tmp_path):
     """PointReach: the planner (without the policy's prior, so only imagination and the reward head steer it)
-    earns a higher return than uniformly random actions on the same evaluation seeds."""
+    earns a higher return than uniformly random actions on the same evaluation seeds, for each of three models
+    (weights, sampler and data seeds 0, 1, 2), and by more than 1.0 on average. Before the trajectory token read the
+    objects' displacement (moved_readout) this failed: the reward head did not rank candidates (imagined vs true
+    return correlation about -0.2). Now the margins are 2.6, 0.3 and 0.9: it ranks them, weakly."""
     from embodied.collect import CollectSpec, collect
     from embodied.config import TrainConfig, TrainRunConfig
     from embodied.training_data import train_from_stores
 
-    store, run = str(tmp_path / "d.zarr"), tmp_path / "run"
-    collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=120, policy="noisy:1.0"), progress=False)
-    train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.0, imitate="all"),
-                      TrainConfig(steps=600, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=600), progress=False)
     seeds = specs.eval_seeds(6)
     envs = [make("embodied/PointReach-v0", max_episode_steps=30) for _ in range(3)]
-    planner = PlannerPolicy.load(run, PlanConfig(horizon=5, population=32, iterations=2, prior=False), device="cpu")
-    planned = run_episodes(envs, planner, seeds)
-    rand = run_episodes(envs, _Uniform(), seeds)
+    mean_random = float(np.mean([r["return"] for r in run_episodes(envs, _Uniform(), seeds)]))
+    margins = []
+    for seed in range(3):
+        store, run = str(tmp_path / f"d{seed}.zarr"), tmp_path / f"run{seed}"
+        collect(CollectSpec(out=store, env_ids=("embodied/PointReach-v0",), episodes=120, policy="noisy:1.0", seed=seed), progress=False)
+        train_from_stores(TrainRunConfig(data=(store,), out=str(run), preset="tiny", workers=0, holdout=0.0, imitate="all"),
+                          TrainConfig(steps=600, batch_size=32, window=8, lr=2e-3, warmup=20, save_every=600, seed=seed), progress=False)
+        planner = PlannerPolicy.load(run, PlanConfig(horizon=5, population=32, iterations=2, prior=False), device="cpu")
+        margins.append(float(np.mean([r["return"] for r in run_episodes(envs, planner, seeds)])) - mean_random)
     for env in envs:
         env.close()
-    mean_planned, mean_random = (float(np.mean([r["return"] for r in runs])) for runs in (planned, rand))
-    assert mean_planned > mean_random + 1.0, (mean_planned, mean_random)
+    assert min(margins) > 0 and np.mean(margins) > 1.0, margins
