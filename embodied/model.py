@@ -263,6 +263,24 @@ class EntityEncoder(nn.Module):
         return scene, self.moved(moved)
 
 
+def policy_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the policy head learns from a batch: (B, T, A) target actions and the (B, T) bool frames that teach it.
+
+    The episode's own action at each observation (only in episodes it may imitate: ``imitate`` (B,) bool, default
+    all), or where the store has it the expert's label (``expert_action``, whoever acted: a noisy expert's episode
+    teaches how to recover from its drift). Training's loss and the held-out action metrics both read this.
+    """
+    frame = batch["mask"]
+    am = batch.get("action_mask", frame) & frame
+    imitate = am & batch["imitate"][:, None] if "imitate" in batch else am
+    action = batch[specs.ACTION]
+    if specs.EXPERT_ACTION in batch:
+        labelled = batch[f"{specs.EXPERT_ACTION}_mask"] & frame  # (B, T)
+        action = torch.where(labelled[..., None], batch[specs.EXPERT_ACTION], action)
+        imitate = imitate | labelled
+    return action, imitate
+
+
 # ---------------------------------------------------------------------------- the model
 OBS, ACT, GOAL = 0, 1, 2  # modality ids
 
@@ -578,16 +596,8 @@ class TrajectoryModel(nn.Module):
             n = m.sum()
             return (x * m).sum() / (n.clamp(min=1.0) if count is None else count(n))
 
-        # policy: the action at each observation (only in windows it may imitate: ``imitate`` (B,) bool, default all), or
-        # where the store has it the expert's label (``expert_action``, whoever acted: a noisy expert's episode teaches
-        # how to recover from its drift)
         am = batch.get("action_mask", frame) & frame
-        imitate = am & batch["imitate"][:, None] if "imitate" in batch else am
-        action = batch[specs.ACTION]
-        if specs.EXPERT_ACTION in batch:
-            labelled = batch[f"{specs.EXPERT_ACTION}_mask"] & frame  # (B, T)
-            action = torch.where(labelled[..., None], batch[specs.EXPERT_ACTION], action)
-            imitate = imitate | labelled
+        action, imitate = policy_targets(batch)
         logits = self.action_logits(out["h_pol"]).float()  # (B, T, A, bins)
         target = self.action_bin(action)
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).mean(-1)

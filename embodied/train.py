@@ -29,7 +29,7 @@ from embodied import specs
 from embodied.checkpoint import CheckpointManager, capture_rng, load_checkpoint, restore_rng
 from embodied.config import ModelConfig, TrainConfig
 from embodied.errors import ConfigError, EmbodiedError
-from embodied.model import TrajectoryModel
+from embodied.model import TrajectoryModel, policy_targets
 
 Batch = dict[str, torch.Tensor]
 
@@ -109,12 +109,12 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
         out = model(b, goal)
         am = b["action_mask"] & b["mask"]
         logits = model.action_logits(out["h_pol"]).float()
-        target = model.action_bin(b["action"])
+        action, pm = policy_targets(b)  # what the policy is meant to imitate: the expert's labels where the store has them
+        target = model.action_bin(action)
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).sum(-1)
         pred = model.decode_action(logits)
-        pm = am & b["imitate"][:, None] if "imitate" in b else am  # the actions the policy is meant to imitate
         nll += float(ce[pm].sum())
-        mse += float((pred - b["action"]).pow(2).mean(-1)[pm].sum())
+        mse += float((pred - action).pow(2).mean(-1)[pm].sum())
         n_act += int(pm.sum())
         o = model.outcomes(out["h_act"])
         om = b.get("reward_mask", am) & am

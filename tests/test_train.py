@@ -71,6 +71,33 @@ def test_imitate_clean_learns_actions_only_from_unperturbed_recorders(reach_stor
         train_from_stores(_run(reach_store, tmp_path / "c", imitate="clean"), _cfg(steps=2), progress=False)
 
 
+def test_held_out_action_metrics_score_what_training_imitates():
+    """The held-out action NLL and MSE (what picks the best checkpoint) read the expert's labels where the store has
+    them, as the loss does, not the recorder's own actions: a run on halting or wandering episodes, whose own actions
+    the policy never learns, must not see its held-out NLL rise as the policy sharpens and keep an early checkpoint."""
+    from embodied.config import preset
+    from embodied.model import TrajectoryModel
+    from embodied.train import evaluate
+
+    torch.manual_seed(0)
+    model = TrajectoryModel(preset("tiny", context=8))
+    B, T, cfg = 3, 6, model.cfg
+    g = torch.Generator().manual_seed(1)
+    label = torch.rand(B, T, cfg.action_dim, generator=g) * 2 - 1
+    ones = torch.ones(B, T, dtype=torch.bool)
+    batch = {"state": torch.randn(B, T, cfg.state_dim, generator=g), "action": -label, "timestep": torch.arange(T).repeat(B, 1),
+             "reward": torch.zeros(B, T), "cost": torch.zeros(B, T), "success": ~ones, "mask": ones, "action_mask": ones,
+             "state_mask": ones, "instruction": torch.zeros(B, dtype=torch.long), "expert_action": label, "expert_action_mask": ones,
+             "imitate": torch.tensor([True, False, False])}
+    goals = torch.randn(1, cfg.goal_dim)
+    m = evaluate(model, [batch], goals, torch.device("cpu"), horizons=())
+    model.eval()
+    with torch.no_grad():
+        pred = model.decode_action(model.action_logits(model(batch, goals[[0, 0, 0]])["h_pol"]))
+    assert m["action_mse"] == pytest.approx(float((pred - label).pow(2).mean()), rel=1e-5)  # every frame, against the labels
+    assert m["action_mse"] != pytest.approx(float((pred - batch["action"]).pow(2)[0].mean()), rel=1e-3)
+
+
 def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path):
     straight = tmp_path / "straight"
     train_from_stores(_run(reach_store, straight), _cfg(), progress=False)
