@@ -250,15 +250,16 @@ class EntityEncoder(nn.Module):
         k = self.key(e).view(B * T, E, Q, -1).transpose(1, 2)  # (B * T, Q, E, dh)
         v = self.value(e).view(B * T, E, Q, -1).transpose(1, 2)
         q = q.to(e.dtype)[:, None].expand(B, T, Q, k.shape[-1]).reshape(B * T, Q, 1, -1)  # (B * T, Q, 1, dh)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B * T, Q, 1, dh)
-        scene = self.out(y.view(B, T, -1))  # (B, T, Q * dh) -> (B, T, d)
         if self.moved is None:
-            return scene, None
+            y = F.scaled_dot_product_attention(q, k, v)  # (B * T, Q, 1, dh)
+            return self.out(y.view(B, T, -1)), None  # (B, T, Q * dh) -> (B, T, d)
+        # with the readout the weights are needed twice, so the attention is written out (E keys: a small product)
+        w = (q @ k.transpose(-1, -2)).float().div(math.sqrt(k.shape[-1])).softmax(-1).to(v.dtype)  # (B * T, Q, 1, E)
+        scene = self.out((w @ v).view(B, T, -1))  # (B * T, Q, 1, dh) -> (B, T, d)
         n, f = specs.N_OBJECTS, specs.OBJECT_FEATURES
         objs = raw[..., self.objects].unflatten(-1, (n, f))
-        disp = torch.zeros(B, T, E, 2, device=e.device, dtype=e.dtype)  # zones and hazards: no displacement
-        disp[:, :, :n] = ((objs[..., :2] - objs[..., 12:14]) / pos_scale).to(e.dtype)
-        w = (q @ k.transpose(-1, -2) / math.sqrt(k.shape[-1])).softmax(-1)  # (B * T, Q, 1, E): the weights SDPA used
+        disp = torch.zeros(B, T, E, 2, device=e.device, dtype=v.dtype)  # zones and hazards: no displacement
+        disp[:, :, :n] = ((objs[..., :2] - objs[..., 12:14]) / pos_scale).to(v.dtype)
         moved = (w @ disp.view(B * T, 1, E, 2)).view(B, T, Q * 2)  # (B, T, Q x 2): each query's object's displacement
         return scene, self.moved(moved)
 
