@@ -168,6 +168,10 @@ class PixelEncoder(nn.Module):
         return self.net[1:](x.permute(0, 3, 1, 2))  # (B, 64, H/4, W/4), channels-last in memory
 
 
+OBJECT_START = slice(12, 14)
+"""An object slot's start position (m) among its specs.OBJECT_FEATURES."""
+
+
 class EntityEncoder(nn.Module):
     """Attention over the scene with queries from the instruction: the features of the things it names.
 
@@ -208,7 +212,7 @@ class EntityEncoder(nn.Module):
             keep = torch.ones(f)
             keep[:2] = 0.0  # the absolute position
             if f == specs.OBJECT_FEATURES:
-                keep[12:14] = 0.0  # an object's start position
+                keep[OBJECT_START] = 0.0  # an object's start position
             self.register_buffer(f"keep{i}", keep, persistent=False)
         self.shared = nn.Linear(d, d)
         self.kind = nn.Embedding(len(self.kinds), d)
@@ -220,7 +224,6 @@ class EntityEncoder(nn.Module):
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
         self.moved = nn.Linear(2 * self.n_query, d) if cfg.moved_readout else None
-        self.objects = sl["objects"]
 
     def queries(self, sentence: torch.Tensor, words: torch.Tensor | None) -> torch.Tensor:
         """The whitened instruction (:meth:`TrajectoryModel.goal_parts`: (B, lang_dim) sentence, (B, L, lang_dim) words
@@ -256,10 +259,10 @@ class EntityEncoder(nn.Module):
         # with the readout the weights are needed twice, so the attention is written out (E keys: a small product)
         w = (q @ k.transpose(-1, -2)).float().div(math.sqrt(k.shape[-1])).softmax(-1).to(v.dtype)  # (B * T, Q, 1, E)
         scene = self.out((w @ v).view(B, T, -1))  # (B * T, Q, 1, dh) -> (B, T, d)
-        n, f = specs.N_OBJECTS, specs.OBJECT_FEATURES
-        objs = raw[..., self.objects].unflatten(-1, (n, f))
-        disp = torch.zeros(B, T, E, 2, device=e.device, dtype=v.dtype)  # zones and hazards: no displacement
-        disp[:, :, :n] = ((objs[..., :2] - objs[..., 12:14]) / pos_scale).to(v.dtype)
+        sl, n, f = self.kinds[0]  # the objects come first among the entities
+        objs = raw[..., sl].unflatten(-1, (n, f))
+        disp = (objs[..., :2] - objs[..., OBJECT_START]) / pos_scale  # (B, T, n, 2)
+        disp = F.pad(disp, (0, 0, 0, E - n)).to(v.dtype)  # (B, T, E, 2): zones and hazards do not move
         moved = (w @ disp.view(B * T, 1, E, 2)).view(B, T, Q * 2)  # (B, T, Q x 2): each query's object's displacement
         return scene, self.moved(moved)
 
