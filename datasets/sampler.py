@@ -69,6 +69,11 @@ class SamplerConfig:
     """(rank, world): this process draws every world-th window of each global batch of batch_size * world."""
     seed: int = 0
     """Seed of the window draw; batch k depends only on (seed, k)."""
+    cover_edges: bool = False
+    """Draw each window's start from the T - 1 frames before an episode to its last frame and clip it into the episode,
+    so the first and last frames (where a task's success is) are in T to 2T - 1 windows like a middle frame's T, and an
+    episode shorter than T weighs its frames like a long one's. Off: only starts whose window fits, so the first and last
+    frames are each in one window, 1/T of a middle frame's share. Either way no window holds more padding than before."""
 
     def __post_init__(self) -> None:
         for name in ("window", "batch_size", "episodes_per_block", "batches_per_block"):
@@ -80,10 +85,17 @@ class SamplerConfig:
             raise StoreError(f"shard must be (rank, world) with 0 <= rank < world, got {self.shard}")
 
 
+def window_slots(lengths: np.ndarray, window: int, cover_edges: bool) -> np.ndarray:
+    """How many draws each episode of ``lengths`` frames offers (its weight): the window starts that fit, or with
+    ``cover_edges`` one per start from ``-(window - 1)`` to the last frame (see :attr:`SamplerConfig.cover_edges`)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return lengths + window - 1 if cover_edges else np.maximum(lengths - window + 1, 1)
+
+
 class _Frames:
     """Decoded episodes laid end to end: feature arrays, per-feature masks and window starts."""
 
-    def __init__(self, parts: list[dict[str, np.ndarray]], features: dict[str, Feature], window: int) -> None:
+    def __init__(self, parts: list[dict[str, np.ndarray]], features: dict[str, Feature], window: int, cover_edges: bool = False) -> None:
         self.lengths = np.array([len(p["__frames__"]) for p in parts], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         self.data = {k: np.concatenate([p[k] for p in parts]) for k in features}
@@ -93,10 +105,14 @@ class _Frames:
                 x[~self.masks[k]] = 0
         self.mask_matrix = np.stack([self.masks[k] for k in features], axis=1)  # (frames, F): one gather for all masks
         self.timestep = np.concatenate([np.arange(n) for n in self.lengths])
-        n_starts = np.maximum(self.lengths - window + 1, 1)
+        n_starts = window_slots(self.lengths, window, cover_edges)
         self.start_episode = np.repeat(np.arange(len(parts)), n_starts)
         first = np.concatenate([[0], np.cumsum(n_starts)[:-1]])
-        self.starts = self.offsets[self.start_episode] + (np.arange(n_starts.sum()) - np.repeat(first, n_starts))
+        local = np.arange(n_starts.sum()) - np.repeat(first, n_starts)  # the slot within its episode
+        if cover_edges:  # slot j starts at j - (T - 1), clipped into the episode
+            last = np.maximum(self.lengths - window, 0)[self.start_episode]
+            local = np.clip(local - (window - 1), 0, last)
+        self.starts = self.offsets[self.start_episode] + local
         self.ends = self.offsets + self.lengths
 
     def draw(self, rng: np.random.Generator, batch_size: int, window: int, shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -262,13 +278,13 @@ class WindowSampler(torch.utils.data.IterableDataset):
                     ep[f"{k}_mask"] = mask
             ep["__frames__"] = np.empty(n, dtype=np.uint8)
             parts.append(ep)
-        return _Frames(parts, self.features, self.config.window)
+        return _Frames(parts, self.features, self.config.window, self.config.cover_edges)
 
     # ------------------------------------------------------------------ batches
     def _block(self, block: int) -> tuple[np.ndarray, _Frames]:
         """The episodes of an out-of-core block, drawn with probability proportional to their windows."""
         c = self.config
-        weights = np.maximum(self.lengths - c.window + 1, 1).astype(np.float64)
+        weights = window_slots(self.lengths, c.window, c.cover_edges).astype(np.float64)
         rng = np.random.default_rng([c.seed, 1, block])
         k = min(c.episodes_per_block, len(self.episodes))
         chosen = np.sort(rng.choice(len(self.episodes), size=k, replace=False, p=weights / weights.sum()))
@@ -322,7 +338,7 @@ class WindowSampler(torch.utils.data.IterableDataset):
     @property
     def batches_per_pass(self) -> int:
         """Batches that hold as many windows as there are window starts (the stream itself is endless)."""
-        return int(math.ceil(np.maximum(self.lengths - self.config.window + 1, 1).sum() / self.config.batch_size))
+        return int(math.ceil(window_slots(self.lengths, self.config.window, self.config.cover_edges).sum() / self.config.batch_size))
 
 
 class DeviceWindows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,8 +58,9 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig, progress: bool = Tr
                 envs |= {str(m.get("env_id", "")) for m in store.metas()}
         encoder = with_tokens(run.encoder, model.cfg.lang_tokens) if run.encoder else config.get("encoder")
         key, vectors = ensure_embeddings(list(run.data), encoder, compute=True)
-        sampler = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed, in_ram=True))
-        probe = WindowSampler(list(run.data), SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed + 10_000, in_ram=True))
+        scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, seed=cfg.seed, in_ram=True, cover_edges=cfg.cover_edges)
+        sampler = WindowSampler(list(run.data), scfg)
+        probe = WindowSampler(list(run.data), replace(scfg, seed=cfg.seed + 10_000))
     except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged store the data layer did not name (EmbodiedErrors pass through)
         if isinstance(e, EmbodiedError):
             raise

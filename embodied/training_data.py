@@ -64,7 +64,8 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     if width % (1 + tokens):
         raise ConfigError(f"the {key} embeddings are {width} wide, which is not {1 + tokens} equal parts; run `embodied data embed` again")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, holdout=run.holdout, seed=cfg.seed, shard=(rank, world))
+    scfg = SamplerConfig(window=cfg.window, batch_size=cfg.batch_size, keys=keys, holdout=run.holdout, seed=cfg.seed, shard=(rank, world),
+                         cover_edges=cfg.cover_edges)
     sampler = WindowSampler(list(run.data), scfg)
     held = None
     if run.holdout > 0:

@@ -29,7 +29,7 @@ from embodied.config import AdaptConfig, AdaptRunConfig
 from embodied.errors import ConfigError
 
 HELD_OUT = "embodied/PointReachRows-v0"
-FAST = AdaptConfig(steps=25, batch_size=8, window=4, warmup=2)
+FAST = AdaptConfig(steps=25, batch_size=8, window=4, warmup=2, cover_edges=False)
 
 
 @pytest.fixture(scope="module")

@@ -65,10 +65,11 @@ def _check_against_store(batch: dict[str, torch.Tensor], sampler: WindowSampler,
         assert (batch["action"][b].numpy()[~has_action] == 0).all()
 
 
-@pytest.mark.parametrize("in_ram", [True, False])
-def test_batches_match_the_store(store, in_ram):
+@pytest.mark.parametrize("in_ram,cover_edges", [(True, False), (False, False), (True, True), (False, True)])
+def test_batches_match_the_store(store, in_ram, cover_edges):
     url, eps = store
-    s = WindowSampler(url, SamplerConfig(window=10, batch_size=64, in_ram=in_ram, episodes_per_block=4, batches_per_block=3))
+    s = WindowSampler(url, SamplerConfig(window=10, batch_size=64, in_ram=in_ram, episodes_per_block=4, batches_per_block=3,
+                                         cover_edges=cover_edges))
     assert s.in_ram is in_ram
     for k in range(4):
         b = s.batch(k)
@@ -92,6 +93,35 @@ def test_invalid_episodes_are_never_sampled_and_short_ones_are_padded(store):
     assert short and all(b["mask"][j].sum() == 3 for j in short)
     s_all = WindowSampler(url, SamplerConfig(window=4, valid_only=False))
     assert len(s_all.episodes) == 12
+
+
+def _coverage(sampler: WindowSampler, window: int) -> dict[int, np.ndarray]:
+    """For each episode (store index), how many of the sampler's window draws hold each of its frames."""
+    f = sampler._ram
+    cover = {i: np.zeros(n, dtype=np.int64) for (_, i), n in zip(sampler.episodes, f.lengths)}
+    for slot, e in zip(f.starts, f.start_episode):
+        first = slot - f.offsets[e]
+        cover[sampler.episodes[e][1]][first: first + window] += 1
+    return cover
+
+
+def test_cover_edges_weighs_first_and_last_frames_like_middle_ones(store):
+    url, eps = store
+    T = 6
+    plain = _coverage(WindowSampler(url, SamplerConfig(window=T, in_ram=True)), T)
+    edges = _coverage(WindowSampler(url, SamplerConfig(window=T, in_ram=True, cover_edges=True)), T)
+    long_eps = [i for i, c in plain.items() if len(c) >= 2 * T]
+    assert long_eps
+    for i in long_eps:
+        middle = plain[i][T - 1 : len(plain[i]) - T + 1]
+        assert (middle == T).all() and plain[i][0] == 1 and plain[i][-1] == 1  # the edge frames: one window each
+        assert edges[i].min() == T and edges[i].max() == 2 * T - 1  # every frame in T to 2T - 1 windows
+        assert edges[i][0] >= T and edges[i][-1] >= T and (edges[i][T : len(edges[i]) - T] == T).all()
+    for i, c in edges.items():  # a short episode: its one window, drawn once per slot
+        if len(c) < T:
+            assert (c == len(c) + T - 1).all() and (plain[i] == 1).all()
+    s = WindowSampler(url, SamplerConfig(window=T, batch_size=256, cover_edges=True))
+    assert s.batches_per_pass == int(np.ceil(sum(len(c) + T - 1 for c in edges.values()) / 256))
 
 
 def test_actionless_episode_has_masked_actions(store):
