@@ -184,7 +184,9 @@ def multiplier_of(spec: RLSpec) -> LagrangeMultiplier:
 
 def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool = True, margin: float = 0.0) -> "gym.Env":
     """``env`` with reward ``(r - lambda * cost) / (1 + lambda)`` (OmniSafe's scaling); the raw reward stays in
-    ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier``. ``penalise=False`` leaves
+    ``info["unpenalized_reward"]`` and each finished episode's cost goes to ``multiplier`` (also one that a wrapper
+    outside ends by resetting the env before it terminates, as :class:`~embodied.policies.vec_reward.VecLearnedReward`
+    does on the model's success). ``penalise=False`` leaves
     the reward alone (the cost critic's form weighs the cost in the advantage instead) and only reports the costs.
 
     The cost the Lagrangian sees is ``info["lagrangian_cost"]``: the env's ``info["cost"]``, or with ``margin`` > 0 a
@@ -198,8 +200,12 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool 
     near = state_cost(env.unwrapped.constraints, margin) if margin > 0 else None
 
     class CostPenalty(gym.Wrapper):
+        steps = 0
+
         def reset(self, **kwargs: Any) -> Any:
-            self.episode_cost = 0.0
+            if self.steps:  # an episode ended from outside (a learned reward's success ends it by reset): it counts too
+                multiplier.record(self.episode_cost)
+            self.episode_cost, self.steps = 0.0, 0
             return self.env.reset(**kwargs)
 
         def step(self, action: Any) -> Any:
@@ -209,8 +215,10 @@ def cost_penalty(env: "gym.Env", multiplier: LagrangeMultiplier, penalise: bool 
                 s = np.asarray(obs["state"], dtype=np.float64)
                 cost = max(cost, float(near(s, s[None, None])[0, 0]))
             self.episode_cost += cost
+            self.steps += 1
             if terminated or truncated:
                 multiplier.record(self.episode_cost)
+                self.steps = 0
             lam = multiplier.value if penalise else 0.0
             return obs, (float(reward) - lam * cost) / (1.0 + lam), terminated, truncated, {
                 **info, "unpenalized_reward": reward, "lagrangian_cost": cost}

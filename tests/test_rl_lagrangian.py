@@ -73,6 +73,24 @@ def test_cost_penalty_scales_the_reward_and_reports_episode_costs():
     env.close()
 
 
+def test_an_episode_ended_by_a_reset_from_outside_still_reports_its_cost():
+    from embodied.envs import make
+
+    m = LagrangeMultiplier(limit=0.0, value=1.0)
+    env = cost_penalty(make("embodied/PointReachHazard-v0", max_episode_steps=40), m)
+    env.reset(seed=3)
+    total = 0.0
+    for _ in range(10):  # full speed breaks the speed limit; the episode is cut off long before its end
+        _, _, term, trunc, info = env.step(np.array([1.0, 0.0], np.float32))
+        total += info["cost"]
+        assert not (term or trunc)
+    env.reset(seed=4)  # what VecLearnedReward does where the model's success ends an episode
+    env.reset(seed=5)  # no step since: nothing more to report
+    m.update()
+    assert total > 0 and m.history[-1]["mean_episode_cost"] == pytest.approx(total) and m.history[-1]["episodes"] == 1
+    env.close()
+
+
 def test_cli_rl_with_a_cost_limit_runs_ppo_lagrangian(tmp_path, capsys):
     from embodied.cli import main
 
