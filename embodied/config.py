@@ -797,6 +797,10 @@ class RLConfig:
     where the model's success probability exceeds --success-threshold (the run never sees the true success)."""
     success_threshold: float = 0.5
     """--reward learned --terminate-on-success: the model's success probability that ends a training episode."""
+    success_bonus: float | None = None
+    """--reward learned --terminate-on-success: what the model's training data paid per solved step (the suite's envs:
+    10). Each step's reward then leaves out the bonus the model expects (bonus x success probability), and the bonus is
+    paid once, where the model's success ends the episode, so hovering just short of the threshold earns nothing."""
     task_first: bool = True
     """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
     and the policy sees no instruction); --no-task-first: the scene's order."""

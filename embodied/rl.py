@@ -69,6 +69,9 @@ class RLSpec:
     """End training episodes where the task is solved: for the true reward where the env says so, for the learned reward
     where the model's success probability exceeds ``success_threshold`` (the run never sees the true success)."""
     success_threshold: float = 0.5
+    success_bonus: float | None = None
+    """Learned reward with ``terminate_on_success``: the success bonus of the model's training data, paid once where the
+    model's success ends an episode instead of in part on every step near it (:func:`embodied.policies.reward.settle_success`)."""
     task_first: bool = True
     egocentric: bool = False
     """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
@@ -306,7 +309,8 @@ class LearnedRewardSource(RewardSource):
         from embodied.policies.vec_reward import VecLearnedReward
 
         return VecLearnedReward(venv, reward_model, spec.instruction,
-                                end_on_success=spec.success_threshold if spec.terminate_on_success else None)
+                                end_on_success=spec.success_threshold if spec.terminate_on_success else None,
+                                success_bonus=spec.success_bonus)
 
 
 # ---------------------------------------------------------------------------- algorithms
@@ -428,6 +432,9 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
         raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {spec.threads}")
     if not 0.0 < spec.success_threshold < 1.0:
         raise ConfigError(f"--success-threshold is a probability in (0, 1), got {spec.success_threshold}")
+    if spec.success_bonus is not None and (spec.reward != "learned" or not spec.terminate_on_success or not spec.success_bonus >= 0):
+        raise ConfigError(f"--success-bonus ({spec.success_bonus}) settles a learned reward's success: use it with --reward learned "
+                          "--terminate-on-success, and >= 0")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():

@@ -273,14 +273,17 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     and ``learned_cost``. Episodes end where the env ends them, and with ``end_on_success`` also
     where the model's success probability first exceeds it (``terminated``): the task as the
     model sees it, so a run that should not see the true success ends its episodes without it.
+    With ``success_bonus`` as well, the reward settles the success (:func:`settle_success`).
     """
 
     def __init__(self, env: gym.Env, reward_model: RewardModel, instruction: str | None = None,
-                 end_on_success: float | None = None) -> None:
+                 end_on_success: float | None = None, success_bonus: float | None = None) -> None:
         """``instruction`` is what the reward asks for (default: each episode's own observation instruction);
-        ``end_on_success`` a success probability in (0, 1) that ends the episode, or None."""
-        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction, end_on_success=end_on_success)
-        check_threshold(end_on_success)
+        ``end_on_success`` a success probability in (0, 1) that ends the episode, or None; ``success_bonus`` see
+        :func:`settle_success`."""
+        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction, end_on_success=end_on_success,
+                                                 success_bonus=success_bonus)
+        check_threshold(end_on_success, success_bonus)
         super().__init__(env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Dict) or specs.STATE not in space.spaces:
@@ -291,6 +294,7 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.reward_model = reward_model
         self.fixed_instruction = instruction
         self.end_on_success = end_on_success
+        self.success_bonus = success_bonus
         self._ctx: RewardContext | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -310,10 +314,29 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info = {**info, TRUE_REWARD: float(reward), LEARNED_SUCCESS: float(out["success"][0]), LEARNED_COST: float(out["cost"][0])}
         if self.end_on_success is not None and out["success"][0] > self.end_on_success:
             terminated = True
-        return obs, float(out["reward"][0]), terminated, truncated, info
+        reward = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus)
+        return obs, float(reward[0]), terminated, truncated, info
 
 
-def check_threshold(end_on_success: float | None) -> None:
-    """Refuse a success probability that cannot end an episode sensibly (None: episodes end where the env ends them)."""
+def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: float | None, bonus: float | None) -> np.ndarray:
+    """The reward of steps (N,) whose episodes the model's success ends: its expected success payment paid once, for sure.
+
+    The reward head regresses the env's reward, which pays ``bonus`` on every solved step, so near a solved state it
+    predicts about ``dense + bonus x p`` with p the success probability: a step that keeps p just under the
+    ``end_on_success`` threshold earns part of the bonus again and again, and never ends the episode. With ``bonus``,
+    each step gets ``reward - bonus x p``, plus ``bonus`` on the step where p passes the threshold (which ends the
+    episode), as the env pays its success once where success ends its episodes. None: the reward as predicted.
+    """
+    if bonus is None or end_on_success is None:
+        return reward
+    return (reward - bonus * success + bonus * (success > end_on_success)).astype(np.float32)
+
+
+def check_threshold(end_on_success: float | None, success_bonus: float | None = None) -> None:
+    """Refuse a success probability that cannot end an episode sensibly (None: episodes end where the env ends them),
+    and a success bonus without one or below zero."""
     if end_on_success is not None and not 0.0 < end_on_success < 1.0:
         raise ConfigError(f"the success threshold must be a probability in (0, 1), got {end_on_success}")
+    if success_bonus is not None and (end_on_success is None or not success_bonus >= 0):
+        raise ConfigError(f"a success bonus ({success_bonus}) needs episodes the model's success ends (--terminate-on-success) "
+                          "and must be >= 0")

@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from embodied import specs
 from embodied.errors import ConfigError
 
-from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel, check_threshold
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel, check_threshold, settle_success
 
 SCORE_STATE = "score_state"
 """``info`` key of :class:`RewardTap`: (S,) float32 raw state after the step (at reset: the first state)."""
@@ -76,12 +76,14 @@ class VecLearnedReward(VecEnvWrapper):
     Every step scores all envs' actions in one batch. ``info`` gains ``learned_success`` and
     ``learned_cost`` (the env's ``true_reward``, reward terms and ``is_success`` stay). The
     instruction is fixed for the vector: the task of each env must be the one it names
-    (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc.
+    (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc; ``success_bonus``:
+    :func:`~embodied.policies.reward.settle_success`.
     """
 
-    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str, end_on_success: float | None = None) -> None:
+    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str, end_on_success: float | None = None,
+                 success_bonus: float | None = None) -> None:
         super().__init__(venv)
-        check_threshold(end_on_success)
+        check_threshold(end_on_success, success_bonus)
         want = (reward_model.model.cfg.action_dim,)
         if venv.action_space.shape != want:
             raise ConfigError(f"the model scores actions of shape {want}, these envs take {venv.action_space.shape}; use control='ee'")
@@ -90,6 +92,7 @@ class VecLearnedReward(VecEnvWrapper):
         self.reward_model = reward_model
         self.instruction = instruction
         self.end_on_success = end_on_success
+        self.success_bonus = success_bonus
         self._contexts: list[RewardContext] = []
 
     def _start(self, info: dict[str, Any]) -> RewardContext:
@@ -112,7 +115,8 @@ class VecLearnedReward(VecEnvWrapper):
         states = np.stack([info[SCORE_STATE] for info in infos])
         out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
         true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
-        rewards = (np.asarray(rewards, dtype=np.float64) - true + out["reward"]).astype(np.float32)
+        learned = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus)
+        rewards = (np.asarray(rewards, dtype=np.float64) - true + learned).astype(np.float32)
         dones = np.array(dones, dtype=bool)
         for i, info in enumerate(infos):
             info[LEARNED_SUCCESS] = float(out["success"][i])

@@ -179,6 +179,8 @@ def test_reward_metrics_find_the_hacking_episodes():
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "magic"], "unknown reward 'magic'"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--success-threshold", "1.5"], "--success-threshold"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
+          "--terminate-on-success", "--success-bonus", "10"], "--success-bonus"),
         (["bench", "reward", "--ckpt", "nowhere/run"], "no checkpoint at nowhere/run"),
     ],
 )

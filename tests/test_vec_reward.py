@@ -12,6 +12,7 @@ from embodied.envs import FixedTask, StateOnly, make
 from embodied.errors import ConfigError
 from embodied.model import TrajectoryModel
 from embodied.policies import LearnedReward, RewardModel
+from embodied.policies.reward import settle_success
 from embodied.policies.vec_reward import RewardTap, VecLearnedReward
 from conftest import fake_encode
 
@@ -61,12 +62,12 @@ def _median_success(reward_model) -> float:
     return float(np.median(p))
 
 
-@pytest.mark.parametrize("ends", ["env", "model"])
-def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends):
+@pytest.mark.parametrize("ends,bonus", [("env", None), ("model", None), ("model", 10.0)])
+def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends, bonus):
     n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
     end_on_success = _median_success(reward_model) if ends == "model" else None
-    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success), n, lengths)
-    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success)
+    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus), n, lengths)
+    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus)
     o_ref, o_fast = ref.reset(), fast.reset()
     np.testing.assert_array_equal(o_ref, o_fast)
     rng = np.random.default_rng(0)
@@ -141,6 +142,31 @@ def test_learned_success_ends_only_the_episodes_the_model_believes_solved(reward
             LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=bad)
         with pytest.raises(ConfigError, match="probability"):
             VecLearnedReward(_venv(RewardTap, 1, [5]), reward_model, INSTRUCTION, end_on_success=bad)
+
+
+def test_settled_success_pays_the_bonus_once_where_the_model_ends_the_episode(reward_model):
+    reward, p = np.array([1.0, 2.0, -1.0], np.float32), np.array([0.2, 0.45, 0.7], np.float32)
+    np.testing.assert_allclose(settle_success(reward, p, 0.5, 10.0), [1.0 - 2.0, 2.0 - 4.5, -1.0 - 7.0 + 10.0], rtol=1e-6)
+    assert settle_success(reward, p, 0.5, None) is reward and settle_success(reward, p, None, 10.0) is reward
+    th = _median_success(reward_model)  # the same episode scored with and without the bonus: they differ by just that
+    plain = LearnedReward(FixedTask(make("embodied/PointPushDir-v0"), INSTRUCTION), reward_model, INSTRUCTION, end_on_success=th)
+    settled = LearnedReward(FixedTask(make("embodied/PointPushDir-v0"), INSTRUCTION), reward_model, INSTRUCTION, end_on_success=th,
+                            success_bonus=4.0)
+    plain.reset(seed=11)
+    settled.reset(seed=11)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a = rng.uniform(-1, 1, 2).astype(np.float32)
+        _, r0, te0, _, i0 = plain.step(a)
+        _, r1, te1, _, i1 = settled.step(a)
+        assert te0 == te1 and i0["learned_success"] == pytest.approx(i1["learned_success"])
+        assert r1 == pytest.approx(r0 - 4.0 * i0["learned_success"] + (4.0 if te0 else 0.0), abs=1e-4)
+        if te0:
+            break
+    assert te0  # the episode ended where the model believed it solved, and that step got the bonus
+    for end, bonus in ((None, 10.0), (0.5, -1.0)):
+        with pytest.raises(ConfigError, match="success bonus"):
+            LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=end, success_bonus=bonus)
 
 
 def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
