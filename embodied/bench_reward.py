@@ -118,6 +118,23 @@ def success_reward_level(episodes: list[dict[str, Any]]) -> float | None:
     return float(np.median(levels)) if levels else None
 
 
+def episode_end(episodes: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Where the model's success probability first passes ``threshold`` in truly solved episodes (the suite's episodes
+    end on the step that solves them): ``on_time`` on that step, ``early`` before it (``median_lead`` steps early),
+    ``never``; fractions of the solved episodes. This is where ``embodied rl --terminate-on-success
+    --success-threshold`` would end them."""
+    leads = []
+    for e in episodes:
+        if e["success"] and not e["invalid"]:
+            hit = np.flatnonzero(np.asarray(e["learned_success"]) > threshold)
+            leads.append(len(e["learned_success"]) - 1 - int(hit[0]) if len(hit) else -1)
+    lead = np.array(leads)
+    n = max(len(lead), 1)
+    return {"threshold": threshold, "solved_episodes": len(lead), "on_time": float((lead == 0).sum() / n),
+            "early": float((lead > 0).sum() / n), "never": float((lead < 0).sum() / n),
+            "median_lead": float(np.median(lead[lead > 0])) if (lead > 0).any() else 0.0}
+
+
 def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, max_listed: int = 10,
                    reward_level: float | None = None) -> dict[str, Any]:
     """Success AUC (max and final probability), Spearman of step rewards and of returns, and reward-hacking episodes.
@@ -148,6 +165,7 @@ def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, 
         "reward_spearman_step": spearman(np.concatenate([e["learned_reward"] for e in eps]), np.concatenate([e["reward"] for e in eps])) if eps else None,
         "return_spearman": spearman(np.array([e["learned_reward"].sum() for e in eps]), np.array([e["reward"].sum() for e in eps])),
         "by_noise": by_noise,
+        "episode_end": episode_end(eps, hack_threshold),
         "hack_threshold": hack_threshold,
         "hack_reward_level": level,
         "hacking_episodes": len(hacks),
@@ -213,6 +231,9 @@ def format_result(r: dict[str, Any]) -> str:
         m = r[key]
         lines.append(f"{key:<12}{m['episodes']:>9}{m['true_successes']:>10}{f(m['success_auc_max']):>9}{f(m['success_auc_final']):>10}"
                      f"{f(m['reward_spearman_step']):>9}{f(m['return_spearman']):>11}{m['hacking_episodes']:>8}")
+    end = r["all"]["episode_end"]
+    lines.append(f"solved episodes where the success probability first passes {end['threshold']:g}: on the solving step "
+                 f"{end['on_time']:.2f}, early {end['early']:.2f} (median {end['median_lead']:g} steps), never {end['never']:.2f}")
     for ex in r["all"]["hacking_examples"][:5]:
         lines.append(f"  hacking: {ex['env_id']} seed {ex['seed']} noise {ex['noise']:g} {ex['instruction']!r}: "
                      f"max success prob {ex['max_success_prob']:.2f}, learned reward {ex['mean_learned_reward']:.2f}/step, not solved (true return {ex['true_return']:.1f})")

@@ -168,6 +168,19 @@ def test_reward_metrics_find_the_hacking_episodes():
     assert reward_metrics(eps, hack_threshold=0.5, reward_level=100.0)["hacking_episodes"] == 1
 
 
+def test_episode_end_says_where_the_success_threshold_would_end_solved_episodes():
+    from embodied.bench_reward import episode_end
+
+    def ep(p, success=True):
+        return {"success": success, "invalid": False, "learned_success": np.array(p)}
+
+    eps = [ep([0.1, 0.2, 0.9]), ep([0.1, 0.7, 0.2, 0.3, 0.9]), ep([0.6, 0.1, 0.1, 0.1]), ep([0.1, 0.2]), ep([0.9, 0.9], success=False)]
+    m = episode_end(eps, 0.5)  # on time; 3 steps early; 3 steps early; never; the failure does not count
+    assert m["solved_episodes"] == 4 and m["on_time"] == 0.25 and m["early"] == 0.5 and m["never"] == 0.25 and m["median_lead"] == 3
+    m = episode_end(eps, 0.8)
+    assert m["on_time"] == 0.5 and m["early"] == 0.0 and m["never"] == 0.5
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
