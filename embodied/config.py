@@ -879,10 +879,7 @@ class AdaptConfig:
     action_dropout: float = 0.0
     """Fraction of frames whose action is hidden while fitting (token and policy target masked), so the policy learns to read the state instead of copying the previous action."""
     cover_edges: bool = False
-    """--cover-edges: windows may also start before an episode or near its end and are clipped into it, so its first and
-    last frames (the last is where a task's success is) weigh like its middle ones; default: only windows that fit, each
-    edge frame in 1/window of a middle frame's share (datasets.SamplerConfig.cover_edges). It makes the success head
-    believe solved pushes (0.03-0.08 -> 0.86-0.92) but ranks whole episodes' learned returns worse (BENCHMARKS.md)."""
+    """--cover-edges: draw windows as `embodied train --cover-edges` does (:attr:`TrainConfig.cover_edges`)."""
     seed: int = 0
     """Seed of the window draw, the action dropout and any new parameters a method adds."""
 
