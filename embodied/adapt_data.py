@@ -34,7 +34,7 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig, progress: bool = Tr
     from embodied.cli_data import ensure_embeddings
     from embodied.datasets import EpisodeStore, SamplerConfig, WindowSampler
     from embodied.language import with_tokens
-    from embodied.training_data import MODEL_KEYS
+    from embodied.training_data import MODEL_KEYS, InstructionContrast
 
     t0 = time.perf_counter()
     if not run.ckpt:
@@ -72,10 +72,12 @@ def adapt_from_stores(run: AdaptRunConfig, cfg: AdaptConfig, progress: bool = Tr
         raise ConfigError(f"the instruction embeddings have {goals.shape[1]} dimensions, the base model takes {model.cfg.goal_dim}; "
                           "pass the base run's --encoder")
 
+    contrast = InstructionContrast(sampler.instructions, cfg.contrast, cfg.seed) if cfg.contrast > 0 else None
+
     def batches() -> Iterator[dict[str, torch.Tensor]]:
         k = 0
         while True:
-            yield sampler.batch(k)
+            yield sampler.batch(k) if contrast is None else contrast(sampler.batch(k), k)
             k += 1
 
     from tqdm import tqdm

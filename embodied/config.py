@@ -697,6 +697,10 @@ class TrainConfig:
     last frames (the last is where a task's success is) weigh like its middle ones; default: only windows that fit, each
     edge frame in 1/window of a middle frame's share (datasets.SamplerConfig.cover_edges). It makes the success head
     believe solved pushes (0.03-0.08 -> 0.86-0.92) but ranks whole episodes' learned returns worse (BENCHMARKS.md)."""
+    contrast: float = 0.0
+    """--contrast F: fraction of windows shown under another instruction of their task family (the same object in
+    another direction or zone, or another task), where they teach the success head "not solved" and nothing else, so it
+    reads what it is asked (embodied.training_data.InstructionContrast); 0 = off."""
     seed: int = 0
     """Seed of the weights and of the sampler."""
 
@@ -706,6 +710,8 @@ class TrainConfig:
                 raise ConfigError(f"train {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.action_dropout < 1:
             raise ConfigError(f"--action-dropout must be in [0, 1), got {self.action_dropout}")
+        if not 0 <= self.contrast < 1:
+            raise ConfigError(f"--contrast must be in [0, 1), got {self.contrast}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, min_lr_ratio={self.min_lr_ratio}")
 
@@ -880,12 +886,16 @@ class AdaptConfig:
     """Fraction of frames whose action is hidden while fitting (token and policy target masked), so the policy learns to read the state instead of copying the previous action."""
     cover_edges: bool = False
     """--cover-edges: draw windows as `embodied train --cover-edges` does (:attr:`TrainConfig.cover_edges`)."""
+    contrast: float = 0.0
+    """--contrast F: mismatched-instruction success negatives as `embodied train --contrast` makes them (:attr:`TrainConfig.contrast`)."""
     seed: int = 0
     """Seed of the window draw, the action dropout and any new parameters a method adds."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.action_dropout < 1:
             raise ConfigError(f"--action-dropout must be in [0, 1), got {self.action_dropout}")
+        if not 0 <= self.contrast < 1:
+            raise ConfigError(f"--contrast must be in [0, 1), got {self.contrast}")
         for name in ("steps", "warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"adapt {name} must be >= 0, got {getattr(self, name)}")

@@ -92,6 +92,8 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
 
     resident = device_windows(sampler, pick_device(run.device))
 
+    contrast = InstructionContrast(names, cfg.contrast, cfg.seed) if cfg.contrast > 0 else None
+
     def batches(start: int) -> Iterator[dict[str, torch.Tensor]]:
         sampler.start_batch = start
         if resident is not None:  # the whole dataset lives on the GPU: no loader at all
@@ -99,8 +101,9 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
             source: Any = resident
         else:
             source = make_loader(sampler, num_workers=run.workers, pin_memory=torch.cuda.is_available())
-        for b in source:
-            yield remap(b, sampler)
+        for k, b in enumerate(source, start=start):
+            b = remap(b, sampler)
+            yield b if contrast is None else contrast(b, k)
 
     def eval_batches() -> Iterator[dict[str, torch.Tensor]]:
         assert held is not None
@@ -121,6 +124,66 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
                  resume=run.resume, device=run.device, meta=meta, progress=progress)
+
+
+class InstructionContrast:
+    """Mismatched-instruction negatives for the success head (``--contrast``).
+
+    A fraction ``rate`` of each batch's windows is shown under another instruction of its task family that asks for
+    something else, and learns only that what the new instruction asks is not done there: success 0 on every frame.
+    Its action, reward and cost targets are masked, since they depend on what is asked and the store knows them only
+    for the episode's own instruction; its next-state target stays, since the physics does not read the instruction.
+    Half of the swaps keep the target object and change the direction or zone (the near miss: pushed the right cube
+    the wrong way), the rest name another task of the family. Two instructions that parse to the same task
+    (paraphrases) are never each other's contrast, and an instruction the parser does not know is never swapped.
+
+    Why: trained on episodes under their own instructions only, the success head barely read the direction it was
+    asked for (pushing the red cube left scored p 0.65-0.94 as "push the red cube to the right"), and PPO on the
+    learned reward found that (BENCHMARKS.md, issue 6).
+    """
+
+    def __init__(self, instructions: list[str], rate: float, seed: int) -> None:
+        from embodied.envs.instructions import InstructionError, parse_instruction
+
+        if not 0 <= rate < 1:
+            raise ConfigError(f"--contrast must be in [0, 1), got {rate}")
+        tasks: list[Any] = []
+        for text in instructions:
+            try:
+                tasks.append(parse_instruction(text))
+            except InstructionError:
+                tasks.append(None)
+        self.rate, self.seed = rate, seed
+        self.near: list[list[int]] = []
+        """Per instruction index: instructions of its family with the same target object and another zone or direction."""
+        self.far: list[list[int]] = []
+        """Per instruction index: every instruction of its family that asks for another task."""
+        for t in tasks:
+            other = [j for j, u in enumerate(tasks) if t is not None and u is not None and u.family == t.family and u != t]
+            self.near.append([j for j in other if (tasks[j].colour, tasks[j].shape) == (t.colour, t.shape)])
+            self.far.append(other)
+
+    def __call__(self, batch: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+        """Batch number ``k`` (its instruction indices into this object's list) with its swaps: the same for the same
+        ``k`` and seed, so a resumed run sees what an unbroken one did. Adds ``contrast`` (B,) bool."""
+        rng = np.random.default_rng([self.seed, k, 0xC0])
+        idx = batch[specs.INSTRUCTION].cpu().numpy()
+        n = len(idx)
+        pick, near, u = rng.random(n) < self.rate, rng.random(n) < 0.5, rng.random(n)
+        new, swapped = idx.copy(), np.zeros(n, dtype=bool)
+        for b in np.flatnonzero(pick):
+            options = self.near[idx[b]] if near[b] and self.near[idx[b]] else self.far[idx[b]]
+            if options:
+                new[b], swapped[b] = options[int(u[b] * len(options))], True
+        dev = batch[specs.INSTRUCTION].device
+        s = torch.from_numpy(swapped).to(dev)
+        keep = ~s[:, None]
+        out = {**batch, specs.INSTRUCTION: torch.from_numpy(new).to(dev), "contrast": s, specs.SUCCESS: batch[specs.SUCCESS] & keep,
+               "imitate": batch.get("imitate", torch.ones_like(s)) & ~s}
+        for key in ("reward_mask", "cost_mask", f"{specs.COST_BY_TERM}_mask", f"{specs.EXPERT_ACTION}_mask"):
+            if key in batch:
+                out[key] = batch[key] & keep
+        return out
 
 
 def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:

@@ -98,9 +98,12 @@ def test_held_out_action_metrics_score_what_training_imitates():
     assert m["action_mse"] != pytest.approx(float((pred - batch["action"]).pow(2)[0].mean()), rel=1e-3)
 
 
-def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path):
+@pytest.mark.parametrize("contrast", [0.0, 0.5])
+def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path, contrast):
+    """Also with --contrast: the swaps of a batch depend on its number, not on how the run got there."""
+    cfg = _cfg(contrast=contrast)
     straight = tmp_path / "straight"
-    train_from_stores(_run(reach_store, straight), _cfg(), progress=False)
+    train_from_stores(_run(reach_store, straight), cfg, progress=False)
 
     class Killed(Exception):
         pass
@@ -114,9 +117,9 @@ def test_resume_after_a_kill_is_bit_identical(reach_store, tmp_path):
     from embodied import training_data
 
     with pytest.raises(Killed):
-        _train_with_fault(training_data, _run(reach_store, broken), _cfg(), kill_after_first_save)
+        _train_with_fault(training_data, _run(reach_store, broken), cfg, kill_after_first_save)
     assert [p.name for p in sorted((broken / "checkpoints").glob("step-*"))] == ["step-00000020"]
-    train_from_stores(_run(reach_store, broken, resume=True), _cfg(), progress=False)
+    train_from_stores(_run(reach_store, broken, resume=True), cfg, progress=False)
     a, b = _weights(straight), _weights(broken)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
