@@ -13,6 +13,10 @@ the same scenes. The model scores every episode under the instruction the episod
 - reward hacking: episodes the model rates as solved (maximum success probability at least
   ``hack_threshold``, or a mean learned reward per step at least that of the median truly
   successful episode) whose true success is zero, listed.
+- wrong instruction: each solved episode of the seen instructions scored again under an instruction that asks the
+  same object for another direction or zone (another object for reach), which the episode does not satisfy: the
+  success AUC of own against wrong, and how many the model would still call solved. A success head that does not
+  read what it is asked scores a push to the left as solved for "push ... to the right", and RL on it learns that.
 
 Targets: success AUC >= 0.95, for seen and for paraphrased instructions, judged on the final-step probability: an
 episode's success is the env's verdict at its end, which is what the success head predicts there (the maximum over
@@ -179,6 +183,52 @@ def reward_metrics(episodes: list[dict[str, Any]], hack_threshold: float = 0.5, 
     }
 
 
+def wrong_instruction(text: str, k: int) -> str | None:
+    """An instruction of ``text``'s family (rendered with its first training template) that asks the same object for
+    another direction or zone (reach: another colour of the same shape); ``k`` picks among them. None if it does not parse."""
+    from embodied.envs.instructions import DIRECTIONS, TRAIN_COLOURS, InstructionError, parse_instruction, render_instruction, templates
+
+    try:
+        t = parse_instruction(text)
+    except InstructionError:
+        return None
+    template = templates(t.family, "train")[0]
+    if t.family == "push_dir":
+        other = [d for d in DIRECTIONS if d != t.direction]
+        return render_instruction(template, t.colour, t.shape, direction=other[k % len(other)])
+    if t.family == "push_zone":
+        other = [c for c in TRAIN_COLOURS if c != t.zone]
+        return render_instruction(template, t.colour, t.shape, zone=other[k % len(other)])
+    other = [c for c in TRAIN_COLOURS if c != t.colour]
+    return render_instruction(template, other[k % len(other)], t.shape)
+
+
+def wrong_instruction_metrics(reward_model: Any, episodes: list[dict[str, Any]], hack_threshold: float = 0.5) -> dict[str, Any]:
+    """Final-step success of the solved, valid ``episodes`` under their own instruction (already scored) against the
+    same episodes scored under a :func:`wrong_instruction`: ``auc`` of own vs wrong, the wrong ones' ``mean_p`` and the
+    fraction ``believed_solved`` (p above ``hack_threshold``), over all and per family."""
+    solved = [e for e in episodes if e["success"] and not e["invalid"]]
+    wrong = []
+    for k, e in enumerate(solved):
+        text = wrong_instruction(e["instruction"], k)
+        if text is not None:
+            wrong.append({**e, "instruction": text, "family": e["env_id"]})
+    score_episodes(reward_model, wrong)
+
+    def summary(own: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+        p_own = np.array([float(e["learned_success"][-1]) for e in own])
+        p_wrong = np.array([float(e["learned_success"][-1]) for e in other])
+        labels = np.r_[np.ones(len(p_own), bool), np.zeros(len(p_wrong), bool)]
+        return {"episodes": len(other), "auc": roc_auc(np.r_[p_own, p_wrong], labels),
+                "mean_p": float(p_wrong.mean()) if len(p_wrong) else None,
+                "believed_solved": float((p_wrong > hack_threshold).mean()) if len(p_wrong) else None}
+
+    out = summary(solved, wrong)
+    out["per_env"] = {env: summary([e for e in solved if e["env_id"] == env], [e for e in wrong if e["env_id"] == env])
+                      for env in sorted({e["env_id"] for e in wrong})}
+    return out
+
+
 def bench_reward(ckpt: str | Any, env_ids: Sequence[str], episodes: int = 20, noises: Sequence[float] = DEFAULT_NOISES,
                  device: str | None = None, hack_threshold: float = 0.5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Roll out held-out episodes, score them with the reward heads, and measure (see the module doc).
@@ -206,6 +256,7 @@ def bench_reward(ckpt: str | Any, env_ids: Sequence[str], episodes: int = 20, no
     for instr in INSTRUCTIONS:
         out[instr] = reward_metrics([e for e in eps if e["instructions"] == instr], hack_threshold)
     out["per_env"] = {env_id: reward_metrics([e for e in eps if e["env_id"] == env_id], hack_threshold) for env_id in env_ids}
+    out["wrong_instruction"] = wrong_instruction_metrics(rm, [e for e in eps if e["instructions"] == "seen"], hack_threshold)
     out["missed_targets"] = missed_targets(out)
     return out
 
@@ -234,6 +285,11 @@ def format_result(r: dict[str, Any]) -> str:
     end = r["all"]["episode_end"]
     lines.append(f"solved episodes where the success probability first passes {end['threshold']:g}: on the solving step "
                  f"{end['on_time']:.2f}, early {end['early']:.2f} (median {end['median_lead']:g} steps), never {end['never']:.2f}")
+    w = r.get("wrong_instruction")
+    if w and w["episodes"]:
+        lines.append(f"solved seen episodes under a wrong instruction (another direction, zone or object): AUC own vs wrong "
+                     f"{f(w['auc'])}, mean final success probability {w['mean_p']:.2f}, believed solved {w['believed_solved']:.2f} "
+                     f"({w['episodes']} episodes)")
     for ex in r["all"]["hacking_examples"][:5]:
         lines.append(f"  hacking: {ex['env_id']} seed {ex['seed']} noise {ex['noise']:g} {ex['instruction']!r}: "
                      f"max success prob {ex['max_success_prob']:.2f}, learned reward {ex['mean_learned_reward']:.2f}/step, not solved (true return {ex['true_return']:.1f})")

@@ -181,6 +181,59 @@ def test_episode_end_says_where_the_success_threshold_would_end_solved_episodes(
     assert m["on_time"] == 0.5 and m["early"] == 0.0 and m["never"] == 0.5
 
 
+def test_wrong_instruction_asks_the_same_object_for_something_else():
+    from embodied.bench_reward import wrong_instruction
+    from embodied.envs.instructions import parse_instruction
+
+    for text in ("push the red cube to the right", "slide the red cube into the green zone", "touch the blue ball"):
+        own = parse_instruction(text)
+        wrong = [parse_instruction(wrong_instruction(text, k)) for k in range(3)]
+        assert all(w.family == own.family and w != own and w.shape == own.shape for w in wrong)
+        assert len(set(wrong)) == 3  # k walks through the alternatives
+        if own.family != "reach":
+            assert all(w.colour == own.colour for w in wrong)
+    assert wrong_instruction("dance a little jig", 0) is None
+
+
+def test_wrong_instruction_metrics_catch_a_success_head_that_ignores_the_direction():
+    from embodied.bench_reward import wrong_instruction_metrics
+
+    class Scores:
+        def __init__(self, reads: bool):
+            self.reads = reads
+
+        def score_batch(self, trajs):
+            from types import SimpleNamespace
+
+            out = []
+            for _, action, instruction in trajs:
+                p = 0.9 if (not self.reads or "right" in instruction) else 0.1
+                out.append(SimpleNamespace(reward=np.zeros(len(action)), success=np.full(len(action), p), cost=np.zeros(len(action))))
+            return out
+
+    eps = [{"env_id": "embodied/PointPushDir-v0", "instruction": "push the red cube to the right", "success": True, "invalid": False,
+            "state": np.zeros((4, 3)), "action": np.zeros((3, 2)), "learned_success": np.full(3, 0.9)} for _ in range(4)]
+    eps.append({**eps[0], "success": False})  # failures are not rescored
+    blind, reading = wrong_instruction_metrics(Scores(False), eps), wrong_instruction_metrics(Scores(True), eps)
+    assert blind["episodes"] == reading["episodes"] == 4
+    assert blind["auc"] == pytest.approx(0.5) and blind["believed_solved"] == 1.0
+    assert reading["auc"] == 1.0 and reading["believed_solved"] == 0.0 and reading["mean_p"] == pytest.approx(0.1)
+    assert reading["per_env"]["embodied/PointPushDir-v0"]["auc"] == 1.0
+    assert eps[0]["instruction"] == "push the red cube to the right"  # the episodes themselves are left alone
+
+
+def test_bench_reward_end_to_end_reports_every_measure(tiny_run):
+    from embodied.bench_reward import bench_reward, format_result
+
+    r = bench_reward(str(tiny_run), ["embodied/PointPushDir-v0"], episodes=2, noises=(0.0,), device="cpu")
+    assert r["all"]["episodes"] == 4 and r["seen"]["episodes"] == r["paraphrase"]["episodes"] == 2
+    solved_seen = r["seen"]["true_successes"]
+    assert solved_seen >= 1 and r["wrong_instruction"]["episodes"] == solved_seen  # the expert solves; each rescored once
+    assert set(r["wrong_instruction"]["per_env"]) == {"embodied/PointPushDir-v0"}
+    text = format_result(r)
+    assert "wrong instruction" in text and "seen" in text
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
