@@ -586,6 +586,11 @@ class ModelConfig:
     """"entities": the trajectory's observation token (not the policy's) also reads how far the entities each instruction
     query attends to have moved from their start positions, so the success, reward and dynamics heads can tell a pushed
     object from one merely touched (:class:`embodied.model.EntityEncoder`)."""
+    relation_readout: bool = False
+    """With ``moved_readout``: the trajectory's observation token also reads each query's displacement along and across
+    a direction the instruction gives it, and the distances between the queries' entities and from the end effector,
+    which decide push_dir and push_zone success (:class:`embodied.model.EntityEncoder`). Off by default so that
+    checkpoints made before it load unchanged; ``embodied train --relations`` turns it on."""
     policy_history: bool = False
     """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
     (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
@@ -612,6 +617,8 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if self.lang_tokens < 0:
             raise ConfigError(f"model lang_tokens must be >= 0, got {self.lang_tokens}")
+        if self.relation_readout and not self.moved_readout:
+            raise ConfigError("model relation_readout reads the displacements of moved_readout; turn moved_readout on with it")
         if self.cost_terms not in (0, len(COST_TERMS)):
             raise ConfigError(f"model cost_terms must be 0 or {len(COST_TERMS)} (one per name in COST_TERMS), got {self.cost_terms}")
 
@@ -746,6 +753,9 @@ class TrainRunConfig:
     """DataLoader worker processes per rank."""
     device: str | None = None
     """Torch device (default: this rank's GPU if any, else cpu)."""
+    relations: bool = False
+    """--relations: the model's relation readout (ModelConfig.relation_readout: displacement along the asked direction,
+    distances between the named things), so its success head can read which direction or zone it is asked for."""
 
 
 @dataclass(frozen=True)

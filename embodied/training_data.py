@@ -111,7 +111,8 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
             yield remap(held.batch(k), held)
 
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
-                       obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens)
+                       obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens,
+                       relation_readout=run.relations)
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),

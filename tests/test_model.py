@@ -45,11 +45,11 @@ def test_config_errors_are_clear():
     assert ModelConfig.from_json(preset("small").to_json()) == preset("small")
 
 
-@pytest.mark.parametrize("pixels", [0, 32])
-def test_cache_matches_full_forward(pixels):
+@pytest.mark.parametrize("pixels,relations", [(0, False), (32, False), (0, True)])
+def test_cache_matches_full_forward(pixels, relations):
     """Closed loop (one token at a time through the cache) equals the forward pass over the window."""
     torch.manual_seed(0)
-    cfg = preset("tiny", pixels=pixels, context=16)
+    cfg = preset("tiny", pixels=pixels, context=16, relation_readout=relations)
     m = TrajectoryModel(cfg).eval()
     B, T = 3, 6
     b = _batch(B, T, cfg)
@@ -559,3 +559,34 @@ def test_the_trajectory_token_reads_how_far_the_objects_moved_and_the_policy_doe
     assert cfg.moved_readout and not ModelConfig.from_json(old).moved_readout
     assert "entity_enc.moved.weight" in m.state_dict()
     assert "entity_enc.moved.weight" not in TrajectoryModel(ModelConfig.from_json(old)).state_dict()
+
+
+def test_relation_features_are_displacement_along_the_asked_direction_and_distances():
+    from embodied.model import relation_features
+
+    moved = torch.tensor([[0.3, 0.0], [0.0, 0.0], [0.0, -0.2]]).view(1, 1, 3, 2)
+    where = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]]).view(1, 1, 3, 2)
+    right = torch.tensor([1.0, 0.0]).expand(1, 1, 3, 2)
+    f = relation_features(moved, where, right)[0, 0]
+    assert f.shape == (3 * 3 + 3,)
+    torch.testing.assert_close(f[:3], torch.tensor([0.3, 0.0, 0.0]))  # along "right": only the first moved that way
+    torch.testing.assert_close(f[3:6], torch.tensor([0.0, 0.0, 0.2]))  # across it: the third moved down, sideways to right
+    torch.testing.assert_close(f[6:9], torch.tensor([5.0, 1.0, 18.0 ** 0.5]))  # pairs (0,1) (0,2) (1,2)
+    torch.testing.assert_close(f[9:], torch.tensor([0.0, 5.0, 1.0]))
+    left = relation_features(moved, where, -right)[0, 0]
+    torch.testing.assert_close(left[:3], -f[:3])  # the same push, asked the other way, reads the other sign
+
+
+def test_the_relation_readout_is_opt_in_and_old_configs_load_without_it():
+    torch.manual_seed(0)
+    cfg = preset("tiny", relation_readout=True)
+    m = TrajectoryModel(cfg)
+    assert "entity_enc.relations.weight" in m.state_dict() and "entity_enc.direction.weight" in m.state_dict()
+    assert "entity_enc.relations.weight" not in TrajectoryModel(preset("tiny")).state_dict()
+    assert not ModelConfig.from_json({k: v for k, v in cfg.to_json().items() if k != "relation_readout"}).relation_readout
+    with pytest.raises(ConfigError, match="moved_readout"):
+        preset("tiny", relation_readout=True, moved_readout=False)
+    b, goal = _batch(2, 5, cfg), torch.randn(2, cfg.goal_dim)
+    loss, _ = m.loss(b, goal)
+    loss.backward()
+    assert m.entity_enc.direction.weight.grad is not None and m.entity_enc.direction.weight.grad.abs().sum() > 0
