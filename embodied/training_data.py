@@ -134,8 +134,10 @@ class InstructionContrast:
     something else, and learns only that what the new instruction asks is not done there: success 0 on every frame.
     Its action, reward and cost targets are masked, since they depend on what is asked and the store knows them only
     for the episode's own instruction; its next-state target stays, since the physics does not read the instruction.
-    Half of the swaps keep the target object and change the direction or zone (the near miss: pushed the right cube
-    the wrong way), the rest name another task of the family. Two instructions that parse to the same task
+    A swap keeps the target object and changes the direction or zone where the family has one (the near miss: pushed
+    the right cube the wrong way); only reach, which has neither, names another object. (Naming another object in a
+    push family asks about one the scene may not hold, which the instruction's attention cannot tell from the one it
+    holds: with half of the swaps so, the head grew unsure of true pushes.) Two instructions that parse to the same task
     (paraphrases) are never each other's contrast, and an instruction the parser does not know is never swapped.
 
     Why: trained on episodes under their own instructions only, the success head barely read the direction it was
@@ -170,10 +172,10 @@ class InstructionContrast:
         rng = np.random.default_rng([self.seed, k, 0xC0])
         idx = batch[specs.INSTRUCTION].cpu().numpy()
         n = len(idx)
-        pick, near, u = rng.random(n) < self.rate, rng.random(n) < 0.5, rng.random(n)
+        pick, u = rng.random(n) < self.rate, rng.random(n)
         new, swapped = idx.copy(), np.zeros(n, dtype=bool)
         for b in np.flatnonzero(pick):
-            options = self.near[idx[b]] if near[b] and self.near[idx[b]] else self.far[idx[b]]
+            options = self.near[idx[b]] or self.far[idx[b]]
             if options:
                 new[b], swapped[b] = options[int(u[b] * len(options))], True
         dev = batch[specs.INSTRUCTION].device
