@@ -82,6 +82,24 @@ def test_full_adaptation_reduces_the_loss_on_the_demos_and_records_its_spend(tin
     assert not torch.equal(model.blocks[0].attn.qkv.weight, base.blocks[0].attn.qkv.weight)
 
 
+def test_adapt_contrast_swaps_instructions_of_the_demos(tiny_run, demos, tmp_path):
+    """--contrast reaches the adaptation's batches: the same seed with and without it trains different weights."""
+    from dataclasses import replace
+
+    from embodied.datasets import EpisodeStore
+    from embodied.envs.instructions import parse_instruction
+    from embodied.training_data import InstructionContrast
+
+    sampler_instructions = sorted({m["instruction"] for m in EpisodeStore.open(demos).metas()})
+    assert any(InstructionContrast(sampler_instructions, 0.5, 0).far), [parse_instruction(t) for t in sampler_instructions]
+    plain = _adapt(tiny_run, demos, tmp_path / "plain", "full", replace(FAST, seed=4))
+    swapped = _adapt(tiny_run, demos, tmp_path / "swapped", "full", replace(FAST, seed=4, contrast=0.5))
+    assert json.loads((tmp_path / "swapped" / ADAPT_JSON).read_text())["settings"]["contrast"] == 0.5
+    a, b = load_model(tmp_path / "plain")[0], load_model(tmp_path / "swapped")[0]
+    assert not torch.equal(a.outcome_head.weight, b.outcome_head.weight)
+    assert plain["spend"]["gradient_steps"] == swapped["spend"]["gradient_steps"]
+
+
 def test_adapt_shows_its_steps_and_loss_as_it_goes(tiny_run, demos, tmp_path, capsys):
     from embodied.adapt_data import adapt_from_stores
 
