@@ -212,7 +212,7 @@ def wrong_instruction_metrics(reward_model: Any, episodes: list[dict[str, Any]],
     for k, e in enumerate(solved):
         text = wrong_instruction(e["instruction"], k)
         if text is not None:
-            wrong.append({**e, "instruction": text, "family": e["env_id"]})
+            wrong.append({**e, "instruction": text})
     score_episodes(reward_model, wrong)
 
     def summary(own: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:

@@ -706,8 +706,8 @@ class TrainConfig:
     believe solved pushes (0.03-0.08 -> 0.86-0.92) but ranks whole episodes' learned returns worse (BENCHMARKS.md)."""
     contrast: float = 0.0
     """--contrast F: fraction of windows shown under another instruction of their task family (the same object in
-    another direction or zone, or another task), where they teach the success head "not solved" and nothing else, so it
-    reads what it is asked (embodied.training_data.InstructionContrast); 0 = off."""
+    another direction or zone; for reach, another object), where they teach the success head "not solved" and nothing
+    else, so it reads what it is asked (embodied.training_data.InstructionContrast); 0 = off."""
     seed: int = 0
     """Seed of the weights and of the sampler."""
 

@@ -57,6 +57,9 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     keys = MODEL_KEYS + ((specs.PIXELS,) if pixels else ()) + ((specs.EXPERT_ACTION,) if labels else ()) + ((specs.COST_BY_TERM,) if by_term else ())
     base = preset(run.preset)
     entities = base.obs_encoder == "entities" and run.state != "proprio"  # "proprio" hides the entities
+    if run.relations and not entities:
+        raise ConfigError("--relations reads the entity attention over the state's objects and zones, which --state proprio "
+                          "hides; drop one of them")
     encoder = with_tokens(run.encoder, base.lang_tokens if entities else 0)  # only entity queries read the tokens
     key, vectors = ensure_embeddings(list(run.data), encoder, compute=True)
     tokens = split_tokens(encoder)[1]

@@ -217,3 +217,14 @@ def test_demo_train_step_trains_with_pixels_then_reuses(tmp_path, capsys):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {x["split"] for x in lines} == {"train", "eval"} and all("step" in x for x in lines)
     assert any("action_nll" in x for x in lines if x["split"] == "eval") and any("loss" in x for x in lines if x["split"] == "train")
+
+
+def test_contrast_and_relations_refuse_bad_settings(reach_store, tmp_path, capsys):
+    from embodied.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--state proprio"):
+        train_from_stores(_run(reach_store, tmp_path / "r", relations=True, state="proprio"), _cfg(), progress=False)
+    assert main(["train", "--data", reach_store, "--contrast", "1.5", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--contrast must be in [0, 1)" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
