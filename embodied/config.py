@@ -801,6 +801,12 @@ class RLConfig:
     """Environment steps of training."""
     ckpt: str | None = None
     """The reward model (a run or checkpoint folder); needed for --reward learned, and with --reward true it checks the policy for reward hacking."""
+    ensemble: tuple[str, ...] = ()
+    """More reward models (run or checkpoint folders, e.g. the same recipe with other seeds) scored beside --ckpt: the
+    learned reward is their mean, less --disagreement times their spread."""
+    disagreement: float = 0.0
+    """With --ensemble: the weight of the models' disagreement (standard deviation of their rewards, in the env's reward
+    units) subtracted from the mean reward, so the policy avoids the states where the reward models do not agree."""
     out: str = "runs/rl"
     """Folder for rl.json (results, learning curve) and policy.safetensors."""
     episodes: int = 50

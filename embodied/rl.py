@@ -62,6 +62,10 @@ class RLSpec:
     algo: str = "ppo"
     steps: int = 100_000
     reward_ckpt: str | None = None
+    ensemble: tuple[str, ...] = ()
+    """More reward models scored beside ``reward_ckpt`` (:class:`embodied.policies.RewardEnsemble`)."""
+    disagreement: float = 0.0
+    """With ``ensemble``: the learned reward is the models' mean less this times their spread."""
     n_envs: int = 8
     episodes: int = 50
     seed: int = 0
@@ -437,8 +441,13 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
                           "--terminate-on-success, and >= 0")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
-    if spec.reward_ckpt and not Path(spec.reward_ckpt).exists():
-        raise ConfigError(f"no checkpoint at {spec.reward_ckpt}; train one with `embodied train --out {spec.reward_ckpt}`")
+    for ckpt in (spec.reward_ckpt, *spec.ensemble):
+        if ckpt and not Path(ckpt).exists():
+            raise ConfigError(f"no checkpoint at {ckpt}; train one with `embodied train --out {ckpt}`")
+    if spec.ensemble and (spec.reward != "learned" or not spec.reward_ckpt):
+        raise ConfigError("--ensemble adds reward models beside --ckpt: use it with --reward learned --ckpt runs/R")
+    if not spec.disagreement >= 0 or (spec.disagreement > 0 and not spec.ensemble):
+        raise ConfigError(f"--disagreement ({spec.disagreement}) weighs the spread of an ensemble: >= 0, with --ensemble runs/R2 ...")
     env = make(spec.env_id, **spec.env_kwargs())
     try:
         FixedTask(env, spec.instruction)  # a malformed instruction or the wrong task family fails here
@@ -579,9 +588,10 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     algorithm.constrain(spec)
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if reward_model is None and spec.reward_ckpt:
-        from embodied.policies import RewardModel
+        from embodied.policies import RewardEnsemble, RewardModel
 
-        reward_model = RewardModel.load(spec.reward_ckpt, device=device)
+        reward_model = (RewardEnsemble.load([spec.reward_ckpt, *spec.ensemble], spec.disagreement, device=device) if spec.ensemble
+                        else RewardModel.load(spec.reward_ckpt, device=device))
     if reward_model is not None:
         if reward_model.model.cfg.pixels:
             raise ConfigError(f"{spec.reward_ckpt} scores pixels; `embodied rl` runs state-only envs: use a state-only model")

@@ -4,9 +4,9 @@ function, the planner, and the safety filters."""
 from .dynamics import Context, DynamicsModel, Imagined, policy_context, stack_contexts
 from .foundation import FoundationPolicy, Policy
 from .planner import PLANNERS, PlannerPolicy, register_planner
-from .reward import LearnedReward, RewardModel, Score
+from .reward import LearnedReward, RewardEnsemble, RewardModel, Score
 from .safety import CandidateFilter, CostPredictor, FilterConfig, ModelCostPredictor, NoFilter, SafetyFilter
 
 __all__ = ["CandidateFilter", "Context", "CostPredictor", "DynamicsModel", "FilterConfig", "FoundationPolicy", "Imagined", "LearnedReward",
-           "ModelCostPredictor", "NoFilter", "PLANNERS", "PlannerPolicy", "Policy", "RewardModel", "SafetyFilter", "Score", "policy_context",
+           "ModelCostPredictor", "NoFilter", "PLANNERS", "PlannerPolicy", "Policy", "RewardEnsemble", "RewardModel", "SafetyFilter", "Score", "policy_context",
            "register_planner", "stack_contexts"]

@@ -229,6 +229,90 @@ class RewardModel:
         }
 
 
+@dataclass
+class EnsembleContext:
+    """The running state of one trajectory (or B in lockstep) under every member of a :class:`RewardEnsemble`."""
+
+    members: list[RewardContext]
+    """One context per member, in the ensemble's order."""
+
+    @property
+    def t(self) -> int:
+        return self.members[0].t
+
+
+class RewardEnsemble:
+    """Several reward models (seeds or data of one recipe) scored in lockstep: their mean, less their disagreement.
+
+    Each step's ``reward`` is the members' mean minus ``disagreement`` x their standard deviation (both in the env's
+    reward units); ``success`` and ``cost`` are the members' mean probabilities. ``reward_spread`` and
+    ``success_spread`` (the members' standard deviations) come with them. A policy trained on one model's reward finds
+    the states that model wrongly believes good; models trained apart err apart there, so their spread marks the
+    states where the reward does not know, and the penalty steers away from them (the idea of ensemble-penalised
+    model-based RL, MOPO and MOReL). :class:`~embodied.policies.vec_reward.VecLearnedReward` and
+    :class:`LearnedReward` take an ensemble wherever they take a :class:`RewardModel`.
+    """
+
+    def __init__(self, members: Sequence[RewardModel], disagreement: float = 0.0) -> None:
+        """``members``: two or more models of one state and action layout; ``disagreement`` >= 0 weighs the penalty."""
+        if len(members) < 2:
+            raise ConfigError(f"an ensemble needs at least two reward models, got {len(members)}")
+        if not disagreement >= 0:
+            raise ConfigError(f"the disagreement penalty must be >= 0, got {disagreement}")
+        first = members[0].model.cfg
+        for m in members[1:]:
+            c = m.model.cfg
+            if (c.state_dim, c.action_dim, c.pixels) != (first.state_dim, first.action_dim, first.pixels):
+                raise ConfigError("the ensemble's reward models see different states, actions or pixels; train them on one recipe")
+        self.members = list(members)
+        self.disagreement = float(disagreement)
+        self.model = members[0].model
+        """The first member's model (what callers read the layout from)."""
+        self.device = members[0].device
+
+    @classmethod
+    def load(cls, paths: Sequence[str | os.PathLike[str]], disagreement: float = 0.0, device: str | None = None,
+             encoder: str | None = None) -> "RewardEnsemble":
+        """Each member from its checkpoint or run folder (see :meth:`RewardModel.load`)."""
+        return cls([RewardModel.load(p, device=device, encoder=encoder) for p in paths], disagreement)
+
+    def start(self, instructions: Sequence[str], state: np.ndarray, pixels: np.ndarray | None = None) -> EnsembleContext:
+        """:meth:`RewardModel.start` for every member."""
+        return EnsembleContext([m.start(instructions, state, pixels) for m in self.members])
+
+    def step(self, ctx: EnsembleContext, action: np.ndarray, next_state: np.ndarray | None = None,
+             next_pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`RewardModel.step` for every member, combined (see the class doc)."""
+        return self._combine([m.step(c, action, next_state, next_pixels) for m, c in zip(self.members, ctx.members)])
+
+    def step_each(self, contexts: Sequence[EnsembleContext], action: np.ndarray, next_state: np.ndarray,
+                  observe: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`RewardModel.step_each` for every member, combined (see the class doc)."""
+        return self._combine([m.step_each([c.members[i] for c in contexts], action, next_state, observe)
+                              for i, m in enumerate(self.members)])
+
+    def score(self, observations: Any, actions: np.ndarray, instruction: str) -> Score:
+        """:meth:`RewardModel.score` by every member, combined (see the class doc)."""
+        return self.score_batch([(observations, actions, instruction)])[0]
+
+    def score_batch(self, trajectories: Sequence[tuple[Any, np.ndarray, str]]) -> list[Score]:
+        """:meth:`RewardModel.score_batch` by every member, combined per trajectory (see the class doc)."""
+        out = []
+        for scores in zip(*(m.score_batch(trajectories) for m in self.members)):
+            c = self._combine([{"reward": s.reward, "success": s.success, "cost": s.cost} for s in scores])
+            out.append(Score(reward=c["reward"], success=c["success"], cost=c["cost"]))
+        return out
+
+    def _combine(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        r = np.stack([o["reward"] for o in outs])  # (M, B)
+        p = np.stack([o["success"] for o in outs])
+        spread = r.std(0)
+        return {"reward": (r.mean(0) - self.disagreement * spread).astype(np.float32),
+                "success": p.mean(0).astype(np.float32),
+                "cost": np.stack([o["cost"] for o in outs]).mean(0).astype(np.float32),
+                "reward_spread": spread.astype(np.float32), "success_spread": p.std(0).astype(np.float32)}
+
+
 def _shared_cache(contexts: list[RewardContext]) -> KVCache:
     """The rows' caches stacked along the batch: the batched cache they are views of when they are all of it, in order."""
     first = contexts[0].shared
@@ -276,7 +360,7 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     With ``success_bonus`` as well, the reward settles the success (:func:`settle_success`).
     """
 
-    def __init__(self, env: gym.Env, reward_model: RewardModel, instruction: str | None = None,
+    def __init__(self, env: gym.Env, reward_model: "RewardModel | RewardEnsemble", instruction: str | None = None,
                  end_on_success: float | None = None, success_bonus: float | None = None) -> None:
         """``instruction`` is what the reward asks for (default: each episode's own observation instruction);
         ``end_on_success`` a success probability in (0, 1) that ends the episode, or None; ``success_bonus`` see

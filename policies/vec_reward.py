@@ -37,10 +37,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from embodied import specs
 from embodied.errors import ConfigError
 
-from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, RewardContext, RewardModel, check_threshold, settle_success
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, EnsembleContext, RewardContext, RewardEnsemble, RewardModel, check_threshold, settle_success
 
 SCORE_STATE = "score_state"
 """``info`` key of :class:`RewardTap`: (S,) float32 raw state after the step (at reset: the first state)."""
+LEARNED_SPREAD = "learned_spread"
+"""``info`` key of :class:`VecLearnedReward` with a :class:`~embodied.policies.RewardEnsemble`: the standard deviation
+of its members' rewards of this step (env reward units)."""
 SCORE_ACTION = "score_action"
 """``info`` key of :class:`RewardTap`: (A,) float32 action as the tapped env took it."""
 
@@ -80,7 +83,7 @@ class VecLearnedReward(VecEnvWrapper):
     :func:`~embodied.policies.reward.settle_success`.
     """
 
-    def __init__(self, venv: VecEnv, reward_model: RewardModel, instruction: str, end_on_success: float | None = None,
+    def __init__(self, venv: VecEnv, reward_model: RewardModel | RewardEnsemble, instruction: str, end_on_success: float | None = None,
                  success_bonus: float | None = None) -> None:
         super().__init__(venv)
         check_threshold(end_on_success, success_bonus)
@@ -93,9 +96,9 @@ class VecLearnedReward(VecEnvWrapper):
         self.instruction = instruction
         self.end_on_success = end_on_success
         self.success_bonus = success_bonus
-        self._contexts: list[RewardContext] = []
+        self._contexts: list[RewardContext | EnsembleContext] = []
 
-    def _start(self, info: dict[str, Any]) -> RewardContext:
+    def _start(self, info: dict[str, Any]) -> RewardContext | EnsembleContext:
         if SCORE_STATE not in info:
             raise ConfigError("VecLearnedReward needs each env wrapped in RewardTap (no 'score_state' in the reset's info)")
         return self.reward_model.start([self.instruction], info[SCORE_STATE][None])
@@ -121,6 +124,8 @@ class VecLearnedReward(VecEnvWrapper):
         for i, info in enumerate(infos):
             info[LEARNED_SUCCESS] = float(out["success"][i])
             info[LEARNED_COST] = float(out["cost"][i])
+            if "reward_spread" in out:  # an ensemble's disagreement on this step's reward
+                info[LEARNED_SPREAD] = float(out["reward_spread"][i])
             if dones[i]:
                 self._contexts[i] = self._start(self.venv.reset_infos[i])
             elif self.end_on_success is not None and out["success"][i] > self.end_on_success:

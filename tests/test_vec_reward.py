@@ -11,7 +11,7 @@ from embodied.config import preset
 from embodied.envs import FixedTask, StateOnly, make
 from embodied.errors import ConfigError
 from embodied.model import TrajectoryModel
-from embodied.policies import LearnedReward, RewardModel
+from embodied.policies import LearnedReward, RewardEnsemble, RewardModel
 from embodied.policies.reward import settle_success
 from embodied.policies.vec_reward import RewardTap, VecLearnedReward
 from conftest import fake_encode
@@ -188,3 +188,56 @@ def test_step_after_step_each_is_not_undone_by_the_next_batch(reward_model):
         else:
             got = reward_model.step_each(mixed, a, s)["reward"]
         np.testing.assert_allclose(got, np.concatenate([w["reward"] for w in want]), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- ensembles
+@pytest.fixture(scope="module")
+def second_model():
+    """Another random reward model of the same layout: its rewards differ from ``reward_model``'s."""
+    torch.manual_seed(2)
+    model = TrajectoryModel(preset("tiny", context=8))
+    for p in model.outcome_head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    model.set_normalizer(torch.zeros(model.cfg.state_dim), torch.ones(model.cfg.state_dim), reward_mean=0.5, reward_std=3.0)
+    return RewardModel(model, fake_encode, device="cpu")
+
+
+def test_ensemble_reward_is_the_members_mean_less_their_spread(reward_model, second_model):
+    n, lengths, k = 3, [5, 12, 7], 0.7
+    members = [VecLearnedReward(_venv(RewardTap, n, lengths), m, INSTRUCTION) for m in (reward_model, second_model)]
+    both = VecLearnedReward(_venv(RewardTap, n, lengths), RewardEnsemble([reward_model, second_model], disagreement=k), INSTRUCTION)
+    for v in (*members, both):
+        v.reset()
+    rng = np.random.default_rng(3)
+    spread_seen = 0.0
+    for _ in range(20):
+        a = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+        outs = []
+        for v in (*members, both):
+            v.step_async(a)
+            outs.append(v.step_wait())
+        (_, r0, d0, i0), (_, r1, _, i1), (_, r, d, info) = outs
+        np.testing.assert_array_equal(d, d0)
+        pair = np.stack([r0, r1])
+        np.testing.assert_allclose(r, pair.mean(0) - k * pair.std(0), atol=1e-4)  # the same penalty term cancels in the spread
+        for a_i, b_i, e_i in zip(i0, i1, info):
+            assert e_i["learned_success"] == pytest.approx((a_i["learned_success"] + b_i["learned_success"]) / 2, abs=1e-5)
+        np.testing.assert_allclose([e["learned_spread"] for e in info], pair.std(0), atol=1e-4)
+        spread_seen = max(spread_seen, float(pair.std(0).max()))
+    assert spread_seen > 0.1  # the two models disagree, so the penalty did something
+
+
+def test_ensemble_of_one_model_twice_is_that_model(reward_model):
+    trajectory = (np.random.default_rng(4).normal(size=(7, reward_model.model.cfg.state_dim)).astype(np.float32),
+                  np.random.default_rng(5).uniform(-1, 1, (6, 2)).astype(np.float32), INSTRUCTION)
+    solo = reward_model.score(*trajectory)
+    twice = RewardEnsemble([reward_model, reward_model], disagreement=5.0).score(*trajectory)
+    for f in ("reward", "success", "cost"):
+        np.testing.assert_allclose(getattr(twice, f), getattr(solo, f), atol=1e-5)
+
+
+def test_ensemble_refuses_one_member_and_a_negative_penalty(reward_model, second_model):
+    with pytest.raises(ConfigError, match="at least two"):
+        RewardEnsemble([reward_model])
+    with pytest.raises(ConfigError, match=">= 0"):
+        RewardEnsemble([reward_model, second_model], disagreement=-1.0)
