@@ -236,10 +236,6 @@ class EnsembleContext:
     members: list[RewardContext]
     """One context per member, in the ensemble's order."""
 
-    @property
-    def t(self) -> int:
-        return self.members[0].t
-
 
 class RewardEnsemble:
     """Several reward models (seeds or data of one recipe) scored in lockstep: their mean, less their disagreement.
