@@ -241,8 +241,8 @@ class RewardEnsemble:
     """Several reward models (seeds or data of one recipe) scored in lockstep: their mean, less their disagreement.
 
     Each step's ``reward`` is the members' mean minus ``disagreement`` x their standard deviation (both in the env's
-    reward units); ``success`` and ``cost`` are the members' mean probabilities. ``reward_spread`` and
-    ``success_spread`` (the members' standard deviations) come with them. A policy trained on one model's reward finds
+    reward units); ``success`` and ``cost`` are the members' mean probabilities. ``reward_spread`` (the members'
+    standard deviation) comes with them. A policy trained on one model's reward finds
     the states that model wrongly believes good; models trained apart err apart there, so their spread marks the
     states where the reward does not know, and the penalty steers away from them (the idea of ensemble-penalised
     model-based RL, MOPO and MOReL). :class:`~embodied.policies.vec_reward.VecLearnedReward` and
@@ -301,12 +301,11 @@ class RewardEnsemble:
 
     def _combine(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         r = np.stack([o["reward"] for o in outs])  # (M, B)
-        p = np.stack([o["success"] for o in outs])
         spread = r.std(0)
         return {"reward": (r.mean(0) - self.disagreement * spread).astype(np.float32),
-                "success": p.mean(0).astype(np.float32),
+                "success": np.stack([o["success"] for o in outs]).mean(0).astype(np.float32),
                 "cost": np.stack([o["cost"] for o in outs]).mean(0).astype(np.float32),
-                "reward_spread": spread.astype(np.float32), "success_spread": p.std(0).astype(np.float32)}
+                "reward_spread": spread.astype(np.float32)}
 
 
 def _shared_cache(contexts: list[RewardContext]) -> KVCache:
