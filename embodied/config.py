@@ -807,6 +807,10 @@ class RLConfig:
     disagreement: float = 0.0
     """With --ensemble: the weight of the models' disagreement (standard deviation of their rewards, in the env's reward
     units) subtracted from the mean reward, so the policy avoids the states where the reward models do not agree."""
+    success_disagreement: float = 0.0
+    """With --ensemble: the weight of the models' disagreement on the success probability (its standard deviation)
+    subtracted from their mean; 1 with two models takes the lower of their probabilities, so a success only one model
+    believes in neither ends the episode (--terminate-on-success) nor pays --success-bonus."""
     out: str = "runs/rl"
     """Folder for rl.json (results, learning curve) and policy.safetensors."""
     episodes: int = 50

@@ -66,6 +66,8 @@ class RLSpec:
     """More reward models scored beside ``reward_ckpt`` (:class:`embodied.policies.RewardEnsemble`)."""
     disagreement: float = 0.0
     """With ``ensemble``: the learned reward is the models' mean less this times their spread."""
+    success_disagreement: float = 0.0
+    """With ``ensemble``: the learned success probability is the models' mean less this times their spread."""
     n_envs: int = 8
     episodes: int = 50
     seed: int = 0
@@ -446,8 +448,9 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
             raise ConfigError(f"no checkpoint at {ckpt}; train one with `embodied train --out {ckpt}`")
     if spec.ensemble and (spec.reward != "learned" or not spec.reward_ckpt):
         raise ConfigError("--ensemble adds reward models beside --ckpt: use it with --reward learned --ckpt runs/R")
-    if not spec.disagreement >= 0 or (spec.disagreement > 0 and not spec.ensemble):
-        raise ConfigError(f"--disagreement ({spec.disagreement}) weighs the spread of an ensemble: >= 0, with --ensemble runs/R2 ...")
+    for flag, k in (("--disagreement", spec.disagreement), ("--success-disagreement", spec.success_disagreement)):
+        if not k >= 0 or (k > 0 and not spec.ensemble):
+            raise ConfigError(f"{flag} ({k}) weighs the spread of an ensemble: >= 0, with --ensemble runs/R2 ...")
     env = make(spec.env_id, **spec.env_kwargs())
     try:
         FixedTask(env, spec.instruction)  # a malformed instruction or the wrong task family fails here
@@ -590,7 +593,8 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     if reward_model is None and spec.reward_ckpt:
         from embodied.policies import RewardEnsemble, RewardModel
 
-        reward_model = (RewardEnsemble.load([spec.reward_ckpt, *spec.ensemble], spec.disagreement, device=device) if spec.ensemble
+        reward_model = (RewardEnsemble.load([spec.reward_ckpt, *spec.ensemble], spec.disagreement, device=device,
+                                                           success_disagreement=spec.success_disagreement) if spec.ensemble
                         else RewardModel.load(spec.reward_ckpt, device=device))
     if reward_model is not None:
         if reward_model.model.cfg.pixels:

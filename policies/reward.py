@@ -241,20 +241,24 @@ class RewardEnsemble:
     """Several reward models (seeds or data of one recipe) scored in lockstep: their mean, less their disagreement.
 
     Each step's ``reward`` is the members' mean minus ``disagreement`` x their standard deviation (both in the env's
-    reward units); ``success`` and ``cost`` are the members' mean probabilities. ``reward_spread`` (the members'
-    standard deviation) comes with them. A policy trained on one model's reward finds
+    reward units); ``success`` is the members' mean probability minus ``success_disagreement`` x its standard deviation
+    (clipped to [0, 1]: with two members and 1, the lower of their two probabilities), so a success only one model
+    believes in neither ends an episode nor pays its bonus; ``cost`` is the members' mean probability. ``reward_spread``
+    (the members' standard deviation of reward) comes with them. A policy trained on one model's reward finds
     the states that model wrongly believes good; models trained apart err apart there, so their spread marks the
     states where the reward does not know, and the penalty steers away from them (the idea of ensemble-penalised
     model-based RL, MOPO and MOReL). :class:`~embodied.policies.vec_reward.VecLearnedReward` and
     :class:`LearnedReward` take an ensemble wherever they take a :class:`RewardModel`.
     """
 
-    def __init__(self, members: Sequence[RewardModel], disagreement: float = 0.0) -> None:
-        """``members``: two or more models of one state and action layout; ``disagreement`` >= 0 weighs the penalty."""
+    def __init__(self, members: Sequence[RewardModel], disagreement: float = 0.0, success_disagreement: float = 0.0) -> None:
+        """``members``: two or more models of one state and action layout; ``disagreement`` >= 0 and
+        ``success_disagreement`` >= 0 weigh the penalties on reward and on success probability."""
         if len(members) < 2:
             raise ConfigError(f"an ensemble needs at least two reward models, got {len(members)}")
-        if not disagreement >= 0:
-            raise ConfigError(f"the disagreement penalty must be >= 0, got {disagreement}")
+        for name, k in (("disagreement", disagreement), ("success disagreement", success_disagreement)):
+            if not k >= 0:
+                raise ConfigError(f"the {name} penalty must be >= 0, got {k}")
         first = members[0].model.cfg
         for m in members[1:]:
             c = m.model.cfg
@@ -262,15 +266,16 @@ class RewardEnsemble:
                 raise ConfigError("the ensemble's reward models see different states, actions or pixels; train them on one recipe")
         self.members = list(members)
         self.disagreement = float(disagreement)
+        self.success_disagreement = float(success_disagreement)
         self.model = members[0].model
         """The first member's model (what callers read the layout from)."""
         self.device = members[0].device
 
     @classmethod
     def load(cls, paths: Sequence[str | os.PathLike[str]], disagreement: float = 0.0, device: str | None = None,
-             encoder: str | None = None) -> "RewardEnsemble":
+             encoder: str | None = None, success_disagreement: float = 0.0) -> "RewardEnsemble":
         """Each member from its checkpoint or run folder (see :meth:`RewardModel.load`)."""
-        return cls([RewardModel.load(p, device=device, encoder=encoder) for p in paths], disagreement)
+        return cls([RewardModel.load(p, device=device, encoder=encoder) for p in paths], disagreement, success_disagreement)
 
     def start(self, instructions: Sequence[str], state: np.ndarray, pixels: np.ndarray | None = None) -> EnsembleContext:
         """:meth:`RewardModel.start` for every member."""
@@ -302,8 +307,9 @@ class RewardEnsemble:
     def _combine(self, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         r = np.stack([o["reward"] for o in outs])  # (M, B)
         spread = r.std(0)
+        p = np.stack([o["success"] for o in outs])  # (M, B)
         return {"reward": (r.mean(0) - self.disagreement * spread).astype(np.float32),
-                "success": np.stack([o["success"] for o in outs]).mean(0).astype(np.float32),
+                "success": np.clip(p.mean(0) - self.success_disagreement * p.std(0), 0.0, 1.0).astype(np.float32),
                 "cost": np.stack([o["cost"] for o in outs]).mean(0).astype(np.float32),
                 "reward_spread": spread.astype(np.float32)}
 

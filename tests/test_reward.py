@@ -251,6 +251,8 @@ def test_bench_reward_end_to_end_reports_every_measure(tiny_run):
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--disagreement", "1"], "--disagreement"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
+          "--success-disagreement", "1"], "--success-disagreement"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--ensemble", "nowhere/r2"], "no checkpoint at nowhere/r2"),
     ],
 )
@@ -267,12 +269,13 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path, ensemble):
     from embodied.cli import main
 
     out = tmp_path / "rl"
-    extra = ["--ensemble", str(tiny_run), "--disagreement", "1.5"] if ensemble else []  # the model twice: no spread, same run
+    extra = ["--ensemble", str(tiny_run), "--disagreement", "1.5", "--success-disagreement", "1"] if ensemble else []  # the model twice: no spread, same run
     assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "learned", "--ckpt", str(tiny_run),
                  "--algo", "ppo", "--steps", "300", "--envs", "2", "--episodes", "3", "--out", str(out), "--device", "cpu", *extra]) == 0
     r = json.loads((out / "rl.json").read_text())
     assert r["spec"]["reward"] == "learned" and r["eval"]["episodes"] == 3
     assert r["spec"]["ensemble"] == ([str(tiny_run)] if ensemble else []) and r["spec"]["disagreement"] == (1.5 if ensemble else 0.0)
+    assert r["spec"]["success_disagreement"] == (1.0 if ensemble else 0.0)
     lo, hi = r["eval"]["success_ci"]
     assert 0 <= lo <= r["eval"]["success"] <= hi <= 1
     assert r["reward_check"]["episodes"] == 3 and "hacking_episodes" in r["reward_check"]

@@ -203,13 +203,14 @@ def second_model():
 
 
 def test_ensemble_reward_is_the_members_mean_less_their_spread(reward_model, second_model):
-    n, lengths, k = 3, [5, 12, 7], 0.7
+    n, lengths, k = 3, [5, 12, 7], 0.7  # success_disagreement 1 with two members: the lower success probability
     members = [VecLearnedReward(_venv(RewardTap, n, lengths), m, INSTRUCTION) for m in (reward_model, second_model)]
-    both = VecLearnedReward(_venv(RewardTap, n, lengths), RewardEnsemble([reward_model, second_model], disagreement=k), INSTRUCTION)
+    both = VecLearnedReward(_venv(RewardTap, n, lengths), RewardEnsemble([reward_model, second_model], disagreement=k,
+                                                                                    success_disagreement=1.0), INSTRUCTION)
     for v in (*members, both):
         v.reset()
     rng = np.random.default_rng(3)
-    spread_seen = 0.0
+    spread_seen = success_gap = 0.0
     for _ in range(20):
         a = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
         outs = []
@@ -221,10 +222,21 @@ def test_ensemble_reward_is_the_members_mean_less_their_spread(reward_model, sec
         pair = np.stack([r0, r1])
         np.testing.assert_allclose(r, pair.mean(0) - k * pair.std(0), atol=1e-4)  # the same penalty term cancels in the spread
         for a_i, b_i, e_i in zip(i0, i1, info):
-            assert e_i["learned_success"] == pytest.approx((a_i["learned_success"] + b_i["learned_success"]) / 2, abs=1e-5)
+            assert e_i["learned_success"] == pytest.approx(min(a_i["learned_success"], b_i["learned_success"]), abs=1e-5)
+            success_gap = max(success_gap, abs(a_i["learned_success"] - b_i["learned_success"]))
         np.testing.assert_allclose([e["learned_spread"] for e in info], pair.std(0), atol=1e-4)
         spread_seen = max(spread_seen, float(pair.std(0).max()))
-    assert spread_seen > 0.1  # the two models disagree, so the penalty did something
+    assert spread_seen > 0.1 and success_gap > 0.01  # the two models disagree, so both penalties did something
+
+
+def test_ensemble_success_is_the_mean_less_its_spread_clipped(reward_model, second_model):
+    trajectory = (np.random.default_rng(6).normal(size=(9, reward_model.model.cfg.state_dim)).astype(np.float32),
+                  np.random.default_rng(7).uniform(-1, 1, (8, 2)).astype(np.float32), INSTRUCTION)
+    p = np.stack([m.score(*trajectory).success for m in (reward_model, second_model)])
+    for ks in (0.0, 0.5, 3.0):
+        got = RewardEnsemble([reward_model, second_model], success_disagreement=ks).score(*trajectory).success
+        np.testing.assert_allclose(got, np.clip(p.mean(0) - ks * p.std(0), 0, 1), atol=1e-5)
+        assert got.min() >= 0
 
 
 def test_ensemble_of_one_model_twice_is_that_model(reward_model):
@@ -241,3 +253,5 @@ def test_ensemble_refuses_one_member_and_a_negative_penalty(reward_model, second
         RewardEnsemble([reward_model])
     with pytest.raises(ConfigError, match=">= 0"):
         RewardEnsemble([reward_model, second_model], disagreement=-1.0)
+    with pytest.raises(ConfigError, match="success disagreement penalty must be >= 0"):
+        RewardEnsemble([reward_model, second_model], success_disagreement=-0.5)
