@@ -27,7 +27,7 @@ import numpy as np
 from embodied import specs
 from embodied.errors import ConfigError
 
-POLICIES = ("expert", "noisy:SIGMA", "random", "halt", "wander")
+POLICIES = ("expert", "noisy:SIGMA", "random", "halt", "wander", "astray")
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ class EpisodeJob:
 def parse_policy(spec: str) -> tuple[str, float]:
     """``"expert"`` -> ("expert", 0), ``"noisy:0.3"`` -> ("expert", 0.3), ``"random"`` -> ("random", 0),
     ``"halt"`` -> ("halt", 0) (the expert that stops at a random step: :class:`embodied.envs.HaltingExpert`),
-    ``"wander"`` -> ("wander", 0) (random commands held for 5 to 30 steps: :class:`embodied.envs.WanderPolicy`)."""
+    ``"wander"`` -> ("wander", 0) (random commands held for 5 to 30 steps: :class:`embodied.envs.WanderPolicy`),
+    ``"astray"`` -> ("astray", 0) (the expert of another direction or zone: :class:`embodied.envs.AstrayExpert`)."""
     kind, _, arg = spec.partition(":")
-    if kind in ("expert", "random", "halt", "wander") and not arg:
+    if kind in ("expert", "random", "halt", "wander", "astray") and not arg:
         return kind, 0.0
     if kind == "noisy":
         try:
@@ -64,9 +65,11 @@ def parse_policy(spec: str) -> tuple[str, float]:
 
 
 def _make_policy(env: Any, spec: str, seed: int) -> Any:
-    from embodied.envs import HaltingExpert, RandomPolicy, ScriptedExpert, WanderPolicy
+    from embodied.envs import AstrayExpert, HaltingExpert, RandomPolicy, ScriptedExpert, WanderPolicy
 
     kind, sigma = parse_policy(spec)
+    if kind == "astray":
+        return AstrayExpert(env, seed=seed)
     if kind == "random":
         return RandomPolicy(env.action_space, seed=seed)
     if kind == "wander":
@@ -285,7 +288,9 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
     from embodied.envs import entry
 
     for env_id in spec.env_ids:
-        entry(env_id)  # unknown ids fail before any work
+        family = {**entry(env_id).kwargs, **dict(spec.env_kwargs)}.get("family")  # unknown ids fail before any work
+        if parse_policy(spec.policy)[0] == "astray" and family not in ("push_dir", "push_zone"):
+            raise ConfigError(f"policy 'astray' pushes the named object another way: {env_id} is a {family} env; use it on push_dir or push_zone envs")
     parse_policy(spec.policy)
     if spec.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {spec.episodes}")

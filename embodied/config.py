@@ -376,7 +376,8 @@ class CollectConfig:
     """Episodes to record (added to what --append finds)."""
     policy: str = "expert"
     """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale), random, halt (the expert stalls at a
-    random step) or wander (random commands held for 5 to 30 steps: across the table, into its edges)."""
+    random step), wander (random commands held for 5 to 30 steps: across the table, into its edges) or astray (the
+    expert of another direction or zone: the named object pushed cleanly the wrong way; push families)."""
     out: str = "data/episodes.zarr"
     """The episode store to write (a folder or an fsspec URL)."""
     pixels: int | None = None

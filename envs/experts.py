@@ -101,6 +101,39 @@ class HaltingExpert(ScriptedExpert):
         return super().predict(observation, deterministic=deterministic)
 
 
+class AstrayExpert(ScriptedExpert):
+    """The expert of another task: each episode it pushes the named object the way another instruction of the same
+    family would (another direction or zone, drawn per episode), so the episode, scored under its own instruction, fails.
+
+    The failure that matters most to a reward model of language: the right object pushed well, the wrong way. A model
+    that never saw it reads any clean push as success whatever direction was asked (a learned reward then paid PPO
+    for pushing the red cube left when asked to push it right: BENCHMARKS.md, issue 6). Needs a family with
+    directions or zones (push_dir, push_zone).
+    """
+
+    def reset(self) -> None:
+        """Forget the noise state and this episode's other goal (drawn from the env at the episode's first step)."""
+        super().reset()
+        self.goal: Any = None
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
+        """The expert's action for this episode's other goal."""
+        if episode_start is not None and np.any(episode_start):
+            self.reset()
+        if getattr(self, "goal", None) is None:
+            self.goal = self.env.other_goal(self.rng)
+            if self.goal is None:
+                raise ValueError(f"the {self.env.family.name} family asks for nothing else of its object: "
+                                 "the astray expert needs push_dir or push_zone")
+        return _like(observation, self.env.expert_action(self.goal)), None
+
+
 class RandomPolicy:
     """Uniform random actions, with the same ``predict`` protocol as the experts."""
 

@@ -35,7 +35,7 @@ from .constraints import COST_TERMS, Constraint, Fragile, KeepOut, SpeedLimit, W
 from .embodiments import EMBODIMENTS, make_embodiment
 from .layouts import LAYOUTS, feasible, place_hazards
 from .scene import HAZARD_RADIUS, Physics, bind, build_spec, make_renderer, show_object
-from .tasks import FAMILY_REGISTRY, make_family, surface_gap
+from .tasks import FAMILY_REGISTRY, Goal, make_family, surface_gap
 
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.;:'!?-()"
 INSTRUCTION_MAX_LEN = 200
@@ -437,9 +437,21 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         return obs
 
     # ------------------------------------------------------------------ experts and rendering
-    def expert_action(self) -> np.ndarray:
-        """The scripted expert's noiseless action for the current state, in this env's action space."""
-        d, g = self.data, self.goal
+    def other_goal(self, rng: np.random.Generator) -> Goal | None:
+        """Another goal this episode's family could have asked of the same target object (another direction or zone),
+        drawn with ``rng``; None where the family has no other (reach)."""
+        zones = np.array([self.data.mocap_pos[i][:2] for i in self.h.zone_mocap])
+        own = (self.goal.direction, self.goal.zone)
+        for _ in range(100):
+            g = self.family.choose_goal(rng, self.goal.target, self._obj_start, zones)
+            if (g.direction, g.zone) != own:
+                return g
+        return None
+
+    def expert_action(self, goal: Goal | None = None) -> np.ndarray:
+        """The scripted expert's noiseless action for the current state, in this env's action space; ``goal``: the
+        expert of another goal for the same scene (default: this episode's)."""
+        d, g = self.data, goal or self.goal
         emb = self.embodiment
         ee = emb.ee_pos(d).copy()
         obj = d.qpos[self.h.obj_qpos[g.target, :2]]

@@ -148,7 +148,8 @@ def test_policies_parse_or_fail_clearly():
     assert parse_policy("random") == ("random", 0.0)
     assert parse_policy("halt") == ("halt", 0.0)
     assert parse_policy("wander") == ("wander", 0.0)
-    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", ""):
+    assert parse_policy("astray") == ("astray", 0.0)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", "astray:1", ""):
         with pytest.raises(ConfigError):
             parse_policy(bad)
 
@@ -157,6 +158,22 @@ def test_policies_parse_or_fail_clearly():
 def test_collection_and_evaluation_seeds_never_meet(base, number, n, offset):
     assert 0 <= specs.collection_seed(base, number) < specs.EVAL_SEED_START
     assert all(specs.EVAL_SEED_START <= s < 2**32 for s in specs.eval_seeds(n, offset))
+
+
+def test_astray_collection_pushes_and_fails_and_refuses_reach(tmp_path, capsys):
+    out = str(tmp_path / "a.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointPushDir-v0",), episodes=3, policy="astray", seed=5), progress=False)
+    with EpisodeStore.open(out) as s:
+        for i in range(3):
+            m, ep = s.meta(i), s.episode(i)
+            assert m["policy"] == "astray" and not ep["success"].any()
+            acted, expert = ep["action"][: m["steps"]], ep["expert_action"][: m["steps"]]
+            assert not np.allclose(acted, expert)  # it acts for another direction; the labels stay the true expert's
+            again = regenerate(m)
+            assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
+    assert main(["collect", "--env", "embodied/PointReach-v0", "--episodes", "2", "--out", str(tmp_path / "r.zarr"), "--policy", "astray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "push_dir or push_zone" in err, err
 
 
 def test_cli_collect_and_its_errors(tmp_path, capsys):

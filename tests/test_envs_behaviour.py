@@ -159,6 +159,43 @@ def test_noise_knob_yields_failures():
     env.close()
 
 
+@pytest.mark.parametrize("env_id", ["embodied/PointPushDir-v0", "embodied/PointPushZone-v0"])
+def test_astray_expert_pushes_the_named_object_for_another_goal(env_id):
+    env = envs.make(env_id)
+    astray = envs.AstrayExpert(env, seed=0)
+    u = env.unwrapped
+    goals, solved = set(), 0
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        astray.reset()
+        done, success = False, False
+        while not done:
+            action, _ = astray.predict(obs)
+            obs, _, terminated, truncated, info = env.step(action)
+            success |= bool(info["is_success"])
+            done = terminated or truncated
+        g, own = astray.goal, u.goal
+        assert g.target == own.target and (g.direction, g.zone) != (own.direction, own.zone)
+        goals.add((g.direction, g.zone))
+        obj = u.data.qpos[u._obj_qpos].reshape(-1, 2)[own.target]
+        moved = obj - u._obj_start[own.target]
+        assert np.linalg.norm(obj - g.point) < np.linalg.norm(u._obj_start[own.target] - g.point) - 0.05  # it went the other way
+        if own.direction:
+            assert float(moved @ np.asarray(envs.instructions.DIRECTIONS[own.direction])) < 0.05
+        solved += success
+    assert len(goals) >= 2
+    assert solved <= 1  # pushing to another zone may cross the asked one
+
+
+def test_astray_expert_refuses_a_family_with_no_other_goal():
+    env = envs.make("embodied/PointReach-v0")
+    obs, _ = env.reset(seed=0)
+    astray = envs.AstrayExpert(env, seed=0)
+    astray.reset()
+    with pytest.raises(ValueError, match="push_dir or push_zone"):
+        astray.predict(obs)
+
+
 def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episode():
     env = envs.make("embodied/PointPushDir-v0")
     halting = envs.HaltingExpert(env, horizon=env.spec.max_episode_steps, seed=0)
