@@ -287,11 +287,11 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
     from embodied.datasets.store import EpisodeStore, StoreError, default_features
     from embodied.envs import entry
 
+    kind = parse_policy(spec.policy)[0]
     for env_id in spec.env_ids:
         family = {**entry(env_id).kwargs, **dict(spec.env_kwargs)}.get("family")  # unknown ids fail before any work
-        if parse_policy(spec.policy)[0] == "astray" and family not in ("push_dir", "push_zone"):
+        if kind == "astray" and family not in ("push_dir", "push_zone"):
             raise ConfigError(f"policy 'astray' pushes the named object another way: {env_id} is a {family} env; use it on push_dir or push_zone envs")
-    parse_policy(spec.policy)
     if spec.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {spec.episodes}")
     if spec.pixels is not None and spec.pixels not in specs.PIXEL_SIZES:

@@ -111,10 +111,15 @@ class AstrayExpert(ScriptedExpert):
     directions or zones (push_dir, push_zone).
     """
 
+    def __init__(self, env: gym.Env, seed: int | None = None) -> None:
+        super().__init__(env, seed=seed)
+        self.goal: Any = None
+        """This episode's other goal (an ``embodied.envs.tasks.Goal``), drawn at its first step; None before."""
+
     def reset(self) -> None:
         """Forget the noise state and this episode's other goal (drawn from the env at the episode's first step)."""
         super().reset()
-        self.goal: Any = None
+        self.goal = None
 
     def predict(
         self,
@@ -126,7 +131,7 @@ class AstrayExpert(ScriptedExpert):
         """The expert's action for this episode's other goal."""
         if episode_start is not None and np.any(episode_start):
             self.reset()
-        if getattr(self, "goal", None) is None:
+        if self.goal is None:
             self.goal = self.env.other_goal(self.rng)
             if self.goal is None:
                 raise ValueError(f"the {self.env.family.name} family asks for nothing else of its object: "
