@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import textwrap
 import typing
 from dataclasses import asdict, dataclass, field, replace
@@ -592,6 +593,10 @@ class ModelConfig:
     a direction the instruction gives it, and the distances between the queries' entities and from the end effector,
     which decide push_dir and push_zone success (:class:`embodied.model.EntityEncoder`). Off by default so that
     checkpoints made before it load unchanged; ``embodied train --relations`` turns it on."""
+    success_bonus: float = 0.0
+    """What the data's reward pays on each solved step, left out of the reward head's target: the head learns the dense
+    rest (``reward - success_bonus x success``) and the model's reward is that plus ``success_bonus`` times its success
+    probability (:meth:`embodied.model.TrajectoryModel.expected_reward`). 0: the head learns the whole reward."""
     policy_history: bool = False
     """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
     (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
@@ -620,6 +625,8 @@ class ModelConfig:
             raise ConfigError(f"model lang_tokens must be >= 0, got {self.lang_tokens}")
         if self.relation_readout and not self.moved_readout:
             raise ConfigError("model relation_readout reads the displacements of moved_readout; turn moved_readout on with it")
+        if not (math.isfinite(self.success_bonus) and self.success_bonus >= 0):
+            raise ConfigError(f"model success_bonus must be a finite number >= 0, got {self.success_bonus}")
         if self.cost_terms not in (0, len(COST_TERMS)):
             raise ConfigError(f"model cost_terms must be 0 or {len(COST_TERMS)} (one per name in COST_TERMS), got {self.cost_terms}")
 
@@ -757,6 +764,10 @@ class TrainRunConfig:
     relations: bool = False
     """--relations: the model's relation readout (ModelConfig.relation_readout: displacement along the asked direction,
     distances between the named things), so its success head can read which direction or zone it is asked for."""
+    success_bonus: float = 0.0
+    """What the data's reward pays per solved step (the suite's envs: 10), learned apart: the reward head learns the rest,
+    the success head the bonus's share (ModelConfig.success_bonus); the bonus's spikes then no longer swamp the dense
+    terms in the reward head's loss and scale. 0: the reward head learns the whole reward."""
 
 
 @dataclass(frozen=True)
@@ -829,6 +840,10 @@ class RLConfig:
     """--reward learned --terminate-on-success: what the model's training data paid per solved step (the suite's envs:
     10). Each step's reward then leaves out the bonus the model expects (bonus x success probability), and the bonus is
     paid once, where the model's success ends the episode, so hovering just short of the threshold earns nothing."""
+    reward_ceiling: float | None = None
+    """With --success-bonus: the most a step's learned reward pays besides the bonus (the env's dense reward's bound; the
+    suite's envs: 0, their dense terms are penalties), so a reward head that expects more of the bonus than the success
+    head, just short of a success, does not pay a policy to hover there."""
     task_first: bool = True
     """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
     and the policy sees no instruction); --no-task-first: the scene's order."""

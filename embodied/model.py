@@ -546,6 +546,14 @@ class TrajectoryModel(nn.Module):
             out["term_logits"] = self.term_head(h)
         return out
 
+    def expected_reward(self, o: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`outcomes` -> the reward in the env's units (...,): the reward head's (denormalised) plus, when the head
+        learned the reward without the success bonus (``cfg.success_bonus``), that bonus times the success probability."""
+        r = o["reward"].float() * self.reward_stats[1] + self.reward_stats[0]
+        if self.cfg.success_bonus:
+            r = r + self.cfg.success_bonus * torch.sigmoid(o["success_logit"].float())
+        return r
+
     def decode_action(self, logits: torch.Tensor, sample: bool = False, temperature: float = 1.0) -> torch.Tensor:
         """Action logits (..., A, bins) -> actions (..., A): the most likely bin, or a sampled one."""
         if sample:
@@ -650,7 +658,8 @@ class TrajectoryModel(nn.Module):
             terms["latent"] = masked_mean(err, pm[:, 1:] & pm[:, :-1])
         # reward function: reward, cost and success of each action
         om = batch.get("reward_mask", am) & am
-        r = (batch[specs.REWARD].float() - self.reward_stats[0]) / self.reward_stats[1]
+        dense = batch[specs.REWARD].float() - self.cfg.success_bonus * batch[specs.SUCCESS].float()  # the bonus: the success head's
+        r = (dense - self.reward_stats[0]) / self.reward_stats[1]
         terms["reward"] = masked_mean((pred["reward"].float() - r).pow(2), om)
         cost_t = (batch[specs.COST].float() > 0).float()
         terms["cost"] = masked_mean(F.binary_cross_entropy_with_logits(pred["cost_logit"].float(), cost_t, reduction="none"), batch.get("cost_mask", am) & am)
@@ -788,7 +797,7 @@ class TrajectoryModel(nn.Module):
                 latent = self.latent_head(hid)
         hs = torch.stack(hidden, dim=1)  # (N, H, d): the other heads once, for every step together
         o = self.outcomes(hs)
-        out = {"state": torch.stack(states, dim=1), "reward": o["reward"].float() * self.reward_stats[1] + self.reward_stats[0],
+        out = {"state": torch.stack(states, dim=1), "reward": self.expected_reward(o),
                "cost": torch.sigmoid(o["cost_logit"].float()), "success": torch.sigmoid(o["success_logit"].float())}
         if "term_logits" in o:
             out["cost_terms"] = torch.sigmoid(o["term_logits"].float())  # (N, H, K), in the order of specs.COST_TERMS

@@ -78,6 +78,8 @@ class RLSpec:
     success_bonus: float | None = None
     """Learned reward with ``terminate_on_success``: the success bonus of the model's training data, paid once where the
     model's success ends an episode instead of in part on every step near it (:func:`embodied.policies.reward.settle_success`)."""
+    reward_ceiling: float | None = None
+    """With ``success_bonus``: the most the learned reward's dense part pays a step (the env's bound; the suite's: 0)."""
     task_first: bool = True
     egocentric: bool = False
     """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
@@ -316,7 +318,7 @@ class LearnedRewardSource(RewardSource):
 
         return VecLearnedReward(venv, reward_model, spec.instruction,
                                 end_on_success=spec.success_threshold if spec.terminate_on_success else None,
-                                success_bonus=spec.success_bonus)
+                                success_bonus=spec.success_bonus, reward_ceiling=spec.reward_ceiling)
 
 
 # ---------------------------------------------------------------------------- algorithms
@@ -441,6 +443,9 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     if spec.success_bonus is not None and (spec.reward != "learned" or not spec.terminate_on_success or not spec.success_bonus >= 0):
         raise ConfigError(f"--success-bonus ({spec.success_bonus}) settles a learned reward's success: use it with --reward learned "
                           "--terminate-on-success, and >= 0")
+    if spec.reward_ceiling is not None and (spec.success_bonus is None or not np.isfinite(spec.reward_ceiling)):
+        raise ConfigError(f"--reward-ceiling ({spec.reward_ceiling}) bounds the dense part of a settled learned reward: use it with "
+                          "--success-bonus, and a finite number (the suite's envs: 0)")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     for ckpt in (spec.reward_ckpt, *spec.ensemble):

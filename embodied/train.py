@@ -118,7 +118,7 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
         n_act += int(pm.sum())
         o = model.outcomes(out["h_act"])
         om = b.get("reward_mask", am) & am
-        r = o["reward"].float() * model.reward_stats[1] + model.reward_stats[0]
+        r = model.expected_reward(o)
         rew += float((r - b["reward"]).pow(2)[om].sum())
         n_rew += int(om.sum())
         succ_s.append(o["success_logit"][om].float().cpu())

@@ -22,6 +22,20 @@ from embodied.errors import ConfigError
 MODEL_KEYS = (specs.STATE, specs.ACTION, specs.REWARD, specs.COST, specs.SUCCESS)
 
 
+def dense_reward_stats(store: Any, bonus: float) -> Any:
+    """Mean and variance (a :class:`~embodied.datasets.stats.RunningStats`) of ``reward - bonus x success`` over the
+    valid episodes of ``store``: what a reward head that leaves the success bonus to the success head learns."""
+    from embodied.datasets.stats import RunningStats
+
+    stats = RunningStats.empty(())
+    for i in range(len(store)):
+        if not store.meta(i).get(specs.VALID, True):
+            continue
+        ep = store.episode(i, keys=[specs.REWARD, specs.SUCCESS])
+        stats = stats.merge(RunningStats.of(ep[specs.REWARD].astype(np.float64) - bonus * ep[specs.SUCCESS].astype(np.float64)))
+    return stats
+
+
 def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) ``run.out`` on ``run.data``; returns the summary of :func:`embodied.train.train`."""
     from embodied.cli_data import ensure_embeddings
@@ -44,7 +58,9 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
             st = s.stats()
             if specs.STATE in st:
                 state_stats = state_stats.merge(st[specs.STATE])
-            if specs.REWARD in st:
+            if specs.REWARD in st and run.success_bonus:  # the reward head's target: the reward less the bonus
+                reward_stats = reward_stats.merge(dense_reward_stats(s, run.success_bonus))
+            elif specs.REWARD in st:
                 reward_stats = reward_stats.merge(st[specs.REWARD])
     finally:
         for s in stores:
@@ -115,7 +131,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
 
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
                        obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens,
-                       relation_readout=run.relations)
+                       relation_readout=run.relations, success_bonus=run.success_bonus)
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),

@@ -221,9 +221,8 @@ class RewardModel:
         return torch.as_tensor(np.asarray(pixels), device=self.device)
 
     def _decode(self, out: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        mean, std = self.model.reward_stats
         return {
-            "reward": (out["reward"].float() * std + mean).cpu().numpy().astype(np.float32),
+            "reward": self.model.expected_reward(out).cpu().numpy().astype(np.float32),
             "success": torch.sigmoid(out["success_logit"].float()).cpu().numpy().astype(np.float32),
             "cost": torch.sigmoid(out["cost_logit"].float()).cpu().numpy().astype(np.float32),
         }
@@ -362,13 +361,13 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, reward_model: "RewardModel | RewardEnsemble", instruction: str | None = None,
-                 end_on_success: float | None = None, success_bonus: float | None = None) -> None:
+                 end_on_success: float | None = None, success_bonus: float | None = None, reward_ceiling: float | None = None) -> None:
         """``instruction`` is what the reward asks for (default: each episode's own observation instruction);
-        ``end_on_success`` a success probability in (0, 1) that ends the episode, or None; ``success_bonus`` see
-        :func:`settle_success`."""
+        ``end_on_success`` a success probability in (0, 1) that ends the episode, or None; ``success_bonus`` and
+        ``reward_ceiling`` see :func:`settle_success`."""
         gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, instruction=instruction, end_on_success=end_on_success,
-                                                 success_bonus=success_bonus)
-        check_threshold(end_on_success, success_bonus)
+                                                 success_bonus=success_bonus, reward_ceiling=reward_ceiling)
+        check_threshold(end_on_success, success_bonus, reward_ceiling)
         super().__init__(env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Dict) or specs.STATE not in space.spaces:
@@ -380,6 +379,7 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.fixed_instruction = instruction
         self.end_on_success = end_on_success
         self.success_bonus = success_bonus
+        self.reward_ceiling = reward_ceiling
         self._ctx: RewardContext | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -399,11 +399,12 @@ class LearnedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info = {**info, TRUE_REWARD: float(reward), LEARNED_SUCCESS: float(out["success"][0]), LEARNED_COST: float(out["cost"][0])}
         if self.end_on_success is not None and out["success"][0] > self.end_on_success:
             terminated = True
-        reward = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus)
+        reward = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
         return obs, float(reward[0]), terminated, truncated, info
 
 
-def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: float | None, bonus: float | None) -> np.ndarray:
+def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: float | None, bonus: float | None,
+                   ceiling: float | None = None) -> np.ndarray:
     """The reward of steps (N,) whose episodes the model's success ends: its expected success payment paid once, for sure.
 
     The reward head regresses the env's reward, which pays ``bonus`` on every solved step, so near a solved state it
@@ -411,17 +412,28 @@ def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: floa
     ``end_on_success`` threshold earns part of the bonus again and again, and never ends the episode. With ``bonus``,
     each step gets ``reward - bonus x p``, plus ``bonus`` on the step where p passes the threshold (which ends the
     episode), as the env pays its success once where success ends its episodes. None: the reward as predicted.
+
+    ``ceiling`` (with ``bonus``): the most the dense part (``reward - bonus x p``) may pay a step, the env's own bound
+    (the suite's dense terms are penalties: 0). The reward head and the success head learn apart, and just short of a
+    success the reward head can expect more of the bonus than the success head does (``reward - bonus x p`` > 0 on every
+    step of an episode that holds the object 2 cm short), which pays a policy to hover there rather than finish.
     """
     if bonus is None or end_on_success is None:
         return reward
-    return (reward - bonus * success + bonus * (success > end_on_success)).astype(np.float32)
+    dense = reward - bonus * success
+    if ceiling is not None:
+        dense = np.minimum(dense, ceiling)
+    return (dense + bonus * (success > end_on_success)).astype(np.float32)
 
 
-def check_threshold(end_on_success: float | None, success_bonus: float | None = None) -> None:
+def check_threshold(end_on_success: float | None, success_bonus: float | None = None, ceiling: float | None = None) -> None:
     """Refuse a success probability that cannot end an episode sensibly (None: episodes end where the env ends them),
-    and a success bonus without one or below zero."""
+    a success bonus without one or below zero, and a reward ceiling without a success bonus or not finite."""
     if end_on_success is not None and not 0.0 < end_on_success < 1.0:
         raise ConfigError(f"the success threshold must be a probability in (0, 1), got {end_on_success}")
     if success_bonus is not None and (end_on_success is None or not success_bonus >= 0):
         raise ConfigError(f"a success bonus ({success_bonus}) needs episodes the model's success ends (--terminate-on-success) "
                           "and must be >= 0")
+    if ceiling is not None and (success_bonus is None or not np.isfinite(ceiling)):
+        raise ConfigError(f"a reward ceiling ({ceiling}) bounds the dense part of a settled reward: give it with a success bonus "
+                          "(--success-bonus) and as a finite number")

@@ -79,14 +79,14 @@ class VecLearnedReward(VecEnvWrapper):
     Every step scores all envs' actions in one batch. ``info`` gains ``learned_success`` and
     ``learned_cost`` (the env's ``true_reward``, reward terms and ``is_success`` stay). The
     instruction is fixed for the vector: the task of each env must be the one it names
-    (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc; ``success_bonus``:
-    :func:`~embodied.policies.reward.settle_success`.
+    (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc; ``success_bonus`` and
+    ``reward_ceiling``: :func:`~embodied.policies.reward.settle_success`.
     """
 
     def __init__(self, venv: VecEnv, reward_model: RewardModel | RewardEnsemble, instruction: str, end_on_success: float | None = None,
-                 success_bonus: float | None = None) -> None:
+                 success_bonus: float | None = None, reward_ceiling: float | None = None) -> None:
         super().__init__(venv)
-        check_threshold(end_on_success, success_bonus)
+        check_threshold(end_on_success, success_bonus, reward_ceiling)
         want = (reward_model.model.cfg.action_dim,)
         if venv.action_space.shape != want:
             raise ConfigError(f"the model scores actions of shape {want}, these envs take {venv.action_space.shape}; use control='ee'")
@@ -96,6 +96,7 @@ class VecLearnedReward(VecEnvWrapper):
         self.instruction = instruction
         self.end_on_success = end_on_success
         self.success_bonus = success_bonus
+        self.reward_ceiling = reward_ceiling
         self._contexts: list[RewardContext | EnsembleContext] = []
 
     def _start(self, info: dict[str, Any]) -> RewardContext | EnsembleContext:
@@ -118,7 +119,7 @@ class VecLearnedReward(VecEnvWrapper):
         states = np.stack([info[SCORE_STATE] for info in infos])
         out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
         true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
-        learned = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus)
+        learned = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
         rewards = (np.asarray(rewards, dtype=np.float64) - true + learned).astype(np.float32)
         dones = np.array(dones, dtype=bool)
         for i, info in enumerate(infos):

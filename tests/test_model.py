@@ -590,3 +590,30 @@ def test_the_relation_readout_is_opt_in_and_old_configs_load_without_it():
     loss, _ = m.loss(b, goal)
     loss.backward()
     assert m.entity_enc.direction.weight.grad is not None and m.entity_enc.direction.weight.grad.abs().sum() > 0
+
+
+def test_success_bonus_is_left_to_the_success_head_and_added_back_to_the_reward():
+    torch.manual_seed(0)
+    plain = TrajectoryModel(preset("tiny"))
+    split = TrajectoryModel(preset("tiny", success_bonus=10.0))
+    split.load_state_dict(plain.state_dict())
+    b = _batch(3, 6, plain.cfg)
+    goal = torch.randn(3, plain.cfg.goal_dim)
+    # the head learns the reward less the bonus on solved steps: the plain model's term on that target
+    dense = dict(b, reward=b["reward"] + 10.0 * b["success"].float())
+    assert split.loss(dense, goal)[1]["reward"].item() == pytest.approx(plain.loss(b, goal)[1]["reward"].item(), rel=1e-5)
+    assert split.loss(b, goal)[1]["reward"].item() != pytest.approx(plain.loss(b, goal)[1]["reward"].item(), rel=1e-3)
+    # and every reader of the reward gets the head's plus the bonus times the success probability
+    plain.eval()
+    split.eval()
+    with torch.no_grad():
+        o = plain.outcomes(torch.randn(3, 6, plain.cfg.d_model))
+        torch.testing.assert_close(split.expected_reward(o), plain.expected_reward(o) + 10.0 * torch.sigmoid(o["success_logit"]))
+        acts = torch.rand(5, 3, plain.cfg.action_dim) * 2 - 1
+        im = [m.imagine(m.step(m.start(goal[:1]), b["state"][:1, 0], b["timestep"][:1, 0])[1], b["state"][:1, 0], b["timestep"][:1, 0],
+                        acts, observed=True) for m in (plain, split)]
+    torch.testing.assert_close(im[1]["reward"], im[0]["reward"] + 10.0 * im[0]["success"])
+    assert ModelConfig.from_json({k: v for k, v in preset("tiny").to_json().items() if k != "success_bonus"}).success_bonus == 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="success_bonus"):
+            preset("tiny", success_bonus=bad)

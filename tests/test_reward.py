@@ -247,6 +247,8 @@ def test_bench_reward_end_to_end_reports_every_measure(tiny_run):
           "--success-threshold", "1.5"], "--success-threshold"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--terminate-on-success", "--success-bonus", "10"], "--success-bonus"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
+          "--reward-ceiling", "0"], "--reward-ceiling"),
         (["bench", "reward", "--ckpt", "nowhere/run"], "no checkpoint at nowhere/run"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--disagreement", "1"], "--disagreement"),

@@ -228,3 +228,24 @@ def test_contrast_and_relations_refuse_bad_settings(reach_store, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--contrast must be in [0, 1)" in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+def test_success_bonus_trains_the_reward_head_on_the_dense_rest(reach_store, tmp_path):
+    """`embodied train --success-bonus 10`: the model records the bonus, and its reward normaliser is that of the reward
+    less the bonus on solved steps, which for the suite's envs is the dense penalties alone (never above 0)."""
+    from embodied.datasets import EpisodeStore
+
+    out = tmp_path / "bonus"
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--window", "4", "--workers", "0", "--no-compile", "--imitate", "all", "--success-bonus", "10"]) == 0
+    cfg = json.loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())
+    assert cfg["model"]["success_bonus"] == 10.0
+    with EpisodeStore.open(reach_store) as s:
+        eps = [s.episode(i, keys=["reward", "success"]) for i in range(len(s))]
+    reward = np.concatenate([e["reward"] for e in eps]).astype(np.float64)
+    dense = reward - 10.0 * np.concatenate([e["success"] for e in eps])
+    reward, dense = reward[np.isfinite(reward)], dense[np.isfinite(reward)]  # an episode's last frame has no outcome
+    assert reward.max() > 9.0 and dense.max() <= 0.0  # the data has solved steps; without their bonus, penalties only
+    mean, std = _weights(out)["reward_stats"].tolist()
+    assert mean == pytest.approx(dense.mean(), rel=1e-4) and std == pytest.approx(dense.std(), rel=1e-3)
+    assert std < 0.5 * reward.std()  # the spikes no longer set the head's scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -62,12 +64,14 @@ def _median_success(reward_model) -> float:
     return float(np.median(p))
 
 
-@pytest.mark.parametrize("ends,bonus", [("env", None), ("model", None), ("model", 10.0)])
-def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends, bonus):
+@pytest.mark.parametrize("ends,bonus,ceiling", [("env", None, None), ("model", None, None), ("model", 10.0, None), ("model", 10.0, -0.5)])
+def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends, bonus, ceiling):
     n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
     end_on_success = _median_success(reward_model) if ends == "model" else None
-    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus), n, lengths)
-    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus)
+    ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus,
+                                        reward_ceiling=ceiling), n, lengths)
+    fast = VecLearnedReward(_venv(RewardTap, n, lengths), reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus,
+                            reward_ceiling=ceiling)
     o_ref, o_fast = ref.reset(), fast.reset()
     np.testing.assert_array_equal(o_ref, o_fast)
     rng = np.random.default_rng(0)
@@ -167,6 +171,45 @@ def test_settled_success_pays_the_bonus_once_where_the_model_ends_the_episode(re
     for end, bonus in ((None, 10.0), (0.5, -1.0)):
         with pytest.raises(ConfigError, match="success bonus"):
             LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=end, success_bonus=bonus)
+
+
+def test_reward_ceiling_bounds_the_dense_part_and_keeps_the_bonus(reward_model):
+    # a reward head that expects more of the bonus than the success head: 4.5 - 10 x 0.2 = +2.5 a step, short of success
+    reward, p = np.array([4.5, -1.0, 6.0], np.float32), np.array([0.2, 0.1, 0.8], np.float32)
+    np.testing.assert_allclose(settle_success(reward, p, 0.5, 10.0, ceiling=0.0), [0.0, -2.0, -2.0 + 10.0], rtol=1e-6)
+    np.testing.assert_allclose(settle_success(reward, p, 0.5, 10.0, ceiling=None), [2.5, -2.0, -2.0 + 10.0], rtol=1e-6)
+    th = _median_success(reward_model)  # a whole episode: every step's dense part at most the ceiling, the bonus where it ends
+    ceiled = LearnedReward(FixedTask(make("embodied/PointPushDir-v0"), INSTRUCTION), reward_model, INSTRUCTION, end_on_success=th,
+                           success_bonus=4.0, reward_ceiling=-0.01)
+    ceiled.reset(seed=11)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        _, r, te, _, _ = ceiled.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        assert r <= -0.01 + (4.0 if te else 0.0) + 1e-6
+        if te:
+            break
+    assert te
+    for bonus, ceiling in ((None, 0.0), (10.0, float("nan"))):
+        with pytest.raises(ConfigError, match="reward ceiling"):
+            LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=0.5, success_bonus=bonus, reward_ceiling=ceiling)
+        with pytest.raises(ConfigError, match="reward ceiling"):
+            VecLearnedReward(_venv(RewardTap, 1, [5]), reward_model, INSTRUCTION, end_on_success=0.5, success_bonus=bonus,
+                             reward_ceiling=ceiling)
+
+
+def test_a_model_that_left_the_bonus_to_its_success_head_scores_it_back_and_settles_to_its_head(reward_model):
+    """A reward head trained without the success bonus (``ModelConfig.success_bonus``): the model's reward is the head's
+    plus the bonus times the success probability, so a settled reward (the same bonus) is the head's dense part exactly."""
+    split = TrajectoryModel(replace(reward_model.model.cfg, success_bonus=10.0))
+    split.load_state_dict(reward_model.model.state_dict())
+    scorer = RewardModel(split, fake_encode, device="cpu")
+    rng = np.random.default_rng(4)
+    states, actions = rng.normal(size=(7, split.cfg.state_dim)).astype(np.float32), rng.uniform(-1, 1, (6, 2)).astype(np.float32)
+    plain, with_bonus = reward_model.score(states, actions, INSTRUCTION), scorer.score(states, actions, INSTRUCTION)
+    np.testing.assert_allclose(with_bonus.success, plain.success, rtol=1e-5)
+    np.testing.assert_allclose(with_bonus.reward, plain.reward + 10.0 * plain.success, rtol=1e-4, atol=1e-4)
+    settled = settle_success(with_bonus.reward, with_bonus.success, 0.99, 10.0)
+    np.testing.assert_allclose(settled, plain.reward + 10.0 * (plain.success > 0.99), rtol=1e-4, atol=1e-4)
 
 
 def test_vec_learned_reward_refuses_envs_without_the_tap(reward_model):
