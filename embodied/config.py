@@ -839,7 +839,8 @@ class RLConfig:
     success_bonus: float | None = None
     """--reward learned --terminate-on-success: what the model's training data paid per solved step (the suite's envs:
     10). Each step's reward then leaves out the bonus the model expects (bonus x success probability), and the bonus is
-    paid once, where the model's success ends the episode, so hovering just short of the threshold earns nothing."""
+    paid once, where the model's success ends the episode, so hovering just short of the threshold earns nothing.
+    Default: the bonus the model was trained with apart (`embodied train --success-bonus`), if any."""
     reward_ceiling: float | None = None
     """With --success-bonus: the most a step's learned reward pays besides the bonus (the env's dense reward's bound; the
     suite's envs: 0, their dense terms are penalties), so a reward head that expects more of the bonus than the success

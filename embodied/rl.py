@@ -568,6 +568,14 @@ def _progress_callback(log: list[dict[str, Any]], every: int, progress: Callable
     return Progress()
 
 
+def settled_bonus(spec: RLSpec, model_bonus: float) -> float | None:
+    """The success bonus a learned-reward run settles: the one given (``--success-bonus``), else, where the model's success
+    ends episodes, the bonus its reward head learned without (``ModelConfig.success_bonus``, 0: none)."""
+    if spec.success_bonus is not None or spec.reward != "learned" or not spec.terminate_on_success or not model_bonus:
+        return spec.success_bonus
+    return float(model_bonus)
+
+
 def train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | None = None, reward_model: Any = None) -> dict[str, Any]:
     """Train on the spec's reward, evaluate with the true success, write ``rl.json`` and the policy's weights into ``out``.
 
@@ -604,6 +612,7 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     if reward_model is not None:
         if reward_model.model.cfg.pixels:
             raise ConfigError(f"{spec.reward_ckpt} scores pixels; `embodied rl` runs state-only envs: use a state-only model")
+        spec = replace(spec, success_bonus=settled_bonus(spec, reward_model.model.cfg.success_bonus))
     venv = DummyVecEnv([lambda: make_env(spec, reward_model, algorithm) for _ in range(spec.n_envs)])
     venv.seed(spec.seed)
     venv = REWARDS[spec.reward]().wrap_vec(venv, spec, reward_model)

@@ -309,6 +309,19 @@ def test_terminate_on_success_ends_a_learned_run_by_the_model_not_the_env(tiny_r
     assert isinstance(venv, VecLearnedReward) and venv.end_on_success == 0.7
 
 
+def test_a_learned_run_settles_the_bonus_its_model_learned_apart():
+    from dataclasses import replace
+
+    from embodied.rl import RLSpec, settled_bonus
+
+    spec = RLSpec(env_id="embodied/PointPushDir-v0", instruction="push the red cube to the right", reward="learned", terminate_on_success=True)
+    assert settled_bonus(spec, 10.0) == 10.0  # the model's reward head left out 10: pay it where its success ends an episode
+    assert settled_bonus(replace(spec, success_bonus=5.0), 10.0) == 5.0  # what the user asks for wins
+    assert settled_bonus(spec, 0.0) is None  # a head that learned the whole reward: nothing to settle unless asked
+    assert settled_bonus(replace(spec, terminate_on_success=False), 10.0) is None  # no episode the model ends: nowhere to pay it
+    assert settled_bonus(replace(spec, reward="true"), 10.0) is None
+
+
 def test_rl_smoke_sac_on_the_true_reward(tmp_path):
     from embodied.rl import RLSpec, train_rl
 
