@@ -758,7 +758,8 @@ def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> 
         out["eval"]["saturated_actions"] = float(saturated(means, space.low, space.high, spec.squash).mean())
     if reward_model is not None:
         score_episodes(reward_model, eps + experts)
-        out["reward_check"] = reward_metrics(eps, reward_level=success_reward_level(experts))
+        believed = spec.success_threshold if spec.terminate_on_success else 0.5  # where the run's model calls a task solved
+        out["reward_check"] = reward_metrics(eps, hack_threshold=believed, reward_level=success_reward_level(experts))
     return out
 
 

@@ -271,7 +271,8 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path, ensemble):
     from embodied.cli import main
 
     out = tmp_path / "rl"
-    extra = ["--ensemble", str(tiny_run), "--disagreement", "1.5", "--success-disagreement", "1"] if ensemble else []  # the model twice: no spread, same run
+    extra = (["--ensemble", str(tiny_run), "--disagreement", "1.5", "--success-disagreement", "1"] if ensemble  # the model twice: no spread, same run
+             else ["--terminate-on-success", "--success-threshold", "0.7"])
     assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "learned", "--ckpt", str(tiny_run),
                  "--algo", "ppo", "--steps", "300", "--envs", "2", "--episodes", "3", "--out", str(out), "--device", "cpu", *extra]) == 0
     r = json.loads((out / "rl.json").read_text())
@@ -281,6 +282,8 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path, ensemble):
     lo, hi = r["eval"]["success_ci"]
     assert 0 <= lo <= r["eval"]["success"] <= hi <= 1
     assert r["reward_check"]["episodes"] == 3 and "hacking_episodes" in r["reward_check"]
+    # the check calls an episode believed solved where the run's model would have ended it
+    assert r["reward_check"]["hack_threshold"] == r["reward_check"]["episode_end"]["threshold"] == (0.5 if ensemble else 0.7)
     assert (out / "policy.safetensors").stat().st_size > 1000
     assert len(r["obs_normalizer"]["mean"]) == specs.STATE_DIM
 
