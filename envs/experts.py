@@ -45,12 +45,16 @@ class ScriptedExpert:
         """The expert's action for the env's current state; ``deterministic`` drops the noise."""
         if episode_start is not None and np.any(episode_start):
             self.reset()
-        a = self.env.expert_action()
+        a = self._command()
         if self.noise > 0 and not deterministic:
             c = self.correlation
             self._n = c * self._n + self.noise * np.sqrt(1 - c * c) * self.rng.standard_normal(self._n.shape)
             a = np.clip(a + self._n, -1.0, 1.0).astype(np.float32)
         return _like(observation, a), None
+
+    def _command(self) -> np.ndarray:
+        """The noise-free action for the env's current state (subclasses that act for another goal override it)."""
+        return self.env.expert_action()
 
 
 class HaltingExpert(ScriptedExpert):
@@ -121,22 +125,14 @@ class AstrayExpert(ScriptedExpert):
         super().reset()
         self.goal = None
 
-    def predict(
-        self,
-        observation: Any,
-        state: Any = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, None]:
+    def _command(self) -> np.ndarray:
         """The expert's action for this episode's other goal."""
-        if episode_start is not None and np.any(episode_start):
-            self.reset()
         if self.goal is None:
             self.goal = self.env.other_goal(self.rng)
             if self.goal is None:
                 raise ValueError(f"the {self.env.family.name} family asks for nothing else of its object: "
                                  "the astray expert needs push_dir or push_zone")
-        return _like(observation, self.env.expert_action(self.goal)), None
+        return self.env.expert_action(self.goal)
 
 
 class RandomPolicy:
