@@ -27,7 +27,7 @@ import numpy as np
 from embodied import specs
 from embodied.errors import ConfigError
 
-POLICIES = ("expert", "noisy:SIGMA", "random", "halt", "wander", "astray")
+POLICIES = ("expert", "noisy:SIGMA", "hasty", "hasty:SIGMA", "random", "halt", "wander", "astray")
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,29 @@ def parse_policy(spec: str) -> tuple[str, float]:
     """``"expert"`` -> ("expert", 0), ``"noisy:0.3"`` -> ("expert", 0.3), ``"random"`` -> ("random", 0),
     ``"halt"`` -> ("halt", 0) (the expert that stops at a random step: :class:`embodied.envs.HaltingExpert`),
     ``"wander"`` -> ("wander", 0) (random commands held for 5 to 30 steps: :class:`embodied.envs.WanderPolicy`),
-    ``"astray"`` -> ("astray", 0) (the expert of another direction or zone: :class:`embodied.envs.AstrayExpert`)."""
+    ``"astray"`` -> ("astray", 0) (the expert of another direction or zone: :class:`embodied.envs.AstrayExpert`),
+    ``"hasty"`` -> ("hasty", 0) and ``"hasty:0.3"`` -> ("hasty", 0.3) (the expert sped up by a gain drawn per episode
+    from [1, 3], with that noise: :class:`embodied.envs.HastyExpert`)."""
     kind, _, arg = spec.partition(":")
-    if kind in ("expert", "random", "halt", "wander", "astray") and not arg:
+    if kind in ("expert", "random", "halt", "wander", "astray", "hasty") and not arg:
         return kind, 0.0
-    if kind == "noisy":
+    if kind in ("noisy", "hasty"):
         try:
             sigma = float(arg)
         except ValueError:
             sigma = -1.0
         if sigma > 0:
-            return "expert", sigma
-        raise ConfigError(f"policy {spec!r}: noisy needs a positive noise scale, e.g. noisy:0.3")
+            return ("expert" if kind == "noisy" else kind), sigma
+        raise ConfigError(f"policy {spec!r}: {kind}:SIGMA needs a positive noise scale, e.g. {kind}:0.3")
     raise ConfigError(f"unknown policy {spec!r}; use one of {', '.join(POLICIES)}")
 
 
 def _make_policy(env: Any, spec: str, seed: int) -> Any:
-    from embodied.envs import AstrayExpert, HaltingExpert, RandomPolicy, ScriptedExpert, WanderPolicy
+    from embodied.envs import AstrayExpert, HaltingExpert, HastyExpert, RandomPolicy, ScriptedExpert, WanderPolicy
 
     kind, sigma = parse_policy(spec)
+    if kind == "hasty":
+        return HastyExpert(env, noise=sigma, seed=seed)
     if kind == "astray":
         return AstrayExpert(env, seed=seed)
     if kind == "random":

@@ -376,7 +376,8 @@ class CollectConfig:
     episodes: int = 100
     """Episodes to record (added to what --append finds)."""
     policy: str = "expert"
-    """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale), random, halt (the expert stalls at a
+    """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale), hasty or hasty:SIGMA (the expert
+    sped up by a gain drawn per episode from [1, 3], optionally with that noise), random, halt (the expert stalls at a
     random step), wander (random commands held for 5 to 30 steps: across the table, into its edges) or astray (the
     expert of another direction or zone: the named object pushed cleanly the wrong way; push families)."""
     out: str = "data/episodes.zarr"

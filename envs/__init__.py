@@ -19,7 +19,7 @@ import gymnasium as gym  # noqa: E402
 
 from embodied.errors import ConfigError, UnknownEnvError  # noqa: E402
 
-from .experts import AstrayExpert, HaltingExpert, RandomPolicy, ScriptedExpert, WanderPolicy
+from .experts import AstrayExpert, HaltingExpert, HastyExpert, RandomPolicy, ScriptedExpert, WanderPolicy
 from .splits import ENVS, EnvEntry, env_ids
 from .tabletop import TabletopEnv
 from .wrappers import (
@@ -67,4 +67,4 @@ def card(env_id: str) -> str:
     return f"{e.id} ({e.split}): {e.description}\nkwargs: {kw}; max_episode_steps={e.max_episode_steps}\n\n{doc}"
 
 
-__all__ = ["AstrayExpert", "ENVS", "EnvEntry", "FixedTask", "HaltingExpert", "InstructionAsBytes", "StateOnly", "RandomPolicy", "ScriptedExpert", "TabletopEnv", "WanderPolicy", "card", "entry", "env_ids", "make"]
+__all__ = ["AstrayExpert", "ENVS", "EnvEntry", "FixedTask", "HaltingExpert", "HastyExpert", "InstructionAsBytes", "StateOnly", "RandomPolicy", "ScriptedExpert", "TabletopEnv", "WanderPolicy", "card", "entry", "env_ids", "make"]

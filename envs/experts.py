@@ -105,6 +105,36 @@ class HaltingExpert(ScriptedExpert):
         return super().predict(observation, deterministic=deterministic)
 
 
+class HastyExpert(ScriptedExpert):
+    """The expert in a hurry: each episode its noise-free command is multiplied by a gain drawn uniformly from
+    ``[1, max_gain]`` and clipped to the action box, so it lines up and pushes at up to full speed.
+
+    The expert pushes at 0.54 of the top speed (its controller's own pace); an RL policy learns to strike at full
+    speed, solving PointPushDir in about 20 steps where the expert takes about 34. A success classifier trained on
+    the expert alone never saw an object sliding past the success line that fast, and calls those solves failures
+    (BENCHMARKS.md, issue 6, eighteenth session). ``noise`` adds correlated noise as in :class:`ScriptedExpert`
+    (fast pushes that drift: near misses at speed).
+    """
+
+    def __init__(self, env: gym.Env, noise: float = 0.0, seed: int | None = None, max_gain: float = 3.0) -> None:
+        """``max_gain`` >= 1: the largest factor on the expert's command (1 is the expert itself)."""
+        if not max_gain >= 1.0:
+            raise ValueError(f"max_gain={max_gain} must be >= 1")
+        super().__init__(env, noise=noise, seed=seed)
+        self.max_gain = float(max_gain)
+        self.gain = 1.0
+        """This episode's factor on the expert's command, drawn at :meth:`reset`."""
+
+    def reset(self) -> None:
+        """Forget the noise state and draw this episode's gain."""
+        super().reset()
+        self.gain = float(self.rng.uniform(1.0, self.max_gain))
+
+    def _command(self) -> np.ndarray:
+        """The expert's command times this episode's gain, clipped to [-1, 1]."""
+        return np.clip(self.gain * super()._command(), -1.0, 1.0).astype(np.float32)
+
+
 class AstrayExpert(ScriptedExpert):
     """The expert of another task: each episode it pushes the named object the way another instruction of the same
     family would (another direction or zone, drawn per episode), so the episode, scored under its own instruction, fails.

@@ -77,7 +77,26 @@ def test_wander_collection_regenerates_and_its_actions_train_no_policy(tmp_path)
             again = regenerate(m)
             assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
             assert (np.diff(ep["action"][: m["steps"]], axis=0) == 0).all(1).mean() > 0.5  # commands are held
-    assert imitation_mask(["expert", "wander", "halt", "noisy:0.3", "random"], "clean").tolist() == [True, False, False, False, False]
+    assert imitation_mask(["expert", "wander", "halt", "noisy:0.3", "random", "hasty"], "clean").tolist() == [True] + [False] * 5
+
+
+def test_hasty_collection_sends_the_experts_command_sped_up_and_regenerates(tmp_path):
+    out = str(tmp_path / "f.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointPushDir-v0",), episodes=3, policy="hasty", seed=4), progress=False)
+    gains = []
+    with EpisodeStore.open(out) as s:
+        for i in range(3):
+            m, ep = s.meta(i), s.episode(i)
+            acted, expert = ep["action"][: m["steps"]], ep["expert_action"][: m["steps"]]
+            assert m["policy"] == "hasty" and m["success"]
+            free = (np.abs(acted) < 0.999) & (np.abs(expert) > 0.05)  # below the clip: the expert's command times one gain
+            gain = float(np.median(acted[free] / expert[free]))
+            assert 1.0 <= gain <= 3.0
+            np.testing.assert_allclose(acted, np.clip(gain * expert, -1, 1), atol=1e-4)
+            gains.append(gain)
+            again = regenerate(m)
+            assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
+    assert max(gains) - min(gains) > 0.1  # drawn per episode
 
 
 def test_append_resumes_numbering_with_new_seeds(tmp_path):
@@ -149,7 +168,8 @@ def test_policies_parse_or_fail_clearly():
     assert parse_policy("halt") == ("halt", 0.0)
     assert parse_policy("wander") == ("wander", 0.0)
     assert parse_policy("astray") == ("astray", 0.0)
-    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", "astray:1", ""):
+    assert parse_policy("hasty") == ("hasty", 0.0) and parse_policy("hasty:0.4") == ("hasty", 0.4)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", "astray:1", "hasty:0", "hasty:x", ""):
         with pytest.raises(ConfigError):
             parse_policy(bad)
 

@@ -226,6 +226,38 @@ def test_halting_expert_acts_as_the_expert_then_stops_at_a_step_drawn_per_episod
     env.close()
 
 
+def test_hasty_expert_pushes_faster_than_the_expert_and_still_solves():
+    env = envs.make("embodied/PointPushDir-v0")
+    hasty = envs.HastyExpert(env, seed=0)
+    gains = []
+    for seed in range(8):
+        steps = {}
+        for who in ("expert", "hasty"):
+            obs, _ = env.reset(seed=seed)
+            hasty.reset()
+            done, t, success = False, 0, False
+            while not done:
+                expert = env.unwrapped.expert_action()
+                if who == "hasty":
+                    action, _ = hasty.predict(obs)
+                    np.testing.assert_allclose(action, np.clip(hasty.gain * expert, -1, 1), rtol=1e-6)
+                else:
+                    action = expert
+                obs, _, terminated, truncated, info = env.step(action)
+                success |= bool(info["is_success"])
+                done, t = terminated or truncated, t + 1
+            assert success, (who, seed)
+            steps[who] = t
+        gains.append(hasty.gain)
+        assert steps["hasty"] <= steps["expert"]
+        if hasty.gain >= 1.3:  # the push itself goes faster: the task is solved in at most 0.8 of the expert's steps
+            assert steps["hasty"] <= 0.8 * steps["expert"], (seed, hasty.gain, steps)
+    assert all(1.0 <= g <= 3.0 for g in gains) and max(gains) - min(gains) > 0.5  # a gain drawn per episode
+    with pytest.raises(ValueError, match="max_gain"):
+        envs.HastyExpert(env, max_gain=0.5)
+    env.close()
+
+
 def test_wander_holds_random_commands_and_reaches_the_tables_edges_that_random_play_does_not():
     env = envs.make("embodied/PointPushDir-v0")
     ee = state_slices()["ee_pos"]
