@@ -53,7 +53,7 @@ class ScriptedExpert:
         return _like(observation, a), None
 
     def _command(self) -> np.ndarray:
-        """The noise-free action for the env's current state (subclasses that act for another goal override it)."""
+        """The noise-free action for the env's current state (subclasses override it: another goal, another speed)."""
         return self.env.expert_action()
 
 
