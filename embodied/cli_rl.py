@@ -52,7 +52,7 @@ def cmd_rl(cfg: RLConfig) -> int:
     spec = RLSpec(env_id=cfg.env, instruction=cfg.instruction, reward=cfg.reward, algo=cfg.algo, steps=cfg.steps, reward_ckpt=cfg.ckpt, ensemble=tuple(cfg.ensemble), disagreement=cfg.disagreement,
                   success_disagreement=cfg.success_disagreement,
                   n_envs=cfg.envs or algo.default_envs, episodes=cfg.episodes, seed=cfg.seed,
-                  terminate_on_success=cfg.terminate_on_success, success_threshold=cfg.success_threshold, success_bonus=cfg.success_bonus, reward_ceiling=cfg.reward_ceiling, task_first=cfg.task_first, egocentric=cfg.egocentric, lidar=cfg.lidar, device=cfg.device, threads=cfg.threads, cost_limit=cfg.cost_limit, lagrange_lr=cfg.lagrange_lr,
+                  terminate_on_success=cfg.terminate_on_success, success_threshold=cfg.success_threshold, success_bonus=cfg.success_bonus, reward_ceiling=cfg.reward_ceiling, shaping=cfg.shaping, task_first=cfg.task_first, egocentric=cfg.egocentric, lidar=cfg.lidar, device=cfg.device, threads=cfg.threads, cost_limit=cfg.cost_limit, lagrange_lr=cfg.lagrange_lr,
                   lagrange_optimizer=cfg.lagrange_optimizer, cost_limit_start=cfg.cost_limit_start, cost_limit_anneal=cfg.cost_limit_anneal, cost_critic=cfg.cost_critic, cost_margin=cfg.cost_margin,
                   log_std_init=cfg.log_std_init, squash=cfg.squash, ent_coef=cfg.ent_coef,
                   net_arch=cfg.net_arch, constraints=constraints)

@@ -846,6 +846,11 @@ class RLConfig:
     """With --success-bonus: the most a step's learned reward pays besides the bonus (the env's dense reward's bound; the
     suite's envs: 0, their dense terms are penalties), so a reward head that expects more of the bonus than the success
     head, just short of a success, does not pay a policy to hover there."""
+    shaping: float = 0.0
+    """> 0: pay the reward's dense part (the env's, or the learned reward's less its success bonus) as a potential of
+    this scale: a step from s to s' pays shaping x (0.99 x dense(s') - dense(s)), so over an episode the dense
+    payments telescope to its ends and a reward model's error at a state is paid once, not on every step a policy
+    lingers there; the success bonus is paid as before. 0: the dense reward as is."""
     task_first: bool = True
     """Show the policy the instruction's object and zone in the first slots of the state (the scene's order is random
     and the policy sees no instruction); --no-task-first: the scene's order."""

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecEnv
 
+GAMMA = 0.99
+"""Discount of every algorithm's learner, of the reward normaliser's returns and of a potential-shaped reward."""
+
 
 @dataclass(frozen=True)
 class RLSpec:
@@ -80,6 +83,9 @@ class RLSpec:
     model's success ends an episode instead of in part on every step near it (:func:`embodied.policies.reward.settle_success`)."""
     reward_ceiling: float | None = None
     """With ``success_bonus``: the most the learned reward's dense part pays a step (the env's bound; the suite's: 0)."""
+    shaping: float = 0.0
+    """> 0: the reward's dense part (the env's, or the learned reward's) is paid as a potential of this scale
+    (:mod:`embodied.policies.shaping`); 0: as is."""
     task_first: bool = True
     egocentric: bool = False
     """The policy sees the scene's positions relative to the fingertip (:func:`embodied.envs.egocentric`)."""
@@ -295,7 +301,12 @@ register_reward = REWARDS.register
 
 @register_reward("true")
 class TrueReward(RewardSource):
-    """The env's own reward."""
+    """The env's own reward (with ``shaping``, each env tells its dense part: :class:`embodied.policies.shaping.DenseTap`)."""
+
+    def wrap(self, env: "gym.Env", spec: RLSpec, reward_model: Any) -> "gym.Env":
+        from embodied.policies.shaping import DenseTap
+
+        return DenseTap(env) if spec.shaping else env
 
 
 @register_reward("learned")
@@ -386,7 +397,7 @@ class PPOAlgorithm(Algorithm):
         from stable_baselines3 import PPO
 
         arch = list(spec.net_arch or self.default_net_arch)
-        kwargs = dict(n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=spec.ent_coef,
+        kwargs = dict(n_steps=256, batch_size=256, n_epochs=10, learning_rate=3e-4, gamma=GAMMA, gae_lambda=0.95, ent_coef=spec.ent_coef,
                       seed=spec.seed, device=device, verbose=0, policy_kwargs={"log_std_init": spec.log_std_init, "net_arch": arch})
         if spec.cost_critic and self.multiplier is not None:
             from embodied.rl_cost import CostRecorder, lagrangian_ppo
@@ -406,7 +417,7 @@ class SACAlgorithm(Algorithm):
     def build(self, venv: "VecEnv", spec: RLSpec, device: str) -> "BaseAlgorithm":
         from stable_baselines3 import SAC
 
-        return SAC("MlpPolicy", venv, learning_starts=1000, train_freq=2, gradient_steps=1, gamma=0.99,
+        return SAC("MlpPolicy", venv, learning_starts=1000, train_freq=2, gradient_steps=1, gamma=GAMMA,
                    seed=spec.seed, device=device, verbose=0, policy_kwargs={"net_arch": list(spec.net_arch or self.default_net_arch)})
 
 
@@ -446,6 +457,8 @@ def check_spec(spec: RLSpec, need_ckpt: bool = True) -> None:
     if spec.reward_ceiling is not None and (spec.success_bonus is None or not np.isfinite(spec.reward_ceiling)):
         raise ConfigError(f"--reward-ceiling ({spec.reward_ceiling}) bounds the dense part of a settled learned reward: use it with "
                           "--success-bonus, and a finite number (the suite's envs: 0)")
+    if not (np.isfinite(spec.shaping) and spec.shaping >= 0):
+        raise ConfigError(f"--shaping is the scale of the dense reward's potential: a finite number >= 0 (0: no shaping), got {spec.shaping}")
     if spec.reward == "learned" and need_ckpt and not spec.reward_ckpt:
         raise ConfigError("--reward learned needs the reward model: --ckpt runs/R (a run or checkpoint folder)")
     for ckpt in (spec.reward_ckpt, *spec.ensemble):
@@ -616,7 +629,11 @@ def _train_rl(spec: RLSpec, out: str | Path, progress: Callable[[str], None] | N
     venv = DummyVecEnv([lambda: make_env(spec, reward_model, algorithm) for _ in range(spec.n_envs)])
     venv.seed(spec.seed)
     venv = REWARDS[spec.reward]().wrap_vec(venv, spec, reward_model)
-    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=0.99)
+    if spec.shaping:
+        from embodied.policies.shaping import VecPotentialShaping
+
+        venv = VecPotentialShaping(venv, spec.shaping, GAMMA)
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=GAMMA)
     model = algorithm.build(venv, spec, device)
     curve: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -766,7 +783,8 @@ def evaluate_rl(spec: RLSpec, policy: StatePolicy, reward_model: Any = None) -> 
 def format_result(r: dict[str, Any]) -> str:
     s, e = r["spec"], r["eval"]
     lo, hi = e["success_ci"]
-    lines = [f"{s['algo']} on the {s['reward']} reward, {s['steps']} steps ({r['train_seconds']:.0f} s, {r['env_steps_per_s']:.0f} steps/s on {r['device']}): "
+    shaped = f" (dense part as a potential x {s['shaping']:g})" if s.get("shaping") else ""
+    lines = [f"{s['algo']} on the {s['reward']} reward{shaped}, {s['steps']} steps ({r['train_seconds']:.0f} s, {r['env_steps_per_s']:.0f} steps/s on {r['device']}): "
              f"{s['env_id']} {s['instruction']!r}",
              f"  true success {e['success']:.2f} [{lo:.2f}, {hi:.2f}] over {e['episodes']} evaluation episodes, mean true return {e['mean_return']:.1f}, "
              f"mean episode cost {e['mean_cost']:.2f}"

@@ -418,12 +418,22 @@ def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: floa
     success the reward head can expect more of the bonus than the success head does (``reward - bonus x p`` > 0 on every
     step of an episode that holds the object 2 cm short), which pays a policy to hover there rather than finish.
     """
+    dense = settled_dense(reward, success, end_on_success, bonus, ceiling)
+    if bonus is None or end_on_success is None:
+        return dense
+    return (dense + bonus * (success > end_on_success)).astype(np.float32)
+
+
+def settled_dense(reward: np.ndarray, success: np.ndarray, end_on_success: float | None, bonus: float | None,
+                  ceiling: float | None = None) -> np.ndarray:
+    """The dense part (N,) of :func:`settle_success`'s reward: all of it but the bonus paid where the model's success ends
+    an episode (without ``bonus`` or ``end_on_success``: the reward as predicted)."""
     if bonus is None or end_on_success is None:
         return reward
     dense = reward - bonus * success
     if ceiling is not None:
         dense = np.minimum(dense, ceiling)
-    return (dense + bonus * (success > end_on_success)).astype(np.float32)
+    return dense.astype(np.float32)
 
 
 def check_threshold(end_on_success: float | None, success_bonus: float | None = None, ceiling: float | None = None) -> None:

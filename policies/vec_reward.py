@@ -37,7 +37,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from embodied import specs
 from embodied.errors import ConfigError
 
-from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, EnsembleContext, RewardContext, RewardEnsemble, RewardModel, check_threshold, settle_success
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, EnsembleContext, RewardContext, RewardEnsemble, RewardModel, check_threshold, settle_success, settled_dense
+from .shaping import DENSE_REWARD
 
 SCORE_STATE = "score_state"
 """``info`` key of :class:`RewardTap`: (S,) float32 raw state after the step (at reset: the first state)."""
@@ -80,7 +81,8 @@ class VecLearnedReward(VecEnvWrapper):
     ``learned_cost`` (the env's ``true_reward``, reward terms and ``is_success`` stay). The
     instruction is fixed for the vector: the task of each env must be the one it names
     (:class:`embodied.envs.FixedTask`). ``end_on_success``: see the module doc; ``success_bonus`` and
-    ``reward_ceiling``: :func:`~embodied.policies.reward.settle_success`.
+    ``reward_ceiling``: :func:`~embodied.policies.reward.settle_success`; ``info['dense_reward']`` is the learned reward's
+    dense part (:func:`~embodied.policies.reward.settled_dense`), for :class:`~embodied.policies.shaping.VecPotentialShaping`.
     """
 
     def __init__(self, venv: VecEnv, reward_model: RewardModel | RewardEnsemble, instruction: str, end_on_success: float | None = None,
@@ -120,11 +122,13 @@ class VecLearnedReward(VecEnvWrapper):
         out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
         true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
         learned = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
+        dense = settled_dense(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
         rewards = (np.asarray(rewards, dtype=np.float64) - true + learned).astype(np.float32)
         dones = np.array(dones, dtype=bool)
         for i, info in enumerate(infos):
             info[LEARNED_SUCCESS] = float(out["success"][i])
             info[LEARNED_COST] = float(out["cost"][i])
+            info[DENSE_REWARD] = float(dense[i])
             if "reward_spread" in out:  # an ensemble's disagreement on this step's reward
                 info[LEARNED_SPREAD] = float(out["reward_spread"][i])
             if dones[i]:

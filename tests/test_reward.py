@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -249,6 +250,8 @@ def test_bench_reward_end_to_end_reports_every_measure(tiny_run):
           "--terminate-on-success", "--success-bonus", "10"], "--success-bonus"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--reward-ceiling", "0"], "--reward-ceiling"),
+        (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
+          "--shaping", "-1"], "--shaping"),
         (["bench", "reward", "--ckpt", "nowhere/run"], "no checkpoint at nowhere/run"),
         (["rl", "--env", "embodied/PointPushDir-v0", "--instruction", "push the red cube to the left", "--reward", "true",
           "--disagreement", "1"], "--disagreement"),
@@ -272,13 +275,14 @@ def test_rl_smoke_on_the_learned_reward(tiny_run, tmp_path, ensemble):
 
     out = tmp_path / "rl"
     extra = (["--ensemble", str(tiny_run), "--disagreement", "1.5", "--success-disagreement", "1"] if ensemble  # the model twice: no spread, same run
-             else ["--terminate-on-success", "--success-threshold", "0.7"])
+             else ["--terminate-on-success", "--success-threshold", "0.7", "--shaping", "10"])
     assert main(["rl", "--env", "embodied/PointReach-v0", "--instruction", "touch the red cube", "--reward", "learned", "--ckpt", str(tiny_run),
                  "--algo", "ppo", "--steps", "300", "--envs", "2", "--episodes", "3", "--out", str(out), "--device", "cpu", *extra]) == 0
     r = json.loads((out / "rl.json").read_text())
     assert r["spec"]["reward"] == "learned" and r["eval"]["episodes"] == 3
     assert r["spec"]["ensemble"] == ([str(tiny_run)] if ensemble else []) and r["spec"]["disagreement"] == (1.5 if ensemble else 0.0)
     assert r["spec"]["success_disagreement"] == (1.0 if ensemble else 0.0)
+    assert r["spec"]["shaping"] == (0.0 if ensemble else 10.0)
     lo, hi = r["eval"]["success_ci"]
     assert 0 <= lo <= r["eval"]["success"] <= hi <= 1
     assert r["reward_check"]["episodes"] == 3 and "hacking_episodes" in r["reward_check"]
@@ -325,13 +329,26 @@ def test_a_learned_run_settles_the_bonus_its_model_learned_apart():
     assert settled_bonus(replace(spec, reward="true"), 10.0) is None
 
 
-def test_rl_smoke_sac_on_the_true_reward(tmp_path):
-    from embodied.rl import RLSpec, train_rl
+@pytest.mark.parametrize("shaping", [0.0, 20.0])
+def test_rl_smoke_sac_on_the_true_reward(tmp_path, shaping):
+    from embodied.policies.shaping import DenseTap
+    from embodied.rl import ALGORITHMS, RLSpec, format_result, make_env, train_rl
 
-    r = train_rl(RLSpec(env_id="embodied/PointReach-v0", instruction="reach the blue ball", reward="true", algo="sac", steps=150,
-                        n_envs=1, episodes=2, device="cpu"), tmp_path / "sac")
-    assert r["eval"]["episodes"] == 2 and "reward_check" not in r
+    spec = RLSpec(env_id="embodied/PointReach-v0", instruction="reach the blue ball", reward="true", algo="sac", steps=150,
+                  n_envs=1, episodes=2, device="cpu", shaping=shaping)
+    env = make_env(spec, None, ALGORITHMS["sac"](), monitor=False)  # the true reward tells its dense part where it is shaped
+    assert any(isinstance(w, DenseTap) for w in _wrappers(env)) == bool(shaping)
+    env.close()
+    r = train_rl(spec, tmp_path / "sac")
+    assert r["eval"]["episodes"] == 2 and "reward_check" not in r and r["spec"]["shaping"] == shaping
+    assert ("as a potential x 20" in format_result(r)) == bool(shaping)
     assert (tmp_path / "sac" / "rl.json").exists()
+
+
+def _wrappers(env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
 
 
 def _seen_by_rl_policy(spec, state):

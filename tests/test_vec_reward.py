@@ -173,6 +173,37 @@ def test_settled_success_pays_the_bonus_once_where_the_model_ends_the_episode(re
             LearnedReward(make("embodied/PointPushDir-v0"), reward_model, end_on_success=end, success_bonus=bonus)
 
 
+def test_vec_learned_reward_tells_the_dense_part_it_pays_besides_the_settled_bonus(reward_model):
+    from embodied.policies.shaping import DENSE_REWARD, VecPotentialShaping
+
+    th = _median_success(reward_model)
+    venv = VecLearnedReward(_venv(RewardTap, 2, [6, 9]), reward_model, INSTRUCTION, end_on_success=th, success_bonus=4.0, reward_ceiling=0.0)
+    shaped = VecPotentialShaping(VecLearnedReward(_venv(RewardTap, 2, [6, 9]), reward_model, INSTRUCTION, end_on_success=th,
+                                                  success_bonus=4.0, reward_ceiling=0.0), 5.0, 0.9)
+    venv.reset()
+    shaped.reset()
+    rng = np.random.default_rng(3)
+    ended, first = 0, np.ones(2, bool)
+    previous = np.zeros(2)
+    for _ in range(30):
+        a = rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+        _, r, dones, infos = venv.step(a)
+        _, rs, dones_s, infos_s = shaped.step(a)
+        assert (dones == dones_s).all()
+        penalty = 0.5 * np.abs(a).sum(axis=1)
+        for i, info in enumerate(infos):
+            dense = info[DENSE_REWARD]
+            assert dense <= 1e-6 and dense == pytest.approx(infos_s[i][DENSE_REWARD], abs=1e-5)
+            paid = r[i] + penalty[i] - dense  # the bonus where the model's success ended the episode, else nothing
+            assert paid == pytest.approx(4.0 if dones[i] and info["learned_success"] > th else 0.0, abs=1e-4)
+            ended += bool(paid > 1.0)
+            before = dense if first[i] else previous[i]  # the shaped vector pays the dense part as a potential instead
+            assert rs[i] == pytest.approx(5.0 * (0.9 * dense - before) + paid - penalty[i], abs=1e-3)
+            previous[i] = dense
+        first = dones.copy()
+    assert ended  # some episodes ended on the model's success and were paid the bonus
+
+
 def test_reward_ceiling_bounds_the_dense_part_and_keeps_the_bonus(reward_model):
     # a reward head that expects more of the bonus than the success head: 4.5 - 10 x 0.2 = +2.5 a step, short of success
     reward, p = np.array([4.5, -1.0, 6.0], np.float32), np.array([0.2, 0.1, 0.8], np.float32)
