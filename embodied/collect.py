@@ -27,7 +27,7 @@ import numpy as np
 from embodied import specs
 from embodied.errors import ConfigError
 
-POLICIES = ("expert", "noisy:SIGMA", "hasty", "hasty:SIGMA", "random", "halt", "wander", "astray")
+POLICIES = ("expert", "noisy:SIGMA", "hasty", "hasty:SIGMA", "random", "halt", "wander", "astray", "rl:RUN")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,13 @@ def parse_policy(spec: str) -> tuple[str, float]:
     ``"wander"`` -> ("wander", 0) (random commands held for 5 to 30 steps: :class:`embodied.envs.WanderPolicy`),
     ``"astray"`` -> ("astray", 0) (the expert of another direction or zone: :class:`embodied.envs.AstrayExpert`),
     ``"hasty"`` -> ("hasty", 0) and ``"hasty:0.3"`` -> ("hasty", 0.3) (the expert sped up by a gain drawn per episode
-    from [1, 3], with that noise: :class:`embodied.envs.HastyExpert`)."""
+    from [1, 3], with that noise: :class:`embodied.envs.HastyExpert`), ``"rl:runs/RL"`` -> ("rl", 0) (the policy an
+    ``embodied rl`` run saved in that folder, on its run's task)."""
     kind, _, arg = spec.partition(":")
+    if kind == "rl":
+        if not arg:
+            raise ConfigError(f"policy {spec!r}: name the run, e.g. rl:runs/RL (the --out folder of `embodied rl`)")
+        return kind, 0.0
     if kind in ("expert", "random", "halt", "wander", "astray", "hasty") and not arg:
         return kind, 0.0
     if kind in ("noisy", "hasty"):
@@ -66,10 +71,36 @@ def parse_policy(spec: str) -> tuple[str, float]:
     raise ConfigError(f"unknown policy {spec!r}; use one of {', '.join(POLICIES)}")
 
 
-def _make_policy(env: Any, spec: str, seed: int) -> Any:
+_RL_POLICIES: dict[str, tuple[Any, Any]] = {}
+"""The ``embodied rl`` policies this process has loaded, by run folder (each loads once per worker)."""
+
+
+def _rl_policy(env: Any, folder: str) -> tuple[Any, Any]:
+    """The run's policy, and ``env`` asking every episode for the run's task (:class:`embodied.envs.FixedTask`)."""
+    from embodied.envs import FixedTask
+    from embodied.rl import load_rl_policy
+
+    if folder not in _RL_POLICIES:
+        _RL_POLICIES[folder] = load_rl_policy(folder)
+    policy, run = _RL_POLICIES[folder]
+    env_id = getattr(env.spec, "id", None)
+    if env_id != run.env_id:
+        raise ConfigError(f"policy rl:{folder} was trained on {run.env_id}; collect it there (--env {run.env_id}), not on {env_id}")
+    return FixedTask(env, run.instruction), policy
+
+
+def _make_policy(env: Any, spec: str, seed: int) -> tuple[Any, Any]:
+    """The env an episode of policy ``spec`` runs in (``env``, or for an rl policy ``env`` fixed to its run's task) and
+    the policy."""
+    kind, sigma = parse_policy(spec)
+    if kind == "rl":
+        return _rl_policy(env, spec.partition(":")[2])
+    return env, _policy(env, kind, sigma, seed)
+
+
+def _policy(env: Any, kind: str, sigma: float, seed: int) -> Any:
     from embodied.envs import AstrayExpert, HaltingExpert, HastyExpert, RandomPolicy, ScriptedExpert, WanderPolicy
 
-    kind, sigma = parse_policy(spec)
     if kind == "hasty":
         return HastyExpert(env, noise=sigma, seed=seed)
     if kind == "astray":
@@ -167,7 +198,8 @@ def run_job(job: EpisodeJob) -> tuple[EpisodeJob, dict[str, np.ndarray], dict[st
     from embodied import __version__
 
     env = _env(job.env_id, job.env_kwargs)
-    steps, summary = record_episode(env, _make_policy(env, job.policy, job.seed), job.seed, labels=job.labels)
+    env, policy = _make_policy(env, job.policy, job.seed)
+    steps, summary = record_episode(env, policy, job.seed, labels=job.labels)
     meta = {
         **summary,
         "env_id": job.env_id,
@@ -196,7 +228,8 @@ def regenerate(meta: dict[str, Any], labels: bool = True) -> dict[str, np.ndarra
 
     env = make(meta["env_id"], **meta.get("env_kwargs", {}))
     try:
-        steps, _ = record_episode(env, _make_policy(env, meta["policy"], int(meta["seed"])), int(meta["seed"]), labels=labels)
+        task_env, policy = _make_policy(env, meta["policy"], int(meta["seed"]))
+        steps, _ = record_episode(task_env, policy, int(meta["seed"]), labels=labels)
     finally:
         env.close()
     return steps
@@ -292,6 +325,12 @@ def collect(spec: CollectSpec, progress: bool = True, on_episode: Callable[[int,
     from embodied.envs import entry
 
     kind = parse_policy(spec.policy)[0]
+    if kind == "rl":
+        from embodied.rl import load_rl_policy
+
+        run = load_rl_policy(spec.policy.partition(":")[2])[1]  # a missing or broken run fails here, in one line
+        if set(spec.env_ids) != {run.env_id}:
+            raise ConfigError(f"policy {spec.policy} was trained on {run.env_id}; collect it there (--env {run.env_id})")
     for env_id in spec.env_ids:
         family = {**entry(env_id).kwargs, **dict(spec.env_kwargs)}.get("family")  # unknown ids fail before any work
         if kind == "astray" and family not in ("push_dir", "push_zone"):

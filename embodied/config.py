@@ -379,7 +379,9 @@ class CollectConfig:
     """Who acts: expert, noisy:SIGMA (expert plus correlated noise of that scale), hasty or hasty:SIGMA (the expert
     sped up by a gain drawn per episode from [1, 3], optionally with that noise), random, halt (the expert stalls at a
     random step), wander (random commands held for 5 to 30 steps: across the table, into its edges) or astray (the
-    expert of another direction or zone: the named object pushed cleanly the wrong way; push families)."""
+    expert of another direction or zone: the named object pushed cleanly the wrong way; push families) or rl:RUN (the
+    policy an `embodied rl` run saved in folder RUN, on its run's env and task: the states reinforcement learning
+    visits, for a reward model to learn)."""
     out: str = "data/episodes.zarr"
     """The episode store to write (a folder or an fsspec URL)."""
     pixels: int | None = None

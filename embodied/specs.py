@@ -153,8 +153,9 @@ def state_input_mask(kind: str, dim: int = STATE_DIM) -> list[float]:
 
 def exploratory_policy(name: str) -> bool:
     """Is ``name`` (an episode's ``policy`` metadata) a recorder whose actions are not the expert's: ``noisy:SIGMA``,
-    ``hasty[:SIGMA]`` (the expert's sped up), ``random``, ``halt`` (the expert's until it stalls) or ``wander``?"""
-    return name in ("random", "halt", "wander") or name.startswith(("noisy", "hasty"))
+    ``hasty[:SIGMA]`` (the expert's sped up), ``random``, ``halt`` (the expert's until it stalls), ``wander`` or
+    ``rl:RUN`` (a reinforcement-learning policy)?"""
+    return name in ("random", "halt", "wander") or name.startswith(("noisy", "hasty", "rl:"))
 
 
 # Seeds. Training data and evaluation never share an episode seed: collection draws from

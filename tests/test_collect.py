@@ -161,6 +161,34 @@ def test_diverged_episode_is_stored_invalid_and_never_sampled(tmp_path):
     assert s.episodes == [(0, 1)]
 
 
+def test_an_rl_runs_policy_collects_on_its_task_as_it_acted_and_regenerates(tmp_path, capsys):
+    from embodied.rl import RLSpec, load_rl_policy, train_rl
+    from embodied.training_data import imitation_mask
+
+    instruction = "push the red cube to the right"
+    run = tmp_path / "rl"
+    train_rl(RLSpec(env_id="embodied/PointPushDir-v0", instruction=instruction, reward="true", steps=256, n_envs=1, episodes=1,
+                    device="cpu", egocentric=True), run)
+    out = str(tmp_path / "rl.zarr")
+    collect(CollectSpec(out=out, env_ids=("embodied/PointPushDir-v0",), episodes=2, policy=f"rl:{run}", seed=6), progress=False)
+    policy, _ = load_rl_policy(run)
+    with EpisodeStore.open(out) as s:
+        for i in range(2):
+            m, ep = s.meta(i), s.episode(i)
+            assert m["policy"] == f"rl:{run}" and m[specs.INSTRUCTION] == instruction  # every episode on the run's task
+            n = m["steps"]
+            acted = np.stack([policy.predict({"state": st})[0] for st in ep["state"][:n]])
+            np.testing.assert_allclose(ep["action"][:n], acted, atol=1e-6)  # what the run's policy does in those states
+            assert ep["expert_action"][:n].shape == (n, specs.ACTION_DIM)  # the expert's labels, for whoever imitates
+            again = regenerate(m)
+            assert np.array_equal(ep["action"][: len(again["action"])], again["action"])
+    assert imitation_mask([f"rl:{run}"], "clean").tolist() == [False]  # its actions train no policy
+    assert main(["collect", "--env", "embodied/PointReach-v0", "--policy", f"rl:{run}", "--episodes", "1", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "trained on embodied/PointPushDir-v0" in capsys.readouterr().err
+    assert main(["collect", "--env", "embodied/PointPushDir-v0", "--policy", f"rl:{tmp_path}/none", "--episodes", "1", "--out", str(tmp_path / "y.zarr")]) == 2
+    assert "no rl.json" in capsys.readouterr().err
+
+
 def test_policies_parse_or_fail_clearly():
     assert parse_policy("expert") == ("expert", 0.0)
     assert parse_policy("noisy:0.25") == ("expert", 0.25)
@@ -169,7 +197,8 @@ def test_policies_parse_or_fail_clearly():
     assert parse_policy("wander") == ("wander", 0.0)
     assert parse_policy("astray") == ("astray", 0.0)
     assert parse_policy("hasty") == ("hasty", 0.0) and parse_policy("hasty:0.4") == ("hasty", 0.4)
-    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", "astray:1", "hasty:0", "hasty:x", ""):
+    assert parse_policy("rl:runs/RL") == ("rl", 0.0)
+    for bad in ("noisy", "noisy:-1", "noisy:x", "expertly", "random:2", "halt:3", "wander:5", "astray:1", "hasty:0", "hasty:x", "rl", "rl:", ""):
         with pytest.raises(ConfigError):
             parse_policy(bad)
 
