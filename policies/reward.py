@@ -421,7 +421,15 @@ def settle_success(reward: np.ndarray, success: np.ndarray, end_on_success: floa
     dense = settled_dense(reward, success, end_on_success, bonus, ceiling)
     if bonus is None or end_on_success is None:
         return dense
-    return (dense + bonus * (success > end_on_success)).astype(np.float32)
+    return (dense + success_payment(success, end_on_success, bonus)).astype(np.float32)
+
+
+def success_payment(success: np.ndarray, end_on_success: float | None, bonus: float | None) -> np.ndarray | float:
+    """What :func:`settle_success` pays besides the dense part: ``bonus`` on the steps (N,) whose success probability
+    passes ``end_on_success`` (ending their episodes), else 0 (0 everywhere without a bonus or a threshold)."""
+    if bonus is None or end_on_success is None:
+        return 0.0
+    return bonus * (success > end_on_success)
 
 
 def settled_dense(reward: np.ndarray, success: np.ndarray, end_on_success: float | None, bonus: float | None,

@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from embodied import specs
 from embodied.errors import ConfigError
 
-from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, EnsembleContext, RewardContext, RewardEnsemble, RewardModel, check_threshold, settle_success, settled_dense
+from .reward import LEARNED_COST, LEARNED_SUCCESS, TRUE_REWARD, EnsembleContext, RewardContext, RewardEnsemble, RewardModel, check_threshold, settled_dense, success_payment
 from .shaping import DENSE_REWARD
 
 SCORE_STATE = "score_state"
@@ -121,8 +121,8 @@ class VecLearnedReward(VecEnvWrapper):
         states = np.stack([info[SCORE_STATE] for info in infos])
         out = self.reward_model.step_each(self._contexts, actions, states, observe=~np.asarray(dones, dtype=bool))
         true = np.array([info[TRUE_REWARD] for info in infos], dtype=np.float64)
-        learned = settle_success(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
         dense = settled_dense(out["reward"], out["success"], self.end_on_success, self.success_bonus, self.reward_ceiling)
+        learned = dense + success_payment(out["success"], self.end_on_success, self.success_bonus)  # = settle_success(...)
         rewards = (np.asarray(rewards, dtype=np.float64) - true + learned).astype(np.float32)
         dones = np.array(dones, dtype=bool)
         for i, info in enumerate(infos):
