@@ -19,20 +19,34 @@ DEFAULT_REWARD_ENVS = ("embodied/PointPushZone-v0", "embodied/PointPushDir-v0")
 
 
 def cmd_bench_reward(cfg: BenchRewardConfig) -> int:
-    from embodied.bench_reward import bench_reward, format_result
+    from embodied.bench_reward import bench_reward, bench_reward_recorded, format_result
     from embodied.envs import entry
 
     if not cfg.ckpt:
         raise ConfigError("name the reward model with --ckpt runs/R")
     if not Path(cfg.ckpt).exists():
         raise ConfigError(f"no checkpoint at {cfg.ckpt}; train one with `embodied train --out {cfg.ckpt}`")
-    if cfg.episodes < 1 or not cfg.noise or min(cfg.noise) < 0:
-        raise ConfigError(f"need --episodes >= 1 and noise scales >= 0, got {cfg.episodes} and {list(cfg.noise)}")
-    ids = list(cfg.env) or list(DEFAULT_REWARD_ENVS)
-    for i in ids:
-        entry(i)
-    r = bench_reward(cfg.ckpt, ids, episodes=cfg.episodes, noises=cfg.noise, device=cfg.device, hack_threshold=cfg.hack_threshold,
-                     progress=lambda s: print(s, file=sys.stderr))
+    if cfg.max_episodes is not None and not cfg.data:
+        raise ConfigError("--max-episodes counts recorded episodes: use it with --data STORE")
+    if cfg.max_episodes is not None and cfg.max_episodes < 1:
+        raise ConfigError(f"--max-episodes must be >= 1, got {cfg.max_episodes}")
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if cfg.data:
+        if cfg.env:
+            raise ConfigError("--env picks the environments to roll out in; with --data the recorded episodes' own envs are "
+                              "scored (per_env in the result): leave --env out")
+        r = bench_reward_recorded(cfg.ckpt, cfg.data, max_episodes=cfg.max_episodes, device=cfg.device,
+                                  hack_threshold=cfg.hack_threshold, progress=progress)
+    else:
+        if cfg.episodes < 1 or not cfg.noise or min(cfg.noise) < 0:
+            raise ConfigError(f"need --episodes >= 1 and noise scales >= 0, got {cfg.episodes} and {list(cfg.noise)}")
+        ids = list(cfg.env) or list(DEFAULT_REWARD_ENVS)
+        for i in ids:
+            entry(i)
+        r = bench_reward(cfg.ckpt, ids, episodes=cfg.episodes, noises=cfg.noise, device=cfg.device, hack_threshold=cfg.hack_threshold,
+                         progress=progress)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(r, indent=2))
