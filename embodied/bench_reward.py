@@ -242,15 +242,20 @@ def recorded_episodes(stores: Sequence[str], max_episodes: int | None = None, st
 
 # ---------------------------------------------------------------------------- scoring and metrics
 def score_episodes(reward_model: Any, episodes: list[dict[str, Any]], batch: int = 64) -> None:
-    """Add the model's ``learned_reward``, ``learned_success`` and ``learned_cost`` (each (T,)) to each episode, in place.
+    """Add the model's ``learned_reward``, ``learned_success`` and ``learned_cost`` (each (T,)) to each episode, in place,
+    and ``learned_dense`` (T,): the reward less the success bonus the model's reward head learned without
+    (``ModelConfig.success_bonus`` x the success probability; the reward itself for a model without one), which is the
+    part of the reward an ``embodied rl --terminate-on-success`` run pays on steps before the model calls a success.
 
     Episodes are batched by length (``batch`` at a time), so that short episodes do not wait on long ones' padding."""
+    bonus = float(reward_model.model.cfg.success_bonus or 0.0)
     ordered = sorted(episodes, key=lambda e: len(e["action"]))
     for i in range(0, len(ordered), batch):
         chunk = ordered[i : i + batch]
         trajs = [({"state": e["state"], **({"pixels": e["pixels"]} if "pixels" in e else {})}, e["action"], e["instruction"]) for e in chunk]
         for e, s in zip(chunk, reward_model.score_batch(trajs)):
             e["learned_reward"], e["learned_success"], e["learned_cost"] = s.reward, s.success, s.cost
+            e["learned_dense"] = (s.reward - bonus * s.success).astype(np.float32) if bonus else s.reward
 
 
 def success_reward_level(episodes: list[dict[str, Any]]) -> float | None:
@@ -291,7 +296,10 @@ def dense_steps(episode: dict[str, Any]) -> np.ndarray:
 def step_error_metrics(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The learned reward's error on the dense steps (:func:`dense_steps`) of scored ``episodes``, in env reward units.
 
-    ``reward_mae_step``: mean |learned_t - true_t|; ``reward_error_step_std``: the standard deviation, over all pairs
+    ``reward_mae_step``: mean |learned_t - true_t|, with learned the episode's ``learned_dense`` where
+    :func:`score_episodes` set it (a success-bonus model's reward less its expected bonus: on steps before a success
+    that is what RL is paid; the whole predicted reward would count the bonus the head expects as error), else its
+    ``learned_reward``; ``reward_error_step_std``: the standard deviation, over all pairs
     of consecutive dense steps within an episode, of err_t - err_{t-1} (err = learned - true); ``true_reward_step_std``:
     that of true_t - true_{t-1} on the same pairs; ``dense_steps``: how many steps count. None where nothing counts.
     The module doc says why the step-to-step error is the one a policy exploits.
@@ -299,7 +307,7 @@ def step_error_metrics(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     abs_err, err_diff, true_diff = [], [], []
     for e in episodes:
         true = np.asarray(e["reward"], dtype=np.float64)
-        err = np.asarray(e["learned_reward"], dtype=np.float64) - true
+        err = np.asarray(e.get("learned_dense", e["learned_reward"]), dtype=np.float64) - true
         dense = dense_steps(e)
         abs_err.append(np.abs(err[dense]))
         pairs = dense[1:] & dense[:-1]

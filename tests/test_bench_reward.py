@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from embodied import specs
-from embodied.bench_reward import dense_steps, evenly_spaced, format_result, missed_targets, reward_metrics, step_error_metrics
+from embodied.bench_reward import (dense_steps, evenly_spaced, format_result, missed_targets, reward_metrics, score_episodes,
+                                    step_error_metrics)
 from embodied.cli import main
 from embodied.collect import CollectSpec, collect
 
@@ -169,3 +170,36 @@ def test_bench_reward_data_bad_input_is_one_line(case, tiny_run, tmp_path, capsy
     assert main(["bench", "reward", "--ckpt", ckpt, "--data", str(store), "--device", "cpu", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_a_success_bonus_models_step_error_is_on_its_dense_part():
+    """A model whose reward head learned without the success bonus scores reward = dense + bonus x p; the step error
+    compares the dense part (what a terminate-on-success RL run pays before a success), not the bonus it expects."""
+    from dataclasses import dataclass
+
+    from embodied.policies.reward import Score
+
+    @dataclass
+    class Cfg:
+        success_bonus: float
+
+    class Fake:
+        def __init__(self, bonus: float) -> None:
+            self.model = type("M", (), {"cfg": Cfg(bonus)})()
+
+        def score_batch(self, trajs):
+            out = []
+            for obs, a, _ in trajs:
+                T = len(a)
+                p = np.linspace(0.0, 0.4, T).astype(np.float32)  # a success probability rising along the episode
+                out.append(Score(reward=(-0.5 + 10.0 * p).astype(np.float32), success=p, cost=np.zeros(T, np.float32)))
+            return out
+
+    T = 30
+    ep = {"instruction": "x", "state": np.zeros((T + 1, 3)), "action": np.zeros((T, 2)), "reward": np.full(T, -0.5),
+          "cost": np.zeros(T), "success": False, "invalid": False, "noise": None}
+    for bonus, mae in ((10.0, 0.0), (0.0, 2.0)):
+        e = dict(ep)
+        score_episodes(Fake(bonus), [e])
+        m = step_error_metrics([e])
+        assert m["reward_mae_step"] == pytest.approx(mae, abs=1e-5)  # with the bonus known, the dense part is exact
