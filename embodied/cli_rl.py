@@ -30,6 +30,7 @@ def cmd_bench_reward(cfg: BenchRewardConfig) -> int:
         raise ConfigError("--max-episodes counts recorded episodes: use it with --data STORE")
     if cfg.max_episodes is not None and cfg.max_episodes < 1:
         raise ConfigError(f"--max-episodes must be >= 1, got {cfg.max_episodes}")
+
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
