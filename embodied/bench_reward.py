@@ -248,7 +248,8 @@ def score_episodes(reward_model: Any, episodes: list[dict[str, Any]], batch: int
     part of the reward an ``embodied rl --terminate-on-success`` run pays on steps before the model calls a success.
 
     Episodes are batched by length (``batch`` at a time), so that short episodes do not wait on long ones' padding."""
-    bonus = float(reward_model.model.cfg.success_bonus or 0.0)
+    cfg = getattr(getattr(reward_model, "model", None), "cfg", None)  # a scorer without a model (a test's) has no bonus
+    bonus = float(getattr(cfg, "success_bonus", 0.0) or 0.0)
     ordered = sorted(episodes, key=lambda e: len(e["action"]))
     for i in range(0, len(ordered), batch):
         chunk = ordered[i : i + batch]
