@@ -203,8 +203,8 @@ class FullFineTune(AdaptMethod):
         return dict(model.named_parameters())
 
 
-HEADS = ("action_head", "state_head", "outcome_head", "term_head", "latent_head")
-"""The output heads of :class:`~embodied.model.TrajectoryModel` (policy, dynamics, reward/cost/success, per-term cost, image latent)."""
+HEADS = ("action_head", "state_head", "outcome_head", "term_head", "change_head", "latent_head")
+"""The output heads of :class:`~embodied.model.TrajectoryModel` (policy, dynamics, reward/cost/success, per-term cost, reward change, image latent)."""
 
 
 @register("head")

@@ -600,6 +600,13 @@ class ModelConfig:
     """What the data's reward pays on each solved step, left out of the reward head's target: the head learns the dense
     rest (``reward - success_bonus x success``) and the model's reward is that plus ``success_bonus`` times its success
     probability (:meth:`embodied.model.TrajectoryModel.expected_reward`). 0: the head learns the whole reward."""
+    reward_change: float = 0.0
+    """With a value in (0, 1): a reward-change head at the action token learns the step-to-step change of the dense
+    reward (``r_t - r_{t-1}``, the success bonus left out), and a step-by-step scorer fuses it with the level the reward
+    head predicts: ``dense_t = w (dense_{t-1} + change_t) + (1 - w) level_t`` with this ``w``
+    (:meth:`embodied.model.TrajectoryModel.dense_reward`). The level's error wanders from step to step by about 1.5x
+    the true reward's own step-to-step change, which is the signal a policy-gradient learner follows; the change is
+    predicted with a third of that error, and the level keeps the running sum from drifting. 0: no head."""
     policy_history: bool = False
     """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
     (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
@@ -630,6 +637,8 @@ class ModelConfig:
             raise ConfigError("model relation_readout reads the displacements of moved_readout; turn moved_readout on with it")
         if not (math.isfinite(self.success_bonus) and self.success_bonus >= 0):
             raise ConfigError(f"model success_bonus must be a finite number >= 0, got {self.success_bonus}")
+        if not (math.isfinite(self.reward_change) and 0 <= self.reward_change < 1):
+            raise ConfigError(f"model reward_change must be in [0, 1) (the running sum's weight; 0: no change head), got {self.reward_change}")
         if self.cost_terms not in (0, len(COST_TERMS)):
             raise ConfigError(f"model cost_terms must be 0 or {len(COST_TERMS)} (one per name in COST_TERMS), got {self.cost_terms}")
 
@@ -771,6 +780,10 @@ class TrainRunConfig:
     """What the data's reward pays per solved step (the suite's envs: 10), learned apart: the reward head learns the rest,
     the success head the bonus's share (ModelConfig.success_bonus); the bonus's spikes then no longer swamp the dense
     terms in the reward head's loss and scale. 0: the reward head learns the whole reward."""
+    reward_change: float = 0.0
+    """A reward-change head (ModelConfig.reward_change): it learns each step's change of the dense reward, and the
+    learned reward follows dense_t = W (dense_{t-1} + change_t) + (1 - W) level_t with this W in (0, 1), e.g. 0.8.
+    0: no change head."""
 
 
 @dataclass(frozen=True)

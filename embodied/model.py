@@ -341,11 +341,14 @@ class TrajectoryModel(nn.Module):
         self.state_head = nn.Linear(d, cfg.state_dim)  # state change to t + 1, in units of delta_scale
         self.outcome_head = nn.Linear(d, 3)  # reward (normalised), cost logit, success logit
         self.term_head = nn.Linear(d, cfg.cost_terms) if cfg.cost_terms else None  # a cost logit per named term
+        self.change_head = nn.Linear(d, 1) if cfg.reward_change else None  # the dense reward's change, units of change_scale
         self.latent_head = nn.Linear(d, d) if cfg.pixels else None  # the next image's CNN encoding
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.register_buffer("delta_scale", torch.ones(cfg.state_dim))  # raw units of one unit of the state-change head
         self.register_buffer("reward_stats", torch.tensor([0.0, 1.0]))  # mean, std
+        if cfg.reward_change:
+            self.register_buffer("change_scale", torch.ones(()))  # env reward units of one unit of the change head
         self.register_buffer("goal_mean", torch.zeros(cfg.lang_dim))  # instruction embeddings are whitened:
         self.register_buffer("goal_scale", torch.ones(()))  # (goal - goal_mean) * goal_scale
         if cfg.lang_tokens:  # and so are the token outputs (one mean over every token of every training instruction)
@@ -384,7 +387,7 @@ class TrajectoryModel(nn.Module):
             state_dict[prefix + "goal_scale"] = torch.ones_like(module.goal_scale)  # type: ignore[arg-type]
 
     def set_normalizer(self, state_mean: torch.Tensor, state_std: torch.Tensor, reward_mean: float = 0.0, reward_std: float = 1.0,
-                       delta_std: torch.Tensor | None = None, goals: torch.Tensor | None = None) -> None:
+                       delta_std: torch.Tensor | None = None, goals: torch.Tensor | None = None, change_std: float | None = None) -> None:
         """Set the normalisation statistics (stored with the weights); state stds below 1e-3 count as 1.
 
         ``delta_std`` (S,) is the spread of one step's state change per dimension, in raw units: the
@@ -396,11 +399,16 @@ class TrajectoryModel(nn.Module):
         instruction: minus their mean, over their root-mean-square spread. Sentence embeddings of "touch the
         red cube" and "touch the blue ball" share most of their direction; whitened, what tells them apart
         is what is left. Token outputs get one mean and spread over all (non-padding) tokens.
+
+        ``change_std``: the spread of one step's change of the dense reward (env units), the unit of the reward-change
+        head (``cfg.reward_change``; ignored without it).
         """
         std = torch.as_tensor(state_std, dtype=torch.float32)
         self.state_mean.copy_(torch.as_tensor(state_mean, dtype=torch.float32))
         self.state_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
         self.reward_stats.copy_(torch.tensor([float(reward_mean), max(float(reward_std), 1e-3)]))
+        if self.change_head is not None and change_std is not None:
+            self.change_scale.fill_(max(float(change_std), 1e-6))
         if delta_std is None:
             self.delta_scale.copy_(self.state_std)
         else:
@@ -544,12 +552,28 @@ class TrajectoryModel(nn.Module):
         out = {"delta": self.state_head(h), "reward": o[..., 0], "cost_logit": o[..., 1], "success_logit": o[..., 2]}
         if self.term_head is not None:
             out["term_logits"] = self.term_head(h)
+        if self.change_head is not None:
+            out["reward_change"] = self.change_head(h)[..., 0]
         return out
 
-    def expected_reward(self, o: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`outcomes` -> the reward in the env's units (...,): the reward head's (denormalised) plus, when the head
-        learned the reward without the success bonus (``cfg.success_bonus``), that bonus times the success probability."""
-        r = o["reward"].float() * self.reward_stats[1] + self.reward_stats[0]
+    def dense_reward(self, o: dict[str, torch.Tensor], prev: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`outcomes` -> the dense reward in the env's units (...,): the reward head's level (denormalised; without
+        the success bonus when ``cfg.success_bonus``). With a reward-change head (``cfg.reward_change`` = w) and ``prev``
+        (...,), the previous step's dense reward as this method gave it, the level is fused with the predicted change:
+        ``w (prev + change) + (1 - w) level``; where ``prev`` is NaN (a trajectory's first step) the level stands."""
+        level = o["reward"].float() * self.reward_stats[1] + self.reward_stats[0]
+        if prev is None or self.change_head is None:
+            return level
+        w = self.cfg.reward_change
+        fused = w * (prev.float() + o["reward_change"].float() * self.change_scale) + (1.0 - w) * level
+        return torch.where(torch.isnan(prev), level, fused)
+
+    def expected_reward(self, o: dict[str, torch.Tensor], prev_dense: torch.Tensor | None = None, *,
+                        dense: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`outcomes` -> the reward in the env's units (...,): :meth:`dense_reward` (given ``prev_dense``, fused
+        with the predicted change; or ``dense`` when the caller has it already) plus, when the head learned the reward
+        without the success bonus (``cfg.success_bonus``), that bonus times the success probability."""
+        r = self.dense_reward(o, prev_dense) if dense is None else dense
         if self.cfg.success_bonus:
             r = r + self.cfg.success_bonus * torch.sigmoid(o["success_logit"].float())
         return r
@@ -626,7 +650,8 @@ class TrajectoryModel(nn.Module):
         ``count(n)`` turns a mask's count into the denominator of its mean (default ``max(n, 1)``;
         under DDP the count over all ranks divided by their number).
         """
-        w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "cost_terms": 0.5, "success": 0.5, **(weights or {})}
+        w = {"action": 1.0, "state": 1.0, "latent": 0.5, "reward": 0.5, "cost": 0.5, "cost_terms": 0.5, "success": 0.5, "reward_change": 0.5,
+             **(weights or {})}
         out = self(batch, goal) if out is None else out
         frame = batch["mask"]
         terms: dict[str, torch.Tensor] = {}
@@ -661,6 +686,9 @@ class TrajectoryModel(nn.Module):
         dense = batch[specs.REWARD].float() - self.cfg.success_bonus * batch[specs.SUCCESS].float()  # the bonus: the success head's
         r = (dense - self.reward_stats[0]) / self.reward_stats[1]
         terms["reward"] = masked_mean((pred["reward"].float() - r).pow(2), om)
+        if self.change_head is not None:  # the dense reward's change from the step before, within the window
+            change = (dense[:, 1:] - dense[:, :-1]) / self.change_scale
+            terms["reward_change"] = masked_mean((pred["reward_change"][:, 1:].float() - change).pow(2), om[:, 1:] & om[:, :-1])
         cost_t = (batch[specs.COST].float() > 0).float()
         terms["cost"] = masked_mean(F.binary_cross_entropy_with_logits(pred["cost_logit"].float(), cost_t, reduction="none"), batch.get("cost_mask", am) & am)
         if "term_logits" in pred and specs.COST_BY_TERM in batch:  # each named cost, where the store records them

@@ -131,7 +131,8 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
 
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
                        obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens,
-                       relation_readout=run.relations, success_bonus=run.success_bonus)
+                       relation_readout=run.relations, success_bonus=run.success_bonus,
+                       reward_change=run.reward_change)
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),
@@ -140,6 +141,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
         "reward_mean": float(reward_stats.mean) if reward_stats.count else 0.0,
         "reward_std": float(reward_stats.std) if reward_stats.count else 1.0,
         "goals": goals[[index[s] for s in sampler.instructions]],  # whitening: from the training instructions only
+        **({"change_std": reward_change_std(list(run.data), run.success_bonus)} if run.reward_change else {}),
     }
     meta = {"data": list(run.data), "preset": run.preset, "encoder": key, "holdout": run.holdout, "instructions": names}
     return train(model_cfg, cfg, batches, goals, run.out, normalizer=normalizer, eval_batches=eval_batches if held else None,
@@ -230,6 +232,29 @@ def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:
         return torch.ones(specs.STATE_DIM)
     mean = total / n
     return torch.as_tensor(np.sqrt(np.maximum(sq / n - mean * mean, 0.0)), dtype=torch.float32)
+
+
+def reward_change_std(urls: list[str], success_bonus: float = 0.0, max_episodes: int = 512) -> float:
+    """The root-mean-square of one step's change of the dense reward (``reward - success_bonus x success``, the env's
+    units) over the consecutive steps of the valid episodes of the stores (at most ``max_episodes``, evenly spaced):
+    the reward-change head's unit (:attr:`embodied.model.ModelConfig.reward_change`). 1.0 where no store has rewards."""
+    from embodied.datasets import EpisodeStore
+
+    sq, n = 0.0, 0
+    for url in urls:
+        with EpisodeStore.open(url) as store:
+            if specs.REWARD not in store.features:
+                continue
+            keys = (specs.REWARD, specs.SUCCESS) if specs.SUCCESS in store.features else (specs.REWARD,)
+            valid = [i for i, m in enumerate(store.metas()) if m.get(specs.VALID, True)]
+            for i in valid[:: max(1, -(-len(valid) * len(urls) // max_episodes))]:
+                ep = store.episode(i, keys=keys)
+                dense = ep[specs.REWARD].astype(np.float64) - success_bonus * ep.get(specs.SUCCESS, np.zeros(1)).astype(np.float64)
+                d = np.diff(dense)
+                d = d[np.isfinite(d)]
+                sq += float((d * d).sum())
+                n += len(d)
+    return float(np.sqrt(sq / n)) if n and sq > 0 else 1.0
 
 
 def imitation_mask(policies: list[str], imitate: str) -> torch.Tensor:

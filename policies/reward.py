@@ -62,6 +62,9 @@ class RewardContext:
     shared: tuple[KVCache, int] | None = None
     """Set by :meth:`RewardModel.step_each`: the batched cache this one-trajectory context is a row of, and the row
     (``cache`` is a view of it); the next call reuses it instead of stacking the rows again."""
+    dense: torch.Tensor | None = None
+    """(B,) the dense reward each trajectory's last step was given (NaN before its first): a reward-change model
+    (``ModelConfig.reward_change``) fuses the next step's predicted change onto it."""
 
 
 class RewardModel:
@@ -121,7 +124,8 @@ class RewardModel:
         if next_state is not None:
             s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)
             _, ctx.cache = self.model.observe(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
-        return self._decode(out)
+        ctx.dense = self.model.dense_reward(out, self._previous([ctx]))
+        return self._decode(out, ctx.dense)
 
     @torch.inference_mode()
     def step_each(self, contexts: Sequence[RewardContext], action: np.ndarray, next_state: np.ndarray,
@@ -153,8 +157,11 @@ class RewardModel:
             cache = _shared_cache([contexts[i] for i in rows])
             t = torch.tensor([contexts[i].t for i in rows], dtype=torch.long, device=self.device)
             o, cache = self.model.act(cache, a[rows], t)
-            for k, v in self._decode(o).items():
+            dense = self.model.dense_reward(o, self._previous([contexts[i] for i in rows]))
+            for k, v in self._decode(o, dense).items():
                 out[k][rows] = v
+            for j, i in enumerate(rows):
+                contexts[i].dense = dense[j : j + 1]
             going = [j for j, i in enumerate(rows) if keep[i]]
             if going:
                 if len(going) < len(rows):
@@ -220,9 +227,17 @@ class RewardModel:
             raise ConfigError("this model sees pixels: make the env with pixels=" + str(self.model.cfg.pixels))
         return torch.as_tensor(np.asarray(pixels), device=self.device)
 
-    def _decode(self, out: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    def _previous(self, contexts: Sequence[RewardContext]) -> torch.Tensor | None:
+        """The dense rewards the contexts' last steps were given, (sum of batches,), NaN where none; None for a model
+        without a reward-change head (its reward reads no history)."""
+        if self.model.change_head is None:
+            return None
+        return torch.cat([torch.full((c.batch,), float("nan"), device=self.device) if c.dense is None else c.dense for c in contexts])
+
+    def _decode(self, out: Mapping[str, torch.Tensor], dense: torch.Tensor) -> dict[str, np.ndarray]:
+        """The outcome heads' output and this step's :meth:`~embodied.model.TrajectoryModel.dense_reward` -> numpy."""
         return {
-            "reward": self.model.expected_reward(out).cpu().numpy().astype(np.float32),
+            "reward": self.model.expected_reward(out, dense=dense).cpu().numpy().astype(np.float32),
             "success": torch.sigmoid(out["success_logit"].float()).cpu().numpy().astype(np.float32),
             "cost": torch.sigmoid(out["cost_logit"].float()).cpu().numpy().astype(np.float32),
         }

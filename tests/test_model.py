@@ -617,3 +617,44 @@ def test_success_bonus_is_left_to_the_success_head_and_added_back_to_the_reward(
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="success_bonus"):
             preset("tiny", success_bonus=bad)
+
+
+def test_reward_change_head_learns_the_dense_change_and_fuses_it_onto_the_last_step():
+    """``ModelConfig.reward_change`` = w: a head at the action token learns r_t - r_{t-1} of the dense reward (the success
+    bonus left out) in units of ``change_scale``, and ``dense_reward`` gives w (prev + change) + (1 - w) level."""
+    torch.manual_seed(0)
+    m = TrajectoryModel(preset("tiny", reward_change=0.8, success_bonus=10.0))
+    m.set_normalizer(torch.zeros(m.cfg.state_dim), torch.ones(m.cfg.state_dim), reward_mean=0.5, reward_std=2.0, change_std=0.25)
+    assert m.change_scale.item() == 0.25
+    b = _batch(3, 6, m.cfg)
+    b["reward_mask"] = torch.ones(3, 6, dtype=torch.bool)
+    b["reward_mask"][1, 2] = False  # a step without a reward: neither change it is part of is learned
+    goal = torch.randn(3, m.cfg.goal_dim)
+    out = m(b, goal)
+    _, terms = m.loss(b, goal, out=out)
+    pred = m.outcomes(out["h_act"])["reward_change"][:, 1:]
+    dense = b["reward"] - 10.0 * b["success"].float()
+    want = (dense[:, 1:] - dense[:, :-1]) / 0.25
+    keep = b["reward_mask"][:, 1:] & b["reward_mask"][:, :-1]
+    assert int(keep.sum()) == 3 * 5 - 2
+    assert terms["reward_change"].item() == pytest.approx(((pred - want).pow(2)[keep]).mean().item(), rel=1e-5)
+    terms["reward_change"].backward()
+    assert m.change_head.weight.grad.abs().sum() > 0 and m.outcome_head.weight.grad is None  # its own head, through the trunk
+    # the fusion: the level where there is no previous step (NaN), else the running sum pulled towards the level
+    with torch.no_grad():
+        o = m.outcomes(torch.randn(4, m.cfg.d_model))
+        level = o["reward"] * 2.0 + 0.5
+        prev = torch.tensor([float("nan"), 0.0, -1.0, 3.0])
+        fused = m.dense_reward(o, prev)
+        torch.testing.assert_close(m.dense_reward(o), level)
+        torch.testing.assert_close(fused[0], level[0])
+        torch.testing.assert_close(fused[1:], 0.8 * (prev[1:] + 0.25 * o["reward_change"][1:]) + 0.2 * level[1:])
+        torch.testing.assert_close(m.expected_reward(o, prev), fused + 10.0 * torch.sigmoid(o["success_logit"]))
+    # a model without it has no head, no term and no buffer: its checkpoints are what they were
+    plain = TrajectoryModel(preset("tiny"))
+    assert plain.change_head is None and "change_scale" not in plain.state_dict()
+    assert "reward_change" not in plain.loss(b, goal)[1] and "reward_change" not in plain.outcomes(torch.randn(2, plain.cfg.d_model))
+    assert ModelConfig.from_json({k: v for k, v in preset("tiny").to_json().items() if k != "reward_change"}).reward_change == 0.0
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="reward_change"):
+            preset("tiny", reward_change=bad)

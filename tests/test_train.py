@@ -249,3 +249,27 @@ def test_success_bonus_trains_the_reward_head_on_the_dense_rest(reach_store, tmp
     mean, std = _weights(out)["reward_stats"].tolist()
     assert mean == pytest.approx(dense.mean(), rel=1e-4) and std == pytest.approx(dense.std(), rel=1e-3)
     assert std < 0.5 * reward.std()  # the spikes no longer set the head's scale
+
+
+def test_reward_change_trains_a_change_head_in_units_of_the_dense_reward_steps(reach_store, tmp_path):
+    """`embodied train --reward-change 0.8 --success-bonus 10`: the model records w, and its change head's unit is the
+    root-mean-square of one step's change of the dense reward (less the bonus) over the store's episodes."""
+    from embodied.datasets import EpisodeStore
+
+    out = tmp_path / "change"
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--window", "4", "--workers", "0", "--no-compile", "--imitate", "all", "--success-bonus", "10",
+                 "--reward-change", "0.8"]) == 0
+    assert json.loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())["model"]["reward_change"] == 0.8
+    with EpisodeStore.open(reach_store) as s:
+        steps = []
+        for i in range(len(s)):
+            e = s.episode(i, keys=["reward", "success"])
+            d = np.diff(e["reward"].astype(np.float64) - 10.0 * e["success"])
+            steps.append(d[np.isfinite(d)])
+    rms = float(np.sqrt(np.mean(np.concatenate(steps) ** 2)))
+    weights = _weights(out)
+    assert weights["change_scale"].item() == pytest.approx(rms, rel=1e-4) and 0 < rms < 1.0
+    assert "change_head.weight" in weights
+    assert main(["train", "--data", reach_store, "--reward-change", "1.0", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

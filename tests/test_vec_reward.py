@@ -64,8 +64,31 @@ def _median_success(reward_model) -> float:
     return float(np.median(p))
 
 
+@pytest.fixture(scope="module")
+def change_model(reward_model):
+    """The same model with a reward-change head (``ModelConfig.reward_change``) large enough that the fusion shows."""
+    torch.manual_seed(2)
+    model = TrajectoryModel(replace(reward_model.model.cfg, reward_change=0.8))
+    model.load_state_dict(reward_model.model.state_dict(), strict=False)
+    torch.nn.init.normal_(model.change_head.weight, std=0.5)
+    model.set_normalizer(torch.zeros(model.cfg.state_dim), torch.ones(model.cfg.state_dim), reward_mean=-1.0, reward_std=2.0,
+                         change_std=0.3)
+    return RewardModel(model, fake_encode, device="cpu")
+
+
 @pytest.mark.parametrize("ends,bonus,ceiling", [("env", None, None), ("model", None, None), ("model", 10.0, None), ("model", 10.0, -0.5)])
 def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends, bonus, ceiling):
+    _check_batched_equals_per_env(reward_model, ends, bonus, ceiling)
+
+
+@pytest.mark.parametrize("ends", ["env", "model"])
+def test_batched_reward_of_a_reward_change_model_equals_per_env_across_episode_ends(change_model, ends):
+    """The fused reward carries each env's last dense reward from step to step and starts afresh with each episode,
+    the same batched as per env."""
+    _check_batched_equals_per_env(change_model, ends, 10.0 if ends == "model" else None, None)
+
+
+def _check_batched_equals_per_env(reward_model, ends, bonus, ceiling):
     n, lengths = 3, [5, 12, 7]  # episodes end at different steps, and run past the model's context of 8
     end_on_success = _median_success(reward_model) if ends == "model" else None
     ref = _venv(lambda e: LearnedReward(e, reward_model, INSTRUCTION, end_on_success=end_on_success, success_bonus=bonus,
@@ -329,3 +352,28 @@ def test_ensemble_refuses_one_member_and_a_negative_penalty(reward_model, second
         RewardEnsemble([reward_model, second_model], disagreement=-1.0)
     with pytest.raises(ConfigError, match="success disagreement penalty must be >= 0"):
         RewardEnsemble([reward_model, second_model], success_disagreement=-0.5)
+
+
+def test_a_reward_change_model_scores_each_step_as_the_running_sum_pulled_to_the_level(reward_model, change_model):
+    """score() (one context, step by step) and step_each give dense_t = w (dense_{t-1} + change_t) + (1 - w) level_t, with
+    the level the same model's reward head gives and dense_0 = level_0; the change head is what the fusion adds."""
+    rng = np.random.default_rng(6)
+    S = change_model.model.cfg.state_dim
+    states, actions = rng.normal(size=(12, S)).astype(np.float32), rng.uniform(-1, 1, (11, 2)).astype(np.float32)
+    level = reward_model.score(states, actions, INSTRUCTION).reward  # the shared weights without the change head
+    with torch.no_grad():  # the change head's output at each action token, from the model's own cached pass
+        cache = change_model.model.start(change_model.goal([INSTRUCTION]))
+        changes = []
+        for t in range(11):
+            _, cache = change_model.model.observe(cache, torch.as_tensor(states[t:t + 1]), torch.tensor([t]))
+            o, cache = change_model.model.act(cache, torch.as_tensor(actions[t:t + 1]), torch.tensor([t]))
+            changes.append(float(o["reward_change"][0]) * 0.3)
+    want = [float(level[0])]
+    for t in range(1, 11):
+        want.append(0.8 * (want[-1] + changes[t]) + 0.2 * float(level[t]))
+    got = change_model.score(states, actions, INSTRUCTION).reward
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - level)[1:].max() > 0.05  # the change head moved it
+    ctx = [change_model.start([INSTRUCTION], states[:1])]
+    each = [change_model.step_each(ctx, actions[t:t + 1], states[t + 1:t + 2])["reward"][0] for t in range(11)]
+    np.testing.assert_allclose(each, want, rtol=1e-4, atol=1e-4)
