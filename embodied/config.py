@@ -783,7 +783,8 @@ class TrainRunConfig:
     reward_change: float = 0.0
     """A reward-change head (ModelConfig.reward_change): it learns each step's change of the dense reward, and the
     learned reward follows dense_t = W (dense_{t-1} + change_t) + (1 - W) level_t with this W in (0, 1), e.g. 0.8.
-    0: no change head."""
+    Give it with --success-bonus where the data's reward pays one (the suite's: 10): the bonus's jumps would otherwise
+    be most of the change the head learns, and set its unit. 0: no change head."""
 
 
 @dataclass(frozen=True)
