@@ -728,10 +728,16 @@ class TrainConfig:
     """--contrast F: fraction of windows shown under another instruction of their task family (the same object in
     another direction or zone; for reach, another object), where they teach the success head "not solved" and nothing
     else, so it reads what it is asked (embodied.training_data.InstructionContrast); 0 = off."""
+    success_weight: float = 0.5
+    """Weight of the success head's loss (binary cross-entropy per step) in the total; the reward, cost and reward-change
+    terms weigh 0.5 and the action and next-state terms 1. A reward head trained with --success-bonus no longer carries
+    the bonus's spikes, which weighed success timing heavily in its squared error; a larger weight here gives it back."""
     seed: int = 0
     """Seed of the weights and of the sampler."""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.success_weight) and self.success_weight >= 0):
+            raise ConfigError(f"--success-weight must be a finite number >= 0, got {self.success_weight}")
         for name in ("steps", "batch_size", "window", "log_every", "eval_batches", "save_every", "keep_last", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train {name} must be >= 1, got {getattr(self, name)}")

@@ -250,6 +250,7 @@ def train(
             rng=capture_rng(), extra={"step": step, "consumed": consumed, "bad_steps": bad_total, "best": best, "metrics": metrics, "final": final},
         )
 
+    weights = {"success": cfg.success_weight}
     it = batches(consumed)
     bar = _progress(cfg.steps, step, progress and dist.main)
     bad_run, t_last, tok_last = 0, time.perf_counter(), 0
@@ -262,7 +263,8 @@ def train(
                 b["action_input_mask"] = b["action_mask"] & (torch.rand(b["action_mask"].shape, device=dev) >= cfg.action_dropout)
             with amp:
                 goal = goals[b["instruction"]]
-                loss, terms = loss_fn(b, goal) if ddp_model is model else model.loss(b, goal, out=ddp_model(b, goal), count=global_count)
+                loss, terms = (loss_fn(b, goal, weights) if ddp_model is model
+                               else model.loss(b, goal, weights, out=ddp_model(b, goal), count=global_count))
             if fault is not None:
                 loss = fault(step, loss)
             opt.zero_grad(set_to_none=True)

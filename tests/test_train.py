@@ -273,3 +273,18 @@ def test_reward_change_trains_a_change_head_in_units_of_the_dense_reward_steps(r
     assert "change_head.weight" in weights
     assert main(["train", "--data", reach_store, "--reward-change", "1.0", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_success_weight_weighs_the_success_term_of_the_loss(reach_store, tmp_path):
+    """`--success-weight W`: the logged loss is the terms' sum with the success term at W (the others at their weights)."""
+    out = tmp_path / "sw"
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--window", "4", "--workers", "0", "--no-compile", "--imitate", "all", "--log-every", "1", "--success-weight", "4"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r.get("split") == "train")
+    assert row["success"] > 0
+    w = {"action": 1.0, "state": 1.0, "reward": 0.5, "cost": 0.5, "cost_terms": 0.5, "success": 4.0}
+    assert row["loss"] == pytest.approx(sum(w[k] * row[k] for k in w if k in row), rel=1e-4)
+    assert json.loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())["train"]["success_weight"] == 4.0
+    assert main(["train", "--data", reach_store, "--success-weight", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
