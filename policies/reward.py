@@ -63,8 +63,8 @@ class RewardContext:
     """Set by :meth:`RewardModel.step_each`: the batched cache this one-trajectory context is a row of, and the row
     (``cache`` is a view of it); the next call reuses it instead of stacking the rows again."""
     dense: torch.Tensor | None = None
-    """(B,) the dense reward each trajectory's last step was given (NaN before its first): a reward-change model
-    (``ModelConfig.reward_change``) fuses the next step's predicted change onto it."""
+    """(B,) the dense reward each trajectory's last step was given (None before its first), kept for a reward-change
+    model (``ModelConfig.reward_change``), which fuses the next step's predicted change onto it."""
 
 
 class RewardModel:
@@ -124,8 +124,10 @@ class RewardModel:
         if next_state is not None:
             s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)
             _, ctx.cache = self.model.observe(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
-        ctx.dense = self.model.dense_reward(out, self._previous([ctx]))
-        return self._decode(out, ctx.dense)
+        dense = self.model.dense_reward(out, self._previous([ctx]))
+        if self.model.change_head is not None:  # only a reward-change model reads it back
+            ctx.dense = dense
+        return self._decode(out, dense)
 
     @torch.inference_mode()
     def step_each(self, contexts: Sequence[RewardContext], action: np.ndarray, next_state: np.ndarray,
@@ -160,8 +162,9 @@ class RewardModel:
             dense = self.model.dense_reward(o, self._previous([contexts[i] for i in rows]))
             for k, v in self._decode(o, dense).items():
                 out[k][rows] = v
-            for j, i in enumerate(rows):
-                contexts[i].dense = dense[j : j + 1]
+            if self.model.change_head is not None:  # only a reward-change model reads it back
+                for j, i in enumerate(rows):
+                    contexts[i].dense = dense[j : j + 1]
             going = [j for j, i in enumerate(rows) if keep[i]]
             if going:
                 if len(going) < len(rows):
