@@ -56,7 +56,20 @@ def test_any_string_gives_a_task_or_the_error_quickly(text):
         assert task.family in FAMILIES and task.colour in COLOURS and task.shape in SHAPES
         assert not task.zone or task.zone in TRAIN_COLOURS
         assert not task.direction or task.direction in DIRECTIONS
-    assert time.perf_counter() - t0 < 0.05
+    elapsed = time.perf_counter() - t0
+    if elapsed >= 0.05:  # time it again: a stall of a loaded machine does not repeat three times, a slow parse does
+        elapsed = min(_parse_seconds(text) for _ in range(3))
+    assert elapsed < 0.05
+
+
+def _parse_seconds(text: str) -> float:
+    """Wall-clock seconds ``parse_instruction(text)`` takes, to a task or to its error."""
+    t0 = time.perf_counter()
+    try:
+        parse_instruction(text)
+    except InstructionError:
+        pass
+    return time.perf_counter() - t0
 
 
 @pytest.mark.parametrize("env_id, text", [
