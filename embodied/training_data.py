@@ -210,24 +210,34 @@ class InstructionContrast:
         return out
 
 
-def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:
-    """(S,) standard deviation of one step's state change per dimension (raw units), over the consecutive frames
-    of the valid episodes of the stores (at most ``max_episodes`` of them, evenly spaced): the same on every
-    rank and for every batch size."""
+def sampled_episodes(urls: list[str], keys: tuple[str, ...], max_episodes: int = 512) -> Iterator[dict[str, np.ndarray]]:
+    """The ``keys`` of at most ``max_episodes`` valid episodes of the stores, evenly spaced in each (the same on every
+    rank and for every batch size); a key a store lacks is left out of its episodes, a store without the first key is
+    skipped."""
     from embodied.datasets import EpisodeStore
 
+    for url in urls:
+        with EpisodeStore.open(url) as store:
+            if keys[0] not in store.features:
+                continue
+            have = tuple(k for k in keys if k in store.features)
+            valid = [i for i, m in enumerate(store.metas()) if m.get(specs.VALID, True)]
+            for i in valid[:: max(1, -(-len(valid) * len(urls) // max_episodes))]:
+                yield store.episode(i, keys=have)
+
+
+def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:
+    """(S,) standard deviation of one step's state change per dimension (raw units), over the consecutive frames
+    of the valid episodes of the stores (:func:`sampled_episodes`)."""
     total = np.zeros(specs.STATE_DIM)
     sq = np.zeros(specs.STATE_DIM)
     n = 0
-    for url in urls:
-        with EpisodeStore.open(url) as store:
-            valid = [i for i, m in enumerate(store.metas()) if m.get(specs.VALID, True) and specs.STATE in store.features]
-            for i in valid[:: max(1, -(-len(valid) * len(urls) // max_episodes))]:
-                d = np.diff(store.episode(i, keys=(specs.STATE,))[specs.STATE].astype(np.float64), axis=0)
-                d = d[np.isfinite(d).all(1)]
-                total += d.sum(0)
-                sq += (d * d).sum(0)
-                n += len(d)
+    for ep in sampled_episodes(urls, (specs.STATE,), max_episodes):
+        d = np.diff(ep[specs.STATE].astype(np.float64), axis=0)
+        d = d[np.isfinite(d).all(1)]
+        total += d.sum(0)
+        sq += (d * d).sum(0)
+        n += len(d)
     if n < 2:
         return torch.ones(specs.STATE_DIM)
     mean = total / n
@@ -236,24 +246,15 @@ def delta_std(urls: list[str], max_episodes: int = 512) -> torch.Tensor:
 
 def reward_change_std(urls: list[str], success_bonus: float = 0.0, max_episodes: int = 512) -> float:
     """The root-mean-square of one step's change of the dense reward (``reward - success_bonus x success``, the env's
-    units) over the consecutive steps of the valid episodes of the stores (at most ``max_episodes``, evenly spaced):
-    the reward-change head's unit (:attr:`embodied.model.ModelConfig.reward_change`). 1.0 where no store has rewards."""
-    from embodied.datasets import EpisodeStore
-
+    units) over the consecutive steps of the valid episodes of the stores (:func:`sampled_episodes`): the
+    reward-change head's unit (:attr:`embodied.model.ModelConfig.reward_change`). 1.0 where no store has rewards."""
     sq, n = 0.0, 0
-    for url in urls:
-        with EpisodeStore.open(url) as store:
-            if specs.REWARD not in store.features:
-                continue
-            keys = (specs.REWARD, specs.SUCCESS) if specs.SUCCESS in store.features else (specs.REWARD,)
-            valid = [i for i, m in enumerate(store.metas()) if m.get(specs.VALID, True)]
-            for i in valid[:: max(1, -(-len(valid) * len(urls) // max_episodes))]:
-                ep = store.episode(i, keys=keys)
-                dense = ep[specs.REWARD].astype(np.float64) - success_bonus * ep.get(specs.SUCCESS, np.zeros(1)).astype(np.float64)
-                d = np.diff(dense)
-                d = d[np.isfinite(d)]
-                sq += float((d * d).sum())
-                n += len(d)
+    for ep in sampled_episodes(urls, (specs.REWARD, specs.SUCCESS), max_episodes):
+        dense = ep[specs.REWARD].astype(np.float64) - success_bonus * ep.get(specs.SUCCESS, np.zeros(1)).astype(np.float64)
+        d = np.diff(dense)
+        d = d[np.isfinite(d)]
+        sq += float((d * d).sum())
+        n += len(d)
     return float(np.sqrt(sq / n)) if n and sq > 0 else 1.0
 
 
