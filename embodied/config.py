@@ -608,6 +608,12 @@ class ModelConfig:
     the true reward's own step-to-step change, the signal a policy-gradient learner follows; fused, that error about
     halves on PointPushDir (0.010 against 0.019; the level keeps the running sum from drifting), though PPO did not
     learn more from it there (BENCHMARKS.md, twenty-first session). 0: no head."""
+    reward_hindsight: bool = False
+    """Where the reward, cost and success of action t are read: False, at its action token (foresight: the model must
+    also guess what the action will do); True, at the token of the observation it led to (hindsight: the outcome is in
+    view). A step-by-step scorer then needs that observation, which an RL step always has. On PointPushDir the
+    foresight reward passes on a step's push of the object at 0.2 of its true size and most of the rest a step late
+    (BENCHMARKS.md, twenty-second session). The dynamics head stays at the action token."""
     policy_history: bool = False
     """Whether the policy head sees the episode's past timesteps (True) or only the goal and the current observation
     (False, the default). The dynamics, reward, cost and success heads always see the whole context. Demonstrations
@@ -792,6 +798,9 @@ class TrainRunConfig:
     learned reward follows dense_t = W (dense_{t-1} + change_t) + (1 - W) level_t with this W in (0, 1), e.g. 0.8.
     Give it with --success-bonus where the data's reward pays one (the suite's: 10): the bonus's jumps would otherwise
     be most of the change the head learns, and set its unit. 0: no change head."""
+    reward_hindsight: bool = False
+    """--reward-hindsight: read each action's reward, cost and success at the observation it led to, not at the action
+    (ModelConfig.reward_hindsight), so the learned reward sees the step's outcome instead of guessing it."""
 
 
 @dataclass(frozen=True)

@@ -556,6 +556,19 @@ class TrajectoryModel(nn.Module):
             out["reward_change"] = self.change_head(h)[..., 0]
         return out
 
+    def action_outcomes(self, out: dict[str, torch.Tensor], seen: torch.Tensor
+                        ) -> tuple[dict[str, torch.Tensor], Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+        """The reward, cost and success heads' reading of each action of a batch of windows (``forward``'s ``out``).
+
+        ``seen`` (B, T) marks the real observations. Returns the :meth:`outcomes` (B, T', ...), ``at``, which cuts a
+        per-action tensor (B, T, ...) to those T' actions, and ``keep`` (B, T'), where they have a reading. Foresight
+        (default): every action, at its own token. Hindsight (``cfg.reward_hindsight``): actions 0 .. T - 2, each at the
+        token of the observation it led to, kept where that observation is real.
+        """
+        if not self.cfg.reward_hindsight:
+            return self.outcomes(out["h_act"]), (lambda x: x), torch.ones_like(seen, dtype=torch.bool)
+        return self.outcomes(out["h_obs"][:, 1:]), (lambda x: x[:, :-1]), seen[:, 1:].bool()
+
     def dense_reward(self, o: dict[str, torch.Tensor], prev: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`outcomes` -> the dense reward in the env's units (...,): the reward head's level (denormalised; without
         the success bonus when ``cfg.success_bonus``). With a reward-change head (``cfg.reward_change`` = w) and ``prev``
@@ -669,33 +682,40 @@ class TrajectoryModel(nn.Module):
         terms["action"] = masked_mean(ce, imitate)
         # dynamics: the change of state from t to t + 1 in units of delta_scale (also without a known action:
         # the action token is then `no_action`, and the model learns what usually happens)
-        pred = self.outcomes(out["h_act"])
+        dyn = self.outcomes(out["h_act"])
         moving = self.delta_scale > 0  # dimensions that change in the data
         unit = torch.where(moving, self.delta_scale, torch.ones_like(self.delta_scale))
         change = (batch[specs.STATE][:, 1:].float() - batch[specs.STATE][:, :-1].float()) / unit
         sm = batch.get("state_mask", frame) & frame
-        err = ((pred["delta"][:, :-1].float() - change).pow(2) * moving).sum(-1) / moving.sum().clamp(min=1)
+        err = ((dyn["delta"][:, :-1].float() - change).pow(2) * moving).sum(-1) / moving.sum().clamp(min=1)
         terms["state"] = masked_mean(err, sm[:, 1:] & sm[:, :-1])
         if self.pixel_enc is not None and specs.PIXELS in batch:  # the next image, in the CNN's own (frozen-target) space
             pm = batch.get("pixels_mask", frame) & frame
             target = out["pixel_latent"][:, 1:].detach()
             err = (self.latent_head(out["h_act"][:, :-1]).float() - target.float()).pow(2).mean(-1)
             terms["latent"] = masked_mean(err, pm[:, 1:] & pm[:, :-1])
-        # reward function: reward, cost and success of each action
-        om = batch.get("reward_mask", am) & am
-        dense = batch[specs.REWARD].float() - self.cfg.success_bonus * batch[specs.SUCCESS].float()  # the bonus: the success head's
+        # reward function: reward, cost and success of each action (at its token or, hindsight, at the next observation's)
+        pred, at, keep = self.action_outcomes(out, sm)
+
+        def mask(m: torch.Tensor) -> torch.Tensor:
+            return at(m) & keep
+
+        om = mask(batch.get("reward_mask", am) & am)
+        dense = at(batch[specs.REWARD].float() - self.cfg.success_bonus * batch[specs.SUCCESS].float())  # the bonus: the success head's
         r = (dense - self.reward_stats[0]) / self.reward_stats[1]
         terms["reward"] = masked_mean((pred["reward"].float() - r).pow(2), om)
         if self.change_head is not None:  # the dense reward's change from the step before, within the window
             change = (dense[:, 1:] - dense[:, :-1]) / self.change_scale
             terms["reward_change"] = masked_mean((pred["reward_change"][:, 1:].float() - change).pow(2), om[:, 1:] & om[:, :-1])
-        cost_t = (batch[specs.COST].float() > 0).float()
-        terms["cost"] = masked_mean(F.binary_cross_entropy_with_logits(pred["cost_logit"].float(), cost_t, reduction="none"), batch.get("cost_mask", am) & am)
+        cost_t = (at(batch[specs.COST]).float() > 0).float()
+        terms["cost"] = masked_mean(F.binary_cross_entropy_with_logits(pred["cost_logit"].float(), cost_t, reduction="none"),
+                                    mask(batch.get("cost_mask", am) & am))
         if "term_logits" in pred and specs.COST_BY_TERM in batch:  # each named cost, where the store records them
-            bce = F.binary_cross_entropy_with_logits(pred["term_logits"].float(), (batch[specs.COST_BY_TERM].float() > 0).float(), reduction="none")
-            terms["cost_terms"] = masked_mean(bce.mean(-1), batch[f"{specs.COST_BY_TERM}_mask"] & am)
-        succ_t = batch[specs.SUCCESS].float()
-        terms["success"] = masked_mean(F.binary_cross_entropy_with_logits(pred["success_logit"].float(), succ_t, reduction="none"), batch.get("success_mask", am) & am)
+            bce = F.binary_cross_entropy_with_logits(pred["term_logits"].float(), (at(batch[specs.COST_BY_TERM]).float() > 0).float(), reduction="none")
+            terms["cost_terms"] = masked_mean(bce.mean(-1), mask(batch[f"{specs.COST_BY_TERM}_mask"] & am))
+        succ_t = at(batch[specs.SUCCESS]).float()
+        terms["success"] = masked_mean(F.binary_cross_entropy_with_logits(pred["success_logit"].float(), succ_t, reduction="none"),
+                                       mask(batch.get("success_mask", am) & am))
         total = sum(w[k] * v for k, v in terms.items())
         return total, terms
 
@@ -716,9 +736,16 @@ class TrajectoryModel(nn.Module):
 
     def observe(self, cache: KVCache, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
         """Append observation tokens (state (B, S), timestep (B,)); returns action logits (B, A, bins) and the cache."""
+        h, cache = self.observe_hidden(cache, state, timestep, pixels)
+        return self.action_logits(h), cache
+
+    def observe_hidden(self, cache: KVCache, state: torch.Tensor, timestep: torch.Tensor, pixels: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, KVCache]:
+        """:meth:`observe`, returning the observation tokens' hidden states (B, d) (what a ``reward_hindsight`` model
+        reads the previous action's :meth:`outcomes` from) instead of action logits."""
         x = self.obs_tokens(state[:, None], timestep[:, None], None if pixels is None else pixels[:, None], goal=cache_goal(cache))
         h, cache = self._trunk(x, self._fit(cache))
-        return self.action_logits(h[:, -1]), cache
+        return h[:, -1], cache
 
     def act(self, cache: KVCache, action: torch.Tensor, timestep: torch.Tensor) -> tuple[dict[str, torch.Tensor], KVCache]:
         """Append action tokens (B, A); returns the predicted outcomes of that action and the cache."""
@@ -781,7 +808,8 @@ class TrajectoryModel(nn.Module):
         Returns ``state`` (N, H, S): raw states after each action (t + 1 .. t + H); ``reward`` (N, H),
         raw units; ``cost`` (N, H), the probability that the step costs something (the total's head; with
         ``cost_terms``, each named term's probability too, ``cost_terms`` (N, H, K)); ``success`` (N, H),
-        the success probability after the step; with pixels, ``latent`` (N, H, d): the predicted CNN
+        the success probability after the step (a ``reward_hindsight`` model reads reward, cost and success at each
+        imagined observation's token, as it does at a real one's); with pixels, ``latent`` (N, H, d): the predicted CNN
         encodings of the next images, which stand in for the images of imagined observations.
         At most ``context`` timesteps stay in view: the oldest past ones are dropped first.
         """
@@ -801,7 +829,7 @@ class TrajectoryModel(nn.Module):
         t = torch.as_tensor(timestep, device=actions.device).reshape(-1, 1).expand(N, 1)
         steps = t + torch.arange(H, device=actions.device)  # (N, H) episode timesteps of the actions
         act = self.action_tokens(actions, steps)  # every action token at once: (N, H, d)
-        states, hidden = [], []
+        states, hidden, after = [], [], []  # after: hidden states of the imagined observations (hindsight readings)
         latent: torch.Tensor | None = None
         for h in range(H):
             x = act[:, h : h + 1]
@@ -817,6 +845,8 @@ class TrajectoryModel(nn.Module):
                 if h >= self.cfg.context - past:  # only when H alone exceeds the context
                     cache = self._fit(cache)
             hid, cache = self._trunk(x, cache)
+            if h > 0:
+                after.append(hid[:, 0])  # the token of the state action h - 1 led to
             hid = hid[:, -1]
             s = self.next_state(s, self.state_head(hid).float())
             states.append(s)
@@ -824,7 +854,12 @@ class TrajectoryModel(nn.Module):
             if self.latent_head is not None:
                 latent = self.latent_head(hid)
         hs = torch.stack(hidden, dim=1)  # (N, H, d): the other heads once, for every step together
-        o = self.outcomes(hs)
+        if self.cfg.reward_hindsight:  # the last action's outcome: its imagined observation's token, appended on its own
+            last = self.obs_tokens(s[:, None], steps[:, -1:] + 1, goal=goal)
+            if latent is not None:
+                last = last + latent[:, None]
+            after.append(self._trunk(last, cache)[0][:, -1])
+        o = self.outcomes(torch.stack(after, dim=1) if self.cfg.reward_hindsight else hs)
         out = {"state": torch.stack(states, dim=1), "reward": self.expected_reward(o),
                "cost": torch.sigmoid(o["cost_logit"].float()), "success": torch.sigmoid(o["success_logit"].float())}
         if "term_logits" in o:

@@ -116,15 +116,15 @@ def evaluate(model: TrajectoryModel, batches: Iterable[Batch], goals: torch.Tens
         nll += float(ce[pm].sum())
         mse += float((pred - action).pow(2).mean(-1)[pm].sum())
         n_act += int(pm.sum())
-        o = model.outcomes(out["h_act"])
-        om = b.get("reward_mask", am) & am
+        o, at, keep = model.action_outcomes(out, b["state_mask"] & b["mask"])
+        om = at(b.get("reward_mask", am) & am) & keep
         r = model.expected_reward(o)
-        rew += float((r - b["reward"]).pow(2)[om].sum())
+        rew += float((r - at(b["reward"])).pow(2)[om].sum())
         n_rew += int(om.sum())
         succ_s.append(o["success_logit"][om].float().cpu())
-        succ_y.append(b["success"][om].float().cpu())
+        succ_y.append(at(b["success"])[om].float().cpu())
         cost_s.append(o["cost_logit"][om].float().cpu())
-        cost_y.append((b["cost"][om] > 0).float().cpu())
+        cost_y.append((at(b["cost"])[om] > 0).float().cpu())
         _imagined_error(model, b, goal, state_err)
     model.train()
     out_m: dict[str, float | None] = {

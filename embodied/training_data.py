@@ -132,7 +132,7 @@ def train_from_stores(run: TrainRunConfig, cfg: TrainConfig, progress: bool = Tr
     model_cfg = preset(run.preset, pixels=pixels, state_input=run.state, context=max(cfg.window, base.context),
                        obs_encoder=base.obs_encoder if entities else "flat", lang_dim=width // (1 + tokens), lang_tokens=tokens,
                        relation_readout=run.relations, success_bonus=run.success_bonus,
-                       reward_change=run.reward_change)
+                       reward_change=run.reward_change, reward_hindsight=run.reward_hindsight)
     std = state_stats.std if state_stats.count else np.ones(specs.STATE_DIM)
     normalizer = {
         "delta_std": delta_std(list(run.data)),

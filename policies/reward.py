@@ -113,17 +113,24 @@ class RewardModel:
         """Score actions (B, A) taken at the context's timestep; then append the observations they led to.
 
         Returns ``reward``, ``success`` and ``cost``, each (B,) (see :class:`Score`). Leave
-        ``next_state`` out after the last action of a trajectory.
+        ``next_state`` out after the last action of a trajectory, except for a ``reward_hindsight``
+        model, which reads each action's outcome at the observation it led to.
         """
         a = torch.as_tensor(np.asarray(action, dtype=np.float32), device=self.device).clamp(-1.0, 1.0)
         if a.shape != (ctx.batch, self.model.cfg.action_dim):
             raise ConfigError(f"actions must be ({ctx.batch}, {self.model.cfg.action_dim}), got {tuple(a.shape)}")
+        hindsight = self.model.cfg.reward_hindsight
+        if hindsight and next_state is None:
+            raise ConfigError("this model reads each action's reward at the observation it led to (reward_hindsight): "
+                              "pass next_state, also after a trajectory's last action")
         out, ctx.cache = self.model.act(ctx.cache, a, self._time(ctx.t, ctx.batch))
         ctx.shared = None  # the cache is this context's own now, no longer a row of step_each's batch
         ctx.t += 1
         if next_state is not None:
             s = torch.as_tensor(np.asarray(next_state, dtype=np.float32), device=self.device)
-            _, ctx.cache = self.model.observe(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
+            h, ctx.cache = self.model.observe_hidden(ctx.cache, s, self._time(ctx.t, ctx.batch), self._pixels(next_pixels))
+            if hindsight:
+                out = self.model.outcomes(h)
         dense = self.model.dense_reward(out, self._previous([ctx]))
         if self.model.change_head is not None:  # only a reward-change model reads it back
             ctx.dense = dense
@@ -138,7 +145,8 @@ class RewardModel:
         timesteps are held every cache does, so N envs stepped together cost one batched pass
         per token instead of N. ``action`` (N, A) is scored; ``next_state`` (N, S) is appended
         where ``observe`` (N,) bool is True (default: everywhere): leave it False where a
-        trajectory ended. Returns ``reward``, ``success`` and ``cost``, each (N,).
+        trajectory ended (a ``reward_hindsight`` model still reads the action's outcome there, so
+        pass the state each trajectory ended in). Returns ``reward``, ``success`` and ``cost``, each (N,).
         """
         if self.model.pixel_enc is not None:
             raise ConfigError("step_each scores state-only models; step a pixel model's trajectories with step()")
@@ -159,17 +167,21 @@ class RewardModel:
             cache = _shared_cache([contexts[i] for i in rows])
             t = torch.tensor([contexts[i].t for i in rows], dtype=torch.long, device=self.device)
             o, cache = self.model.act(cache, a[rows], t)
+            going = [j for j, i in enumerate(rows) if keep[i]]
+            hindsight = self.model.cfg.reward_hindsight
+            if hindsight:  # every row's next observation is read, an ended trajectory's too (its cache is dropped below)
+                h, cache = self.model.observe_hidden(cache, s[rows], t + 1)
+                o = self.model.outcomes(h)
+            if going and len(going) < len(rows):
+                cache = cache.map(lambda x: x[going], rows=True)
+            if going and not hindsight:
+                _, cache = self.model.observe(cache, s[[rows[j] for j in going]], t[going] + 1)
             dense = self.model.dense_reward(o, self._previous([contexts[i] for i in rows]))
             for k, v in self._decode(o, dense).items():
                 out[k][rows] = v
             if self.model.change_head is not None:  # only a reward-change model reads it back
                 for j, i in enumerate(rows):
                     contexts[i].dense = dense[j : j + 1]
-            going = [j for j, i in enumerate(rows) if keep[i]]
-            if going:
-                if len(going) < len(rows):
-                    cache = cache.map(lambda x: x[going], rows=True)
-                _, cache = self.model.observe(cache, s[[rows[j] for j in going]], t[going] + 1)
             for r, j in enumerate(going):
                 ctx = contexts[rows[j]]
                 ctx.cache = cache if len(going) == 1 else cache.map(lambda x: x[r:r + 1], rows=True)
@@ -193,6 +205,7 @@ class RewardModel:
         if not trajectories:
             return []
         states, pixels, acts = [], [], []
+        after = int(self.model.cfg.reward_hindsight)  # observations kept past the last action: the one it led to
         for obs, action, _ in trajectories:
             s, p = _split_observations(obs)
             a = np.asarray(action, dtype=np.float32)
@@ -200,20 +213,23 @@ class RewardModel:
                 raise ConfigError(f"actions must be (T, A) with T >= 1, got shape {a.shape}")
             if len(s) not in (len(a), len(a) + 1):
                 raise ConfigError(f"{len(a)} actions need {len(a)} or {len(a) + 1} observations, got {len(s)}")
+            if self.model.cfg.reward_hindsight and len(s) == len(a):
+                raise ConfigError(f"this model reads each action's reward at the observation it led to (reward_hindsight): "
+                                  f"pass {len(a) + 1} observations for {len(a)} actions, the last one included")
             if self.model.pixel_enc is not None and p is None:
                 raise ConfigError("this model sees pixels: pass observations as a dict with 'state' and 'pixels'")
-            states.append(s[: len(a)])
-            pixels.append(None if p is None or self.model.pixel_enc is None else p[: len(a)])
+            states.append(s[: len(a) + after])
+            pixels.append(None if p is None or self.model.pixel_enc is None else p[: len(a) + after])
             acts.append(a)
         lengths = [len(a) for a in acts]
         T = max(lengths)
-        S = _pad(states, T)
+        S = _pad(states, T + after)
         A = _pad(acts, T)
-        P = _pad(pixels, T) if pixels[0] is not None else None  # type: ignore[arg-type]
+        P = _pad(pixels, T + after) if pixels[0] is not None else None  # type: ignore[arg-type]
         ctx = self.start([t[2] for t in trajectories], S[:, 0], None if P is None else P[:, 0])
         outs = []
         for t in range(T):
-            last = t + 1 == T
+            last = t + 1 == T and not after  # a hindsight model reads the last action at the observation it led to
             outs.append(self.step(ctx, A[:, t], None if last else S[:, t + 1], None if last or P is None else P[:, t + 1]))
         stacked = {k: np.stack([o[k] for o in outs], axis=1) for k in outs[0]}  # (B, T)
         return [Score(reward=stacked["reward"][i, :n], success=stacked["success"][i, :n], cost=stacked["cost"][i, :n])

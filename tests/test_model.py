@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from embodied.errors import ConfigError
 from embodied.model import PRESETS, ModelConfig, TrajectoryModel, preset
@@ -658,3 +659,34 @@ def test_reward_change_head_learns_the_dense_change_and_fuses_it_onto_the_last_s
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ConfigError, match="reward_change"):
             preset("tiny", reward_change=bad)
+
+
+def test_a_hindsight_model_learns_each_actions_outcome_at_the_observation_it_led_to():
+    """``ModelConfig.reward_hindsight``: reward, cost and success of action t are learned at observation t + 1's token,
+    for actions whose next observation is in the window; the dynamics head stays at the action token."""
+    torch.manual_seed(0)
+    m = TrajectoryModel(preset("tiny", reward_hindsight=True))
+    m.set_normalizer(torch.zeros(m.cfg.state_dim), torch.ones(m.cfg.state_dim), reward_mean=0.5, reward_std=2.0)
+    b = _batch(3, 6, m.cfg)
+    b["state_mask"][1, 4] = False  # observation 4 of window 1 is missing: action 3 there has no reading
+    goal = torch.randn(3, m.cfg.goal_dim)
+    out = m(b, goal)
+    _, terms = m.loss(b, goal, out=out)
+    pred = m.outcomes(out["h_obs"][:, 1:])
+    keep = torch.ones(3, 5, dtype=torch.bool)
+    keep[1, 3] = False
+    want = ((pred["reward"] - (b["reward"][:, :-1] - 0.5) / 2.0).pow(2)[keep]).mean()
+    assert terms["reward"].item() == pytest.approx(want.item(), rel=1e-5)
+    bce = F.binary_cross_entropy_with_logits(pred["success_logit"], b["success"][:, :-1].float(), reduction="none")
+    assert terms["success"].item() == pytest.approx(bce[keep].mean().item(), rel=1e-5)
+    # the window's last action and the unread one train nothing here; a foresight model learns both
+    fore = TrajectoryModel(preset("tiny"))
+    fore.load_state_dict(m.state_dict())
+    changed = {**b, "reward": b["reward"].clone()}
+    changed["reward"][:, -1] += 100.0
+    changed["reward"][1, 3] += 100.0
+    assert m.loss(changed, goal)[1]["reward"].item() == pytest.approx(terms["reward"].item(), rel=1e-6)
+    assert fore.loss(changed, goal)[1]["reward"].item() > fore.loss(b, goal)[1]["reward"].item() + 100
+    # the dynamics term is the foresight model's (same weights, same head, same token)
+    assert terms["state"].item() == pytest.approx(fore.loss(b, goal)[1]["state"].item(), rel=1e-6)
+    assert ModelConfig.from_json({k: v for k, v in preset("tiny").to_json().items() if k != "reward_hindsight"}).reward_hindsight is False

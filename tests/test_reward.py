@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -64,6 +65,44 @@ def test_score_agrees_with_the_models_outcome_heads(reward_model):
     # the instruction matters: another goal gives other scores
     other = reward_model.score(states[: T + 1], actions[:T], "push the blue ball to the left")
     assert not np.allclose(other.reward, s.reward)
+
+
+def _hindsight(reward_model, on=True):
+    """The fixture's weights, read in hindsight (``ModelConfig.reward_hindsight``) or not."""
+    model = TrajectoryModel(replace(reward_model.model.cfg, reward_hindsight=on))
+    model.load_state_dict(reward_model.model.state_dict())
+    return RewardModel(model, _fake_encode, device="cpu")
+
+
+def test_a_hindsight_models_score_is_its_heads_at_the_observations_the_actions_led_to(reward_model):
+    hind = _hindsight(reward_model)
+    states, actions, _, instruction = _expert_episode()
+    T = hind.model.cfg.context - 1  # T actions, T + 1 observations: a full forward pass holds them all
+    s = hind.score(states[: T + 1], actions[:T], instruction)
+    batch = {"state": torch.as_tensor(states[None, : T + 1]), "action": torch.as_tensor(actions[None, : T + 1]),
+             "timestep": torch.arange(T + 1)[None], "mask": torch.ones(1, T + 1, dtype=torch.bool)}
+    m = hind.model
+    with torch.no_grad():
+        o = m.outcomes(m(batch, hind.goal([instruction]))["h_obs"][:, 1:])
+    np.testing.assert_allclose(s.reward, (o["reward"][0] * 3.0 - 1.5).numpy(), atol=1e-4)
+    np.testing.assert_allclose(s.success, torch.sigmoid(o["success_logit"][0]).numpy(), atol=1e-5)
+    np.testing.assert_allclose(s.cost, torch.sigmoid(o["cost_logit"][0]).numpy(), atol=1e-5)
+    assert not np.allclose(s.reward, reward_model.score(states[: T + 1], actions[:T], instruction).reward)
+
+
+@pytest.mark.parametrize("hindsight", [False, True])
+def test_imagined_outcomes_are_the_scores_of_the_imagined_states(reward_model, hindsight):
+    """``imagine`` reads reward and success where scoring the trajectory it imagined would (foresight or hindsight)."""
+    rm = _hindsight(reward_model, hindsight)
+    m = rm.model
+    states, actions, _, instruction = _expert_episode()
+    H = 5
+    with torch.no_grad():
+        im = m.imagine(m.start(rm.goal([instruction])), torch.as_tensor(states[:1]), torch.tensor([0]), torch.as_tensor(actions[None, :H]))
+    s = rm.score(np.concatenate([states[:1], im["state"][0].numpy()]), actions[:H], instruction)
+    np.testing.assert_allclose(im["reward"][0].numpy(), s.reward, atol=1e-4)
+    np.testing.assert_allclose(im["success"][0].numpy(), s.success, atol=1e-5)
+    np.testing.assert_allclose(im["cost"][0].numpy(), s.cost, atol=1e-5)
 
 
 def test_score_batch_matches_single_trajectories_beyond_the_context(reward_model):

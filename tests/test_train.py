@@ -275,6 +275,19 @@ def test_reward_change_trains_a_change_head_in_units_of_the_dense_reward_steps(r
     assert not (tmp_path / "bad").exists()
 
 
+def test_reward_hindsight_is_recorded_and_its_held_out_outcomes_are_measured(reach_store, tmp_path):
+    """`embodied train --reward-hindsight`: the model records it, and the held-out evaluation measures reward and success
+    where the model reads them (the next observation's token)."""
+    out = tmp_path / "hind"
+    assert main(["train", "--data", reach_store, "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--window", "4", "--workers", "0", "--no-compile", "--imitate", "all", "--holdout", "0.3", "--eval-every", "2",
+                 "--reward-hindsight"]) == 0
+    assert json.loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())["model"]["reward_hindsight"] is True
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if "reward_mse" in r]
+    assert held and np.isfinite(held[-1]["reward_mse"]) and held[-1]["reward_mse"] > 0
+
+
 def test_success_weight_weighs_the_success_term_of_the_loss(reach_store, tmp_path):
     """`--success-weight W`: the logged loss is the terms' sum with the success term at W (the others at their weights)."""
     out = tmp_path / "sw"

@@ -76,6 +76,35 @@ def change_model(reward_model):
     return RewardModel(model, fake_encode, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def hindsight_model(reward_model):
+    """The same weights read in hindsight (``ModelConfig.reward_hindsight``): each action's outcome at the next observation."""
+    model = TrajectoryModel(replace(reward_model.model.cfg, reward_hindsight=True))
+    model.load_state_dict(reward_model.model.state_dict())
+    return RewardModel(model, fake_encode, device="cpu")
+
+
+@pytest.mark.parametrize("ends", ["env", "model"])
+def test_batched_reward_of_a_hindsight_model_equals_per_env_across_episode_ends(hindsight_model, ends):
+    """Each step is read at the observation it led to, the last one of an episode included, batched as per env."""
+    _check_batched_equals_per_env(hindsight_model, ends, 10.0 if ends == "model" else None, None)
+
+
+def test_a_hindsight_model_reads_the_step_at_the_observation_it_led_to(reward_model, hindsight_model):
+    """The same action from the same past scores differently by where it led (a foresight model cannot tell)."""
+    rng = np.random.default_rng(3)
+    S, A = reward_model.model.cfg.state_dim, reward_model.model.cfg.action_dim
+    s0, a = rng.normal(size=(1, S)).astype(np.float32), rng.uniform(-1, 1, (1, A)).astype(np.float32)
+    nxt = rng.normal(size=(2, S)).astype(np.float32)
+    for model, differ in ((hindsight_model, True), (reward_model, False)):
+        r = [model.step(model.start([INSTRUCTION], s0), a, nxt[i : i + 1])["reward"][0] for i in range(2)]
+        assert (abs(r[0] - r[1]) > 1e-3) == differ
+    with pytest.raises(ConfigError, match="observation it led to"):
+        hindsight_model.step(hindsight_model.start([INSTRUCTION], s0), a)
+    with pytest.raises(ConfigError, match="pass 4 observations for 3 actions"):
+        hindsight_model.score(rng.normal(size=(3, S)).astype(np.float32), rng.uniform(-1, 1, (3, A)).astype(np.float32), INSTRUCTION)
+
+
 @pytest.mark.parametrize("ends,bonus,ceiling", [("env", None, None), ("model", None, None), ("model", 10.0, None), ("model", 10.0, -0.5)])
 def test_batched_reward_equals_per_env_learned_reward_across_episode_ends(reward_model, ends, bonus, ceiling):
     _check_batched_equals_per_env(reward_model, ends, bonus, ceiling)
