@@ -682,12 +682,11 @@ class TrajectoryModel(nn.Module):
         terms["action"] = masked_mean(ce, imitate)
         # dynamics: the change of state from t to t + 1 in units of delta_scale (also without a known action:
         # the action token is then `no_action`, and the model learns what usually happens)
-        dyn = self.outcomes(out["h_act"])
         moving = self.delta_scale > 0  # dimensions that change in the data
         unit = torch.where(moving, self.delta_scale, torch.ones_like(self.delta_scale))
         change = (batch[specs.STATE][:, 1:].float() - batch[specs.STATE][:, :-1].float()) / unit
         sm = batch.get("state_mask", frame) & frame
-        err = ((dyn["delta"][:, :-1].float() - change).pow(2) * moving).sum(-1) / moving.sum().clamp(min=1)
+        err = ((self.state_head(out["h_act"][:, :-1]).float() - change).pow(2) * moving).sum(-1) / moving.sum().clamp(min=1)
         terms["state"] = masked_mean(err, sm[:, 1:] & sm[:, :-1])
         if self.pixel_enc is not None and specs.PIXELS in batch:  # the next image, in the CNN's own (frozen-target) space
             pm = batch.get("pixels_mask", frame) & frame
@@ -858,7 +857,7 @@ class TrajectoryModel(nn.Module):
             last = self.obs_tokens(s[:, None], steps[:, -1:] + 1, goal=goal)
             if latent is not None:
                 last = last + latent[:, None]
-            after.append(self._trunk(last, cache)[0][:, -1])
+            after.append(self._trunk(last, self._fit(cache))[0][:, -1])
         o = self.outcomes(torch.stack(after, dim=1) if self.cfg.reward_hindsight else hs)
         out = {"state": torch.stack(states, dim=1), "reward": self.expected_reward(o),
                "cost": torch.sigmoid(o["cost_logit"].float()), "success": torch.sigmoid(o["success_logit"].float())}
